@@ -1,0 +1,57 @@
+"""Offline models that ship with vlkit, created by name like open_clip's own configs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class OfflineModel:
+    """What an offline builder returns: the open_clip model (weights loaded) and its I/O."""
+
+    model: nn.Module
+    image_size: int
+    tokenizer: Callable
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+
+
+OfflineBuilder = Callable[[], OfflineModel]
+_OFFLINE: dict[str, tuple[OfflineBuilder, str]] = {}
+
+
+def register_offline_model(name: str, description: str) -> Callable[[OfflineBuilder], OfflineBuilder]:
+    """Decorator: make ``load_backbone(name)`` build this model with no network."""
+
+    def wrap(builder: OfflineBuilder) -> OfflineBuilder:
+        _OFFLINE[name] = (builder, description)
+        return builder
+
+    return wrap
+
+
+def offline_models() -> dict[str, str]:
+    """Names of the registered offline models with one-line descriptions."""
+    _import_builtin()
+    return {name: desc for name, (_, desc) in _OFFLINE.items()}
+
+
+def offline_builder(name: str) -> OfflineBuilder | None:
+    """The builder registered under ``name``, or None."""
+    _import_builtin()
+    entry = _OFFLINE.get(name)
+    return entry[0] if entry else None
+
+
+def _import_builtin() -> None:
+    from vlkit.backbones import tiny  # noqa: F401  (registers test-tiny)
+
+    try:
+        from vlkit.backbones import mini  # noqa: F401  (registers vlkit-mini)
+    except ImportError:  # pragma: no cover - mini lands with the offline-default issue
+        pass

@@ -1,0 +1,24 @@
+"""``test-tiny``: a random-init open_clip CLIP (~1.7M parameters) for fast tests."""
+from __future__ import annotations
+
+import open_clip
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from vlkit.backbones.registry import OfflineModel, register_offline_model
+
+TINY_SEED = 1234
+TINY_IMAGE_SIZE = 32
+
+
+@register_offline_model("test-tiny", "random-init ViT (2 layers, width 32) + CLIP text tower; for tests only")
+def build_test_tiny() -> OfflineModel:
+    """Build the tiny CLIP with weights drawn from a fixed seed (same on every machine)."""
+    vision = CLIPVisionCfg(layers=2, width=32, head_width=16, patch_size=8, image_size=TINY_IMAGE_SIZE)
+    text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(TINY_SEED)
+        model = CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)
+    finally:
+        torch.random.set_rng_state(state)
+    return OfflineModel(model=model, image_size=TINY_IMAGE_SIZE, tokenizer=open_clip.get_tokenizer("ViT-B-32"))
