@@ -1,0 +1,1 @@
+"""The vlkit command line (Typer): thin over the library."""

@@ -1,0 +1,1 @@
+"""Prompt learners (CoOp, CoCoOp, DeFo, KgCoOp, MaPLe, DAPrompt) and prompt templates."""

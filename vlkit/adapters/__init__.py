@@ -1,0 +1,1 @@
+"""Feature-level adapters trained from the feature store (CLIP-Adapter, ZS-LP, LP++)."""
