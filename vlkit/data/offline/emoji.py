@@ -13,13 +13,18 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from vlkit.data.offline.paths import cache_root
+from vlkit.data.offline.store import stratified_split, write_arrays
 from vlkit.errors import DataError
 
 log = logging.getLogger("vlkit.data")
 
 STYLES = ("google", "twitter")
 NPM_MAJOR = "16"
+NPM_TIMEOUT_S = 900
 SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
               "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
 
@@ -42,8 +47,8 @@ def emoji_package_dir(style: str, install: bool = True) -> Path:
     if (folder / "emoji.json").is_file():
         return folder
     if not install:
-        raise DataError(f"npm package {package} not found in {prefix} (call emoji_package_dir({style!r}) "
-                        "to install it, or `vlkit datasets build emoji-{style}`)")
+        raise DataError(f"npm package {package} not found in {prefix} "
+                        f"(install it: `npm install --prefix {prefix} {package}@{NPM_MAJOR}`)")
     npm = shutil.which("npm")
     if npm is None:
         raise DataError(f"`npm` is not on PATH; it is needed to fetch {package} "
@@ -51,7 +56,11 @@ def emoji_package_dir(style: str, install: bool = True) -> Path:
     prefix.mkdir(parents=True, exist_ok=True)
     cmd = [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), f"{package}@{NPM_MAJOR}"]
     log.info("installing %s: %s", package, " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"`{' '.join(cmd)}` took over {NPM_TIMEOUT_S} s; check network access to the "
+                        "npm registry and retry") from None
     if proc.returncode != 0 or not (folder / "emoji.json").is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise DataError(f"`{' '.join(cmd)}` failed ({tail[0]}); check network or npm registry access and retry")
@@ -98,3 +107,95 @@ def emoji_records(style: str, skin_tones: bool = False) -> list[dict]:
     if not records:
         raise DataError(f"no {style} emoji images under {img_dir} (delete {folder} and rebuild)")
     return records
+
+
+# --- the emoji-google / emoji-twitter datasets -------------------------------------------
+
+VERSION = "1"
+MIN_PER_CLASS = 20
+VAL_FRACTION, TEST_FRACTION = 0.2, 0.3
+TEMPLATES = ["a {} emoji.", "an emoji of a {}.", "a {} icon.", "a cartoon drawing of a {}.", "a {}."]
+SUBCATEGORY_NAMES = {
+    "country-flag": "country flag", "person-role": "person at work", "animal-mammal": "mammal",
+    "person-activity": "person doing an activity", "transport-ground": "road vehicle",
+    "sky & weather": "sky and weather", "person-sport": "person playing sport",
+    "alphanum": "letters and numbers", "food-prepared": "prepared food", "geometric": "geometric shape",
+    "person-fantasy": "fantasy character", "time": "clock", "person-gesture": "person gesturing",
+    "sport": "sports equipment", "place-building": "building", "face-concerned": "worried face",
+    "av-symbol": "media control button", "household": "household object", "game": "game",
+    "office": "office supply", "other-symbol": "check mark symbol", "animal-bird": "bird",
+    "event": "celebration", "food-fruit": "fruit", "drink": "drink", "face-smiling": "smiling face",
+    "food-vegetable": "vegetable", "body-parts": "body part", "place-other": "landmark",
+    "plant-other": "plant", "food-asian": "asian food", "book-paper": "book",
+    "animal-marine": "sea animal", "light & video": "light and camera", "animal-bug": "bug",
+    "transport-air": "aircraft", "transport-water": "boat", "food-sweet": "sweet food",
+    "plant-flower": "flower", "musical-instrument": "musical instrument", "animal-reptile": "reptile",
+}
+ARTWORK_LICENCE = {
+    "google": "Apache-2.0 (Google Noto Emoji, https://github.com/googlefonts/noto-emoji)",
+    "twitter": "CC-BY-4.0 (Twemoji, Copyright Twitter Inc. and other contributors, "
+               "https://github.com/jdecked/twemoji)",
+}
+CATEGORY_NAMES = {
+    "Smileys & Emotion": "smiley face", "People & Body": "person", "Animals & Nature": "animal or plant",
+    "Food & Drink": "food or drink", "Travel & Places": "travel place or vehicle", "Activities": "activity",
+    "Objects": "object", "Symbols": "symbol", "Flags": "flag", "Component": "skin tone",
+}
+
+
+def readable_subcategory(sub: str) -> str:
+    """A prompt-friendly name: ``face-smiling`` -> ``smiling face``, ``hand-prop`` -> ``hand prop``."""
+    if sub in SUBCATEGORY_NAMES:
+        return SUBCATEGORY_NAMES[sub]
+    head, _, rest = sub.partition("-")
+    if head in ("face", "animal", "food", "place") and rest:
+        return f"{rest.replace('-', ' ')} {head}"
+    return sub.replace("-", " ").replace("&", "and")
+
+
+def _composite(png: str) -> np.ndarray:
+    """A 64 px RGBA emoji PNG composited onto white, as ``(64, 64, 3)`` uint8."""
+    with Image.open(png) as img:
+        rgba = img.convert("RGBA")
+    if rgba.size != (64, 64):
+        rgba = rgba.resize((64, 64), Image.Resampling.LANCZOS)
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+
+
+def _labels(keys: list[str], kept: list[str], names: dict) -> tuple[np.ndarray, list[str]]:
+    index = {k: i for i, k in enumerate(kept)}
+    return np.array([index.get(k, -1) for k in keys]), [names[k] for k in kept]
+
+
+def build_emoji(style: str, folder: Path) -> dict:
+    """Write emoji-``style`` into ``folder``; labels and splits shared with the other style.
+
+    Both npm packages are needed (installed if absent): a subcategory is kept when both
+    styles have ``MIN_PER_CLASS`` images of it, and only emoji drawn in both are used.
+    """
+    per_style = {s: {r["unified"]: r for r in emoji_records(s)} for s in STYLES}
+    records = [r for r in emoji_records(style) if all(r["unified"] in per_style[s] for s in STYLES)]
+    subs, cats = [r["subcategory"] for r in records], [r["category"] for r in records]
+    kept = {}
+    for level, keys in (("subcategory", subs), ("category", cats)):
+        seen = list(dict.fromkeys(keys))  # order of first appearance (package sort order)
+        kept[level] = [k for k in seen if min(sum(r[level] == k for r in per_style[s].values())
+                                                for s in STYLES) >= MIN_PER_CLASS]
+    images = np.stack([_composite(r["png"]) for r in records])
+    split = stratified_split([r["unified"] for r in records], subs, VAL_FRACTION, TEST_FRACTION, "emoji")
+    package = emoji_package_dir(style)
+    shutil.copy(package / "LICENSE", folder / "LICENSE")
+    version = json.loads((package / "package.json").read_text())["version"]
+    np.save(folder / "unified.npy", np.array([r["unified"] for r in records]))
+    sub_names = {k: readable_subcategory(k) for k in kept["subcategory"]}
+    return write_arrays(folder, images, split, {
+        "subcategory": _labels(subs, kept["subcategory"], sub_names),
+        "category": _labels(cats, kept["category"], CATEGORY_NAMES),
+    }, {
+        "name": f"emoji-{style}", "version": VERSION, "domain": f"{style} emoji", "templates": TEMPLATES,
+        "licence": f"images: {ARTWORK_LICENCE[style]}; emoji.json: MIT (Cal Henderson, see LICENSE)",
+        "source": f"npm emoji-datasource-{style}@{version} (https://github.com/iamcal/emoji-data)",
+        "recipe": f"64 px PNGs on white; classes with >= {MIN_PER_CLASS} images in both styles; "
+                  f"split per subcategory by SHA-256 of the code point, val {VAL_FRACTION}, test {TEST_FRACTION}",
+    })
