@@ -23,16 +23,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlkit.backbones import Backbone
 from vlkit.data.dataset import ImageDataset
+from vlkit.data.offline.paths import cache_root
 from vlkit.errors import BackboneMismatchError, DataError
 from vlkit.progress import progress
 
 log = logging.getLogger("vlkit.store")
 STORE_VERSION = 1
-
-
-def cache_root() -> Path:
-    """``$VLKIT_CACHE`` if set, else ``~/.cache/vlkit``."""
-    return Path(os.environ.get("VLKIT_CACHE", Path.home() / ".cache" / "vlkit")).expanduser()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

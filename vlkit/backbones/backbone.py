@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import socket
 from pathlib import Path
 from typing import Callable, Sequence
@@ -139,6 +138,36 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _hub_offline(enabled: bool):
+    """Switch huggingface_hub to its offline mode (HF_HUB_OFFLINE) for the block.
+
+    The library reads the variable once at import, so setting the environment now is
+    too late; its module constant is what its download functions consult.
+    """
+    if not enabled:
+        yield
+        return
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """open_clip logs failures on the root logger; vlkit reports them as one error instead."""
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def _known_model(name: str) -> bool:
     return name in open_clip.list_models() or name.startswith(("hf-hub:", "local-dir:"))
 
@@ -157,13 +186,14 @@ def _create_open_clip(name: str, pretrained: str | None) -> tuple[nn.Module, Cal
         if pretrained not in open_clip.list_pretrained_tags_by_model(name):
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
             raise VlkitError(f"unknown pretrained tag {pretrained!r} for {name}; known tags: {tags}, or a local file")
-        if os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
-            os.environ["HF_HUB_OFFLINE"] = "1"  # use the local cache only: no minute of retries
-            log.info("no network: looking for %s/%s in the local Hugging Face cache only", name, pretrained)
+    offline = bool(pretrained) and not is_file and not _hub_reachable()
+    if offline:
+        log.info("no network: looking for %s/%s in the local Hugging Face cache only", name, pretrained)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=str(Path(pretrained).expanduser()) if is_file else pretrained, device="cpu"
-        )
+        with _hub_offline(offline), _quiet_root_logger():  # cache only: no minute of download retries
+            model, _, _ = open_clip.create_model_and_transforms(
+                name, pretrained=str(Path(pretrained).expanduser()) if is_file else pretrained, device="cpu"
+            )
     except VlkitError:
         raise
     except Exception as exc:  # open_clip/hub raise many types; translate them to one line

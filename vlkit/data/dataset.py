@@ -32,7 +32,7 @@ def open_image(source: ImageSource) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(
             f"cannot decode image {path}: {exc.__class__.__name__}: {exc} "
-            "(remove or replace the file, or pass skip_corrupt=True / --skip-corrupt)"
+            "(remove or replace it, or pass --skip-corrupt / skip_corrupt=True)"
         ) from None
 
 

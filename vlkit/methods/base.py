@@ -45,6 +45,7 @@ class Method:
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     input_kind: ClassVar[str] = "features"
     uses_backbone: ClassVar[bool] = False  # needs the backbone at fit and load time
+    task_kind: ClassVar[str] = "fewshot"  # "fewshot", or "adaptation" (needs an unlabelled target)
 
     def __init__(self, config: MethodConfig | None = None, **overrides: Any) -> None:
         base = config if config is not None else self.Config()
@@ -95,6 +96,12 @@ class Method:
     def trainable_parameters(self) -> int:
         """How many numbers training changes (0 for training-free methods)."""
         return 0
+
+    @classmethod
+    def count_parameters(cls, num_classes: int, dim: int) -> int | None:
+        """Trainable parameters for a task of ``num_classes`` x ``dim``-d features, if known
+        without fitting (``vlkit methods`` shows it); None when it depends on the encoder."""
+        return None
 
     # ---- to implement -------------------------------------------------------------------
     def _fit(self, task: Task) -> None:

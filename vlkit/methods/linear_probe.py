@@ -44,6 +44,10 @@ class LinearProbe(Method):
     paper = "Radford et al., ICML 2021, Sec. 3.2 (linear-probe evaluation)"
     Config = LinearProbeConfig
 
+    @classmethod
+    def count_parameters(cls, num_classes: int, dim: int) -> int | None:
+        return num_classes * dim + num_classes
+
     def _train(self, x: np.ndarray, y: np.ndarray, c: float) -> LogisticRegression:
         model = LogisticRegression(C=c, max_iter=self.config.max_iter, random_state=0)
         with warnings.catch_warnings():

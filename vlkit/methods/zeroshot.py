@@ -30,6 +30,10 @@ class ZeroShot(Method):
     paper = "Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021"
     Config = ZeroShotConfig
 
+    @classmethod
+    def count_parameters(cls, num_classes: int, dim: int) -> int | None:
+        return 0
+
     def _fit(self, task: Task) -> None:
         self.text_weights_ = task.text_weights.clone()  # (C, D)
 

@@ -1,0 +1,93 @@
+"""Shared CLI plumbing: one-line user errors, JSON output, rich tables, option types."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vlkit.errors import VlkitError
+
+out = Console()
+err = Console(stderr=True)
+
+ModelOpt = typer.Option("vlkit-mini", "--model", "-m", help="open_clip model name, or vlkit-mini / test-tiny")
+PretrainedOpt = typer.Option(None, "--pretrained", "-p", help="pretrained tag (e.g. openai) or a local checkpoint file")
+DeviceOpt = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)")
+OutputOpt = typer.Option(None, "--output", "-o", help="write the result as JSON to this file")
+SeedOpt = typer.Option(1, "--seed", help="few-shot sampling and training seed")
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn VlkitError into ``error: <message>`` on stderr and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        try:
+            return fn(*args, **kwargs)
+        except VlkitError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def write_json(path: Optional[Path], result: Any) -> None:
+    """Write ``result`` as JSON to ``path`` (atomically) if given."""
+    if path is None:
+        return
+    from vlkit.store import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), json.dumps(result, indent=1, default=str).encode())
+    err.print(f"wrote {path}")
+
+
+def fmt(value: Any) -> str:
+    """Format a table cell: floats to 2 decimals, bytes/params with thousands separators."""
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+def table(rows: list[dict], columns: list[str], title: str | None = None) -> None:
+    """Print ``rows`` as a rich table with ``columns`` on stdout."""
+    tab = Table(title=title)
+    for col in columns:
+        tab.add_column(col, justify="right" if rows and isinstance(rows[0].get(col), (int, float)) else "left")
+    for row in rows:
+        tab.add_row(*(fmt(row.get(c)) for c in columns))
+    out.print(tab)
+
+
+def parse_list(text: str, kind: type = str) -> list:
+    """'1,4,16' -> [1, 4, 16]; a bad item raises a one-line VlkitError."""
+    try:
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise VlkitError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """['epochs=5', 'lr=0.01'] -> {'epochs': 5, 'lr': 0.01} (JSON values, else strings)."""
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise VlkitError(f"--set takes key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            settings[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key.strip()] = value
+    return settings

@@ -1,0 +1,185 @@
+"""``vlkit``: the command line. Each command parses, calls one library function, prints."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from vlkit.cli.common import (DeviceOpt, ModelOpt, OutputOpt, PretrainedOpt, SeedOpt, err, parse_list,
+                              parse_settings, table, user_errors, write_json)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adapt a frozen CLIP to new image classes with few labels.")
+features_app = typer.Typer(no_args_is_help=True, help="Extract and inspect cached features.")
+datasets_app = typer.Typer(invoke_without_command=True, help="List and build the offline datasets.")
+app.add_typer(features_app, name="features")
+app.add_typer(datasets_app, name="datasets")
+
+SkipOpt = typer.Option(False, "--skip-corrupt", help="skip unreadable images (their count is logged)")
+COST_COLUMNS = ["top1", "mean_per_class", "trainable_parameters", "artifact_bytes", "fit_seconds",
+                "latency_ms_per_image"]
+
+
+@features_app.command("extract")
+@user_errors
+def features_extract(
+    data: str = typer.Option(..., "--data", "-d", help="offline dataset name or image folder"),
+    split: str = typer.Option("train", "--split", help="train, val, test or all"),
+    views: int = typer.Option(0, "--views", help="augmented views to cache besides the plain one"),
+    skip_corrupt: bool = SkipOpt, model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
+    output: Optional[Path] = OutputOpt,
+) -> None:
+    """Encode a dataset once into the feature store (a second run is a cache hit)."""
+    from vlkit.jobs import extract_features
+
+    result = extract_features(model, pretrained, data, split, views, device, skip_corrupt)
+    table([result], ["images", "views", "seconds", "images_per_second", "cache_hits", "cache_misses"],
+          title=f"features of {data}/{split}")
+    write_json(output, result)
+
+
+@app.command("zeroshot")
+@user_errors
+def zeroshot_command(
+    data: str = typer.Option(..., "--data", "-d", help="offline dataset name or image folder"),
+    split: Optional[str] = typer.Option(None, "--split", help="default: test, or all of a plain folder"),
+    template: Optional[List[str]] = typer.Option(None, "--template", help="prompt template with {} (repeatable)"),
+    skip_corrupt: bool = SkipOpt, model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
+    output: Optional[Path] = OutputOpt,
+) -> None:
+    """Zero-shot accuracy of a CLIP model from class names and templates."""
+    from vlkit.jobs import zeroshot
+
+    result = zeroshot(model, pretrained, data, split, template or None, device, skip_corrupt)
+    table([result], COST_COLUMNS, title=f"zero-shot {model} on {data}/{result['split']}")
+    write_json(output, result)
+
+
+@app.command("fit")
+@user_errors
+def fit_command(
+    method: str = typer.Argument(..., help="a method name from `vlkit methods`"),
+    data: str = typer.Option(..., "--data", "-d", help="offline dataset name or image folder"),
+    shots: int = typer.Option(16, "--shots", "-k", help="labelled images per class"),
+    seed: int = SeedOpt,
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="method option key=value (repeatable)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="save the fitted method and run record here"),
+    views: int = typer.Option(10, "--views", help="cached augmented views per training image"),
+    base_to_novel: bool = typer.Option(False, "--base-to-novel", help="train on the first half of the classes; "
+                                       "report base, novel and harmonic-mean accuracy"),
+    skip_corrupt: bool = SkipOpt, model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
+    output: Optional[Path] = OutputOpt,
+) -> None:
+    """Fit one method on a few-shot sample; select on validation; score once on test."""
+    settings = parse_settings(setting or [])
+    if base_to_novel:
+        from vlkit.jobs import fit_base_to_novel
+
+        result = fit_base_to_novel(method, model, pretrained, data, shots, seed, settings, views, device)
+        table([result], ["base_top1", "novel_top1", "harmonic_mean", "trainable_parameters", "fit_seconds"],
+              title=f"{method} base-to-novel, {shots} shots")
+    else:
+        from vlkit.jobs import fit
+
+        result = fit(method, model, pretrained, data, shots, seed, settings, run_dir, views, device, skip_corrupt)
+        table([result], COST_COLUMNS, title=f"{method}, {shots} shots, seed {seed}")
+    write_json(output, result)
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    run_dir: Path = typer.Argument(..., help="a folder written by `vlkit fit --run-dir`"),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="default: the run's own data"),
+    split: str = typer.Option("test", "--split"), device: Optional[str] = DeviceOpt,
+    output: Optional[Path] = OutputOpt,
+) -> None:
+    """Score a saved run on a split of its data (or other data with the same classes)."""
+    from vlkit.jobs import evaluate_run
+
+    result = evaluate_run(run_dir, data, split, device)
+    table([result], ["test_size", "top1", "mean_per_class", "trainable_parameters", "artifact_bytes"],
+          title=f"{result['method']} on {result['data']}/{split}")
+    write_json(output, result)
+
+
+@app.command("methods")
+@user_errors
+def methods_command(
+    classes: int = typer.Option(10, "--classes", help="classes of the reference task for parameter counts"),
+    dim: int = typer.Option(512, "--dim", help="feature width of the reference task (ViT-B: 512)"),
+    output: Optional[Path] = OutputOpt,
+) -> None:
+    """List the registered methods with their family and trainable parameters."""
+    from vlkit.jobs import methods_info
+
+    rows = methods_info(classes, dim)
+    table(rows, ["name", "family", "input", "trainable_parameters", "paper"],
+          title=f"methods (parameters for {classes} classes x {dim}-d; '-' = depends on the encoder)")
+    write_json(output, rows)
+
+
+@datasets_app.callback()
+@user_errors
+def datasets_list(ctx: typer.Context) -> None:
+    """List the offline datasets and the benchmark datasets vlkit knows."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from vlkit.data.catalog import dataset_catalog
+
+    table(dataset_catalog(), ["name", "kind", "status", "description"], title="datasets")
+
+
+@datasets_app.command("build")
+@user_errors
+def datasets_build(
+    names: List[str] = typer.Argument(..., help="offline dataset names, or 'all'"),
+    force: bool = typer.Option(False, "--force", help="rebuild even if built"),
+) -> None:
+    """Build offline datasets into the cache root (idempotent)."""
+    from vlkit.data.offline import OFFLINE_DATASETS, build_dataset
+
+    todo = list(OFFLINE_DATASETS) if names == ["all"] else names
+    for name in todo:
+        path = build_dataset(name, force=force)
+        err.print(f"{name}: {path}")
+
+
+@app.command("fewshot")
+@user_errors
+def fewshot_command(
+    data: str = typer.Option("fashion-mnist-mini", "--data", "-d", help="offline dataset name or image folder"),
+    methods: str = typer.Option("all", "--methods", help="all, or a comma-separated list"),
+    shots: str = typer.Option("1,4,16", "--shots", help="comma-separated shot counts"),
+    seeds: str = typer.Option("1", "--seeds", help="comma-separated seeds"),
+    out_dir: Path = typer.Option(Path("runs/fewshot"), "--out", help="folder for results.json and the plot"),
+    model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
+    output: Optional[Path] = OutputOpt,
+) -> None:
+    """The main job: every few-shot method at 1, 4 and 16 shots, accuracy and cost side by side."""
+    from vlkit.fewshot_job import run_fewshot_job
+
+    chosen = None if methods == "all" else parse_list(methods)
+    result = run_fewshot_job(model, pretrained, data, chosen, parse_list(shots, int), parse_list(seeds, int),
+                             out_dir, device=device,
+                             on_result=lambda r: err.print(f"{r['method']:>16} {r['shots']:>2} shots: "
+                                                           f"{r['top1']:.1f}% in {r['fit_seconds']:.1f}s"))
+    table(result["summary"], ["method", "shots", "top1", "top1_std", "trainable_parameters", "artifact_bytes",
+                              "fit_seconds", "peak_memory_mb", "latency_ms_per_image"],
+          title=f"{model} on {data}: accuracy and cost")
+    err.print(f"wrote {out_dir / 'results.json'} and {result['plot']}")
+    write_json(output, result)
+    if result["failures"]:
+        for failure in result["failures"]:
+            err.print(f"[red]failed:[/red] {failure['method']} {failure['shots']} shots: {failure['error']}")
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
