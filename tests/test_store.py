@@ -1,0 +1,100 @@
+"""The feature store: cache hits, resume after interruption, corruption, atomic writes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlkit.errors import BackboneMismatchError
+from vlkit.store import FeatureStore
+from conftest import colour_dataset
+
+
+class CountingBackbone:
+    """Wraps a backbone and counts encoded images (optionally failing after N batches)."""
+
+    def __init__(self, backbone, fail_after: int | None = None):
+        self._b, self.encoded, self.calls, self.fail_after = backbone, 0, 0, fail_after
+
+    def __getattr__(self, name):
+        return getattr(self._b, name)
+
+    def encode_images(self, images):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("killed mid-extraction")
+        self.encoded += len(images)
+        return self._b.encode_images(images)
+
+
+def test_second_extraction_is_a_cache_hit(tmp_path, tiny_backbone):
+    store = FeatureStore(tmp_path, shard_size=8, batch_size=8, num_workers=0)
+    data = colour_dataset(5)
+    counting = CountingBackbone(tiny_backbone)
+    first = store.image_features(counting, data)
+    assert counting.encoded == 20 and store.misses == 1
+    second = store.image_features(counting, data)
+    assert counting.encoded == 20 and store.hits == 1  # nothing re-encoded
+    assert torch.equal(first, second)
+    direct = torch.cat([tiny_backbone.encode_images(torch.stack([tiny_backbone.preprocess(data.image(i))]))
+                        for i in range(len(data))])
+    assert torch.allclose(first, direct, atol=2e-3)  # stored as float16
+
+
+def test_interrupted_extraction_resumes_from_finished_shards(tmp_path, tiny_backbone):
+    store = FeatureStore(tmp_path, shard_size=8, batch_size=8, num_workers=0)
+    data = colour_dataset(10)  # 40 images = 5 shards of 8
+    dying = CountingBackbone(tiny_backbone, fail_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        store.image_features(dying, data)
+    assert dying.encoded == 24  # three shards finished before the "kill"
+    entry = store.entry_dir(tiny_backbone, data, 0)
+    assert not list(entry.glob("*.tmp")) and not list(entry.glob(".*"))  # nothing half-written left
+    resumed = CountingBackbone(tiny_backbone)
+    feats = store.image_features(resumed, data)
+    assert resumed.encoded == 16  # only the two missing shards
+    fresh = FeatureStore(tmp_path / "fresh", shard_size=8, batch_size=8, num_workers=0)
+    assert torch.equal(feats, fresh.image_features(tiny_backbone, data))
+
+
+def test_corrupted_shard_is_detected_and_rebuilt(tmp_path, tiny_backbone):
+    store = FeatureStore(tmp_path, shard_size=8, batch_size=8, num_workers=0)
+    data = colour_dataset(4)
+    good = store.image_features(tiny_backbone, data)
+    shard = store.entry_dir(tiny_backbone, data, 0) / "shard-00001.npy"
+    shard.write_bytes(shard.read_bytes()[:-10])  # truncated
+    counting = CountingBackbone(tiny_backbone)
+    assert torch.equal(store.image_features(counting, data), good)
+    assert counting.encoded == 8  # just that shard
+    shard.write_bytes(shard.read_bytes()[:-4] + b"\0\0\0\1")  # same size, other bytes
+    assert shard in store.verify()  # checksum catches it; next use re-encodes
+    assert torch.equal(store.image_features(tiny_backbone, data), good)
+
+
+def test_augmented_views_are_cached_deterministic_and_distinct(tmp_path, tiny_backbone):
+    data = colour_dataset(2)
+    a = FeatureStore(tmp_path / "a", num_workers=0).view_features(tiny_backbone, data, views=2)
+    b = FeatureStore(tmp_path / "b", num_workers=0).view_features(tiny_backbone, data, views=2)
+    assert a.shape == (8, 3, tiny_backbone.embed_dim)
+    assert torch.equal(a, b)
+    assert not torch.equal(a[:, 0], a[:, 1]) and not torch.equal(a[:, 1], a[:, 2])
+
+
+def test_text_features_cached(tmp_path, tiny_backbone):
+    store = FeatureStore(tmp_path)
+    first = store.text_features(tiny_backbone, ["a red thing", "a blue thing"])
+    second = store.text_features(tiny_backbone, ["a red thing", "a blue thing"])
+    assert torch.equal(first, second) and store.hits == 1
+
+
+def test_key_depends_on_backbone_and_features_from_another_backbone_fail(tmp_path, tiny_backbone):
+    import vlkit
+
+    other = vlkit.load_backbone("test-tiny", device="cpu")
+    with torch.no_grad():
+        other.model.visual.proj.mul_(2)
+    other._fingerprint = None
+    store = FeatureStore(tmp_path)
+    data = colour_dataset(1)
+    assert store.entry_dir(tiny_backbone, data, 0) != store.entry_dir(other, data, 0)
+    with pytest.raises(BackboneMismatchError, match="another backbone"):
+        store.check_features(torch.randn(2, tiny_backbone.embed_dim + 3), tiny_backbone)
