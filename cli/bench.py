@@ -1,0 +1,43 @@
+"""``vlkit bench``: thin over :func:`vlkit.bench.run_bench` (parse, call, print)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vlkit.cli.common import DeviceOpt, ModelOpt, OutputOpt, PretrainedOpt, err, out, parse_list, user_errors, \
+    write_json
+
+
+@user_errors
+def bench_command(
+    data: str = typer.Option("fashion-mnist-mini", "--data", "-d",
+                             help="comma-separated: offline names, image folders, NAME@COOP_ROOT, or coop@COOP_ROOT "
+                                  "(all 11 CoOp benchmarks found there)"),
+    methods: str = typer.Option("all", "--methods", help="all, a,b,c, or all,-a (every method but a)"),
+    shots: str = typer.Option("1,2,4,8,16", "--shots", help="comma-separated shot counts"),
+    seeds: str = typer.Option("1,2,3", "--seeds", help="comma-separated seeds"),
+    out_dir: Path = typer.Option(Path("runs/bench"), "--out", help="folder for cells.jsonl and the reports; "
+                                 "re-running with the same folder resumes"),
+    protocol: str = typer.Option("fewshot", "--protocol", help="fewshot or base2novel"),
+    compare_published: bool = typer.Option(False, "--compare-published",
+                                           help="show published numbers beside yours when model and protocol match"),
+    views: Optional[int] = typer.Option(None, "--views", help="cached augmented views per training image (default 10)"),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first failing cell"),
+    model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
+    output: Optional[Path] = OutputOpt,
+) -> None:
+    """Every method x shots x seed on each dataset, accuracy and cost, resumable; Markdown, PNG and HTML reports."""
+    from vlkit.bench import run_bench
+
+    result = run_bench(model, pretrained, parse_list(data), methods, parse_list(shots, int), parse_list(seeds, int),
+                       out_dir, protocol, compare_published, device, views, fail_fast=fail_fast)
+    out.print(result["table"], markup=False, highlight=False, soft_wrap=True)
+    err.print(f"{result['ran']} cells run, {result['skipped']} already done, {len(result['failed'])} failed "
+              f"in {result['seconds']:.0f}s; reports in {result['out']}")
+    for failure in result["failed"]:
+        err.print(f"[red]failed:[/red] {failure['cell']}: {failure['error']}", highlight=False, soft_wrap=True)
+    write_json(output, {k: v for k, v in result.items() if k != "table"})
+    if result["failed"]:
+        raise typer.Exit(1)

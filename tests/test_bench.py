@@ -1,0 +1,176 @@
+"""vlkit bench: resumable cells, mean ± std tables, Pareto front, reports, published numbers."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from conftest import colour_dataset
+from vlkit.bench import Cell, CellLog, DataSource, pareto_front, resolve_methods, run_bench
+from vlkit.bench.published import compare, load_published
+from vlkit.bench.report import build_summary, to_markdown
+from vlkit.errors import VlkitError
+from vlkit.methods import Method
+
+METHODS = "zero-shot,linear-probe"
+
+
+@pytest.fixture(scope="module")
+def source() -> DataSource:
+    return DataSource.from_datasets("colours", colour_dataset(12, seed=0), colour_dataset(8, seed=1, name="colours-test"))
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Count Method.fit calls; ``fits.fail_at = n`` makes the n-th call raise KeyboardInterrupt (a Ctrl-C)."""
+    original = Method.fit
+
+    class Counter:
+        calls = 0
+        fail_at: int | None = None
+
+    def counting(self, *args, **kwargs):
+        Counter.calls += 1
+        if Counter.fail_at is not None and Counter.calls == Counter.fail_at:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Method, "fit", counting)
+    return Counter
+
+
+def bench(out, source, backbone, store, **kw):
+    args = dict(data=[source], methods=METHODS, shots=[1], seeds=[1, 2], out=out, views=1, backbone=backbone,
+                store=store, fail_fast=True)
+    return run_bench(**{**args, **kw})
+
+
+def test_bench_writes_every_report_and_rerun_does_no_work(tmp_path, source, tiny_backbone, session_store, fits):
+    result = bench(tmp_path, source, tiny_backbone, session_store)
+    assert (result["cells"], result["ran"], result["skipped"], fits.calls) == (4, 4, 0, 4)
+    lines = (tmp_path / "cells.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and all(json.loads(line)["result"]["top1"] >= 0 for line in lines)
+    for name in ("results.md", "summary.json", "accuracy_vs_shots.png", "accuracy_vs_cost.png", "report.html"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "accuracy_vs_shots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<table>" in page and "linear-probe" in page
+    again = bench(tmp_path, source, tiny_backbone, session_store)
+    assert (again["ran"], again["skipped"], fits.calls) == (0, 4, 4)  # no fit at all on a re-run
+    assert len((tmp_path / "cells.jsonl").read_text().splitlines()) == 4
+
+
+def test_interrupted_bench_resumes_only_missing_cells(tmp_path, source, tiny_backbone, session_store, fits):
+    fits.fail_at = 3  # Ctrl-C during the third cell: two cells are stored
+    with pytest.raises(KeyboardInterrupt):
+        bench(tmp_path, source, tiny_backbone, session_store)
+    assert len(CellLog(tmp_path / "cells.jsonl").done()) == 2
+    fits.calls, fits.fail_at = 0, None
+    result = bench(tmp_path, source, tiny_backbone, session_store)
+    assert (result["ran"], result["skipped"], fits.calls) == (2, 2, 2)
+    keys = [json.loads(line)["key"] for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 4
+
+
+def test_torn_last_line_is_ignored_and_cut(tmp_path, source, tiny_backbone, session_store, fits):
+    bench(tmp_path, source, tiny_backbone, session_store, seeds=[1])
+    log_file = tmp_path / "cells.jsonl"
+    with log_file.open("ab") as handle:  # a kill in the middle of a write
+        handle.write(b'{"version": 1, "cell": {"data": "col')
+    assert len(CellLog(log_file).done()) == 2
+    fits.calls = 0
+    result = bench(tmp_path, source, tiny_backbone, session_store)
+    assert (result["ran"], fits.calls) == (2, 2)
+    assert all(json.loads(line) for line in log_file.read_text().splitlines())
+
+
+def test_a_second_writer_on_the_same_folder_is_refused(tmp_path):
+    with CellLog(tmp_path / "cells.jsonl"):
+        with pytest.raises(VlkitError, match="another vlkit bench"):
+            CellLog(tmp_path / "cells.jsonl").__enter__()
+
+
+def _record(data, method, shots, seed, top1, params=0, fit=0.1):
+    cell = Cell(data, method, shots, seed, "fewshot", "m", "")
+    return {"cell": cell.__dict__, "key": cell.key,
+            "result": {"top1": top1, "family": "f", "trainable_parameters": params, "artifact_bytes": 100,
+                       "fit_seconds": fit, "peak_memory_bytes": 1, "latency_ms_per_image": 0.1}}
+
+
+def test_table_shows_mean_and_sample_std_over_seeds():
+    values = {("a", "lp", 1): [50.0, 61.0, 58.5], ("a", "lp", 4): [70.25, 71.0, 69.0],
+              ("b", "lp", 1): [10.0, 30.0, 20.0], ("b", "lp", 4): [40.0, 41.0, 45.5]}
+    records = [_record(d, m, k, seed, v) for (d, m, k), vs in values.items() for seed, v in zip([1, 2, 3], vs)]
+    summary = build_summary(records, ["a", "b"], ["lp"], [1, 4], [1, 2, 3], ["top1"], {"model": "m"})
+    text = to_markdown(summary)
+    for (data, method, shots), vs in values.items():
+        expected = f"{statistics.mean(vs):.1f} ± {statistics.stdev(vs):.1f}"
+        assert expected in text.split(f"## {data}")[1].split("##")[0], (data, shots, expected)
+    # the average over datasets is taken per seed, then mean ± std over seeds
+    per_seed = [(values[("a", "lp", 4)][i] + values[("b", "lp", 4)][i]) / 2 for i in range(3)]
+    row = summary.row("average", "lp", 4).metrics["top1"]
+    assert row.mean == pytest.approx(statistics.mean(per_seed)) and row.std == pytest.approx(statistics.stdev(per_seed))
+
+
+def test_real_bench_table_matches_plain_computation(tmp_path, source, tiny_backbone, session_store):
+    bench(tmp_path, source, tiny_backbone, session_store)
+    records = [json.loads(line) for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    table = (tmp_path / "results.md").read_text()
+    for method in METHODS.split(","):
+        vs = [r["result"]["top1"] for r in records if r["cell"]["method"] == method]
+        assert f"| {method} | {statistics.mean(vs):.1f} ± {statistics.stdev(vs):.1f} |" in table
+
+
+def test_pareto_front_on_a_hand_made_example():
+    points = [(0, 50), (10, 60), (5, 55), (10, 58), (20, 60), (3, 40), (5, 55), (30, 70)]
+    assert pareto_front(points) == [0, 2, 6, 1, 7]  # cheapest first; equal points both kept
+    assert pareto_front([]) == []
+    assert pareto_front([(1, 1)]) == [0]
+    records = [_record("a", m, 16, 1, acc, params=p) for m, p, acc in
+               [("zs", 0, 60.0), ("lp", 5000, 70.0), ("big", 90000, 69.0), ("coop", 2048, 72.0)]]
+    summary = build_summary(records, ["a"], ["zs", "lp", "big", "coop"], [16], [1], ["top1"])
+    assert summary.front("trainable_parameters") == ["zs", "coop"]
+
+
+def test_methods_all_minus_some():
+    every = resolve_methods("all")
+    assert "zero-shot" in every and "linear-probe" in every
+    assert "zero-shot" not in resolve_methods("all,-zero-shot")
+    assert resolve_methods("linear-probe,zero-shot,linear-probe") == ["linear-probe", "zero-shot"]
+    with pytest.raises(VlkitError, match="unknown method"):
+        resolve_methods("no-such-method")
+
+
+def test_bad_arguments_are_one_line_user_errors(tmp_path, source):
+    with pytest.raises(VlkitError, match="shots"):
+        run_bench(data=[source], methods=METHODS, shots=[0], out=tmp_path)
+    with pytest.raises(VlkitError, match="protocol"):
+        run_bench(data=[source], methods=METHODS, protocol="nope", out=tmp_path)
+
+
+def test_failing_cell_is_recorded_and_retried(tmp_path, source, tiny_backbone, session_store, monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Method, "fit", broken)
+    result = bench(tmp_path, source, tiny_backbone, session_store, seeds=[1], fail_fast=False)
+    assert len(result["failed"]) == 2 and "boom" in result["failed"][0]["error"]
+    assert not (tmp_path / "cells.jsonl").exists() or not (tmp_path / "cells.jsonl").read_text()
+    assert len((tmp_path / "failed.jsonl").read_text().splitlines()) == 2
+
+
+def test_published_numbers_are_sourced_and_compare_by_model():
+    doc = load_published()
+    for entry in doc["entries"]:
+        assert entry["source"] in doc["sources"] and doc["sources"][entry["source"]]["url"].startswith("https://")
+        for per_shots in entry["results"].values():
+            for metrics in per_shots.values():
+                assert all(0 < v <= 100 for v in metrics.values())
+    records = [_record("dtd", "tip-adapter", 16, 1, 61.0), _record("dtd", "coop", 16, 1, 60.0)]
+    info = {"model": "RN50", "pretrained": "openai", "protocol": "fewshot"}
+    summary = build_summary(records, ["dtd"], ["tip-adapter", "coop"], [16], [1], ["top1"], info)
+    header, rows, note = compare(summary)
+    assert header[2] == "DTD (yours / paper)" and "ResNet-50" in note
+    assert ["Tip-Adapter", "Zhang et al.", "61.0 / 60.9"] in rows  # exp.log: DTD 16 shots 60.93
+    assert compare(build_summary(records, ["dtd"], ["coop"], [16], [1], ["top1"], {**info, "model": "vlkit-mini"})) is None

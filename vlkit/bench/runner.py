@@ -1,0 +1,159 @@
+"""``run_bench``: every cell (dataset x method x shots x seed) of one model, resumable, then the reports."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from vlkit.bench.cells import Cell, CellLog, grid
+from vlkit.bench.data import DataSource, sources_from_specs
+from vlkit.bench.progress import BenchProgress
+from vlkit.bench.protocols import get_protocol
+from vlkit.bench.writers import write_reports
+from vlkit.errors import VlkitError
+
+log = logging.getLogger("vlkit.bench")
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = (1, 2, 3)
+
+
+def resolve_methods(spec: str | Sequence[str]) -> list[str]:
+    """``"all"`` (every registered few-shot method), ``"a,b"``, or ``"all,-maple"`` (all but some)."""
+    from vlkit.methods import list_methods, method_class
+
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    items = [s for s in items if s]
+    chosen: list[str] = []
+    for item in items:
+        if item == "all":
+            chosen += [m for m in list_methods() if getattr(method_class(m), "task_kind", "fewshot") == "fewshot"]
+        elif not item.startswith("-"):
+            method_class(item)  # an unknown name raises, listing the known ones
+            chosen.append(item)
+    for item in items:
+        if item.startswith("-"):
+            method_class(item[1:])
+            chosen = [m for m in chosen if m != item[1:]]
+    chosen = list(dict.fromkeys(chosen))
+    if not chosen:
+        raise VlkitError(f"--methods {','.join(items)!r} selects no method")
+    return chosen
+
+
+def _check_ints(values: Sequence[int], what: str, minimum: int) -> list[int]:
+    values = list(dict.fromkeys(int(v) for v in values))
+    if not values or any(v < minimum for v in values):
+        raise VlkitError(f"--{what} needs integers >= {minimum}, got {values}")
+    return values
+
+
+def machine_info(device: Any = None) -> str:
+    """One line: OS, CPU count, torch threads and the accelerator if any."""
+    import torch
+
+    accel = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {accel}, device {device or 'cpu'}")
+
+
+def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
+              data: Sequence[str | DataSource] = ("fashion-mnist-mini",), methods: str | Sequence[str] = "all",
+              shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] = DEFAULT_SEEDS,
+              out: str | Path = "runs/bench", protocol: str = "fewshot", compare_published: bool = False,
+              device: str | None = None, views: int | None = None, store: Any = None, backbone: Any = None,
+              fail_fast: bool = False) -> dict[str, Any]:
+    """Run every missing cell, store each as it finishes, and write the reports into ``out``.
+
+    A cell already in ``out/cells.jsonl`` is skipped, so a re-run after a crash or
+    Ctrl-C completes only the missing cells and a finished bench does no work (the
+    backbone is not even loaded). A failing cell is logged in ``failed.jsonl``, left
+    out of the reports and retried by the next run (``fail_fast`` raises instead).
+    Returns counts, the output files, the summary and, with ``compare_published``,
+    the published numbers that match the model and protocol.
+    """
+    proto = get_protocol(protocol)
+    shots, seeds = _check_ints(shots, "shots", 1), _check_ints(seeds, "seeds", 0)
+    method_names = resolve_methods(methods)
+    specs = [d for d in data if isinstance(d, str)]
+    sources = [d for d in data if isinstance(d, DataSource)] + (sources_from_specs(specs) if specs else [])
+    if not sources:
+        raise VlkitError("--data names no dataset")
+    model_name = getattr(backbone, "name", model)
+    tag = getattr(backbone, "pretrained", pretrained) or ""
+    cells = grid([s.name for s in sources], method_names, shots, seeds, proto.name, model_name, tag)
+    out = Path(out).expanduser()
+    cell_log = CellLog(out / "cells.jsonl")
+    started = time.perf_counter()
+    ran, failed = 0, []
+    with cell_log:
+        done = cell_log.done()
+        todo = [c for c in cells if c.key not in done]
+        log.info("bench: %d cells, %d done, %d to run, output in %s", len(cells), len(cells) - len(todo), len(todo), out)
+        context = _Context(model, pretrained, device, views, store, backbone, {s.name: s for s in sources})
+        with BenchProgress(len(cells), len(cells) - len(todo), todo, done.values()) as bar:
+            for cell in todo:
+                bar.start(cell)
+                t0 = time.perf_counter()
+                try:
+                    result = context.run(proto, cell)
+                except Exception as exc:  # noqa: BLE001 - one broken method must not stop a long bench
+                    if fail_fast:
+                        raise
+                    failed.append(_record_failure(out, cell, exc))
+                    bar.finish(cell, time.perf_counter() - t0, ok=False)
+                    continue
+                result["wall_seconds"] = time.perf_counter() - t0
+                cell_log.append(cell, result)
+                ran += 1
+                bar.finish(cell, result["wall_seconds"])
+        done = cell_log.done()
+    records = [done[c.key] for c in cells if c.key in done]
+    info = {"model": model_name, "pretrained": tag, "protocol": proto.name, "device": context.device_name(),
+            "machine": machine_info(context.device_name()),
+            "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    reports = write_reports(out, records, [s.name for s in sources], method_names, shots, seeds,
+                            list(proto.metrics), info, compare_published, failed)
+    return {"out": str(out), "cells": len(cells), "ran": ran, "skipped": len(cells) - len(todo),
+            "failed": failed, "missing": len(cells) - len(records), "seconds": time.perf_counter() - started,
+            **reports}
+
+
+class _Context:
+    """Loads the backbone and the feature store on first use, so a finished bench loads nothing."""
+
+    def __init__(self, model: str, pretrained: str | None, device: str | None, views: int | None, store: Any,
+                 backbone: Any, sources: dict[str, DataSource]) -> None:
+        self.model, self.pretrained, self.device, self.views = model, pretrained, device, views
+        self.store, self.backbone, self.sources = store, backbone, sources
+
+    def device_name(self) -> str:
+        """The backbone's device if loaded, else the requested one."""
+        return str(self.backbone.device) if self.backbone is not None else (self.device or "")
+
+    def run(self, proto: Any, cell: Cell) -> dict[str, Any]:
+        """Run one cell with the shared backbone and store."""
+        from vlkit.pipeline import DEFAULT_VIEWS
+        from vlkit.store import FeatureStore
+
+        if self.backbone is None:
+            from vlkit.backbones import load_backbone
+
+            self.backbone = load_backbone(self.model, self.pretrained, self.device)
+        if self.store is None:
+            self.store = FeatureStore()
+        views = DEFAULT_VIEWS if self.views is None else self.views
+        return proto.run(self.backbone, self.sources[cell.data], cell.method, cell.shots, cell.seed, self.store, views)
+
+
+def _record_failure(out: Path, cell: Cell, exc: Exception) -> dict[str, str]:
+    failure = {"cell": cell.label(), "key": cell.key, "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+               "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    log.error("cell %s failed: %s", cell.label(), failure["error"], exc_info=not isinstance(exc, VlkitError))
+    with (out / "failed.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(failure) + "\n")
+    return failure
