@@ -1,0 +1,14 @@
+"""Tiny training budgets for the tuners and feature adapters in the contract matrix."""
+from __future__ import annotations
+
+_TINY = {"iters_per_shot": 1, "val_checks": 2, "batch_size": 8}
+
+OVERRIDES = {
+    "lora": dict(_TINY),
+    "prefix-tuning": dict(_TINY, length=2),
+    "vpt-shallow": dict(_TINY, tokens=2),
+    "vpt-deep": dict(_TINY, tokens=2),
+    "bitfit": dict(_TINY),
+    "adapter": dict(_TINY, bottleneck=4),
+    "ia3": dict(_TINY),
+}
