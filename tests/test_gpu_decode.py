@@ -1,0 +1,84 @@
+"""The GPU JPEG path: its CPU-runnable parts here, the nvJPEG decode when CUDA is present."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlkit.data import ImageDataset
+from vlkit.gpu_decode import gpu_image_batches, is_jpeg, jpeg_paths, preprocess_params, resized_size
+
+SIZES = [(40, 30), (30, 40), (64, 64), (40, 30), (23, 57), (16, 12)]  # (width, height), repeats batch together
+
+
+def _jpegs(folder, sizes=SIZES, mode="RGB"):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([xx * 255 / w, yy * 255 / h, np.full_like(xx, 40 * i % 255)], -1)
+        img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+        path = folder / f"img{i}.jpg"
+        Image.fromarray(img).convert(mode).save(path, quality=95)
+        paths.append(str(path))
+    return paths
+
+
+def _reference(backbone, paths):
+    return torch.stack([backbone.preprocess(Image.open(p).convert("RGB")) for p in paths])
+
+
+def test_jpeg_detection(tmp_path):
+    paths = _jpegs(tmp_path, SIZES[:2])
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    assert is_jpeg(paths[0]) and not is_jpeg(tmp_path / "x.png") and not is_jpeg(tmp_path / "missing.jpg")
+    ds = ImageDataset([(p, 0) for p in paths], ["a"])
+    assert jpeg_paths(ds) == paths and jpeg_paths(ds, 1, 2) == paths[1:]
+    mixed = ImageDataset([(paths[0], 0), (str(tmp_path / "x.png"), 0)], ["a"])
+    in_memory = ImageDataset([(Image.new("RGB", (8, 8)), 0)], ["a"])
+    assert jpeg_paths(mixed) is None and jpeg_paths(in_memory) is None
+
+
+def test_resized_size_matches_torchvision():
+    from torchvision.transforms import functional as TF
+
+    for h, w in [(30, 40), (40, 30), (57, 23), (64, 64), (375, 500), (333, 500)]:
+        out = TF.resize(torch.zeros(3, h, w), 224, antialias=True)
+        assert resized_size(h, w, 224) == tuple(out.shape[-2:])
+
+
+def test_cpu_pipeline_matches_pil_preprocess(tmp_path, tiny_backbone):
+    paths = _jpegs(tmp_path)
+    size, mean, std = preprocess_params(tiny_backbone)
+    batches = list(gpu_image_batches(paths, size, mean, std, batch_size=4, device="cpu", num_workers=0))
+    assert [b.shape[0] for b in batches] == [4, 2]
+    ours, ref = torch.cat(batches), _reference(tiny_backbone, paths)
+    assert ours.shape == ref.shape
+    # libjpeg vs PIL's decoder and tensor vs PIL bicubic: small pixel differences only
+    assert (ours - ref).abs().mean() < 0.01 and (ours - ref).abs().max() < 0.1
+    cos = torch.nn.functional.cosine_similarity(tiny_backbone.encode_images(ours), tiny_backbone.encode_images(ref))
+    assert cos.min() >= 0.99
+
+
+def test_grayscale_and_cmyk_jpegs_decode_to_rgb(tmp_path, tiny_backbone):
+    (tmp_path / "cmyk").mkdir()
+    paths = _jpegs(tmp_path, [(20, 20)], mode="L") + _jpegs(tmp_path / "cmyk", [(20, 20)], mode="CMYK")
+    size, mean, std = preprocess_params(tiny_backbone)
+    batch = next(gpu_image_batches(paths, size, mean, std, device="cpu", num_workers=0))
+    assert batch.shape == (2, 3, size, size) and torch.isfinite(batch).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvJPEG decode)")
+def test_cuda_decode_matches_pil_path(tmp_path):
+    import vlkit
+
+    backbone = vlkit.load_backbone("test-tiny", device="cuda")
+    paths = _jpegs(tmp_path, SIZES * 20)
+    size, mean, std = preprocess_params(backbone)
+    ours = torch.cat(list(gpu_image_batches(paths, size, mean, std, batch_size=32)))
+    assert ours.device.type == "cuda"
+    ref = _reference(backbone, paths).cuda()
+    assert (ours - ref).abs().mean() < 0.03
+    cos = torch.nn.functional.cosine_similarity(backbone.encode_images(ours), backbone.encode_images(ref))
+    assert cos.min() >= 0.99
