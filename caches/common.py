@@ -1,0 +1,113 @@
+"""Shared pieces of the cache models: keys from cached views, one-hot values, affinities.
+
+A cache is ``N`` keys (L2-normalised image features) with values (N, C). Affinities
+between queries and keys are exact and dense for small caches, and top-k sparse from
+a :class:`vlkit.index.VectorIndex` for large ones (``sparse_above`` entries); with
+``top_k >= N`` the two agree to floating-point tolerance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vlkit.errors import ShapeError
+from vlkit.index import VectorIndex
+from vlkit.task import Task
+
+
+def cache_keys(train_features: torch.Tensor) -> torch.Tensor:
+    """(N, V, D) cached views -> (N, D) keys: mean of the augmented views, renormalised.
+
+    Tip-Adapter (Sec. 3.2) builds keys from 10 augmented passes; views 1.. are those
+    passes, view 0 (the eval transform) is used only when no augmented view exists.
+    """
+    views = train_features[:, 1:] if train_features.shape[1] > 1 else train_features  # (N, V', D)
+    return F.normalize(F.normalize(views, dim=-1).mean(dim=1), dim=-1)  # (N, D)
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N,) int labels -> (N, C) float32 one-hot values."""
+    return F.one_hot(labels.long(), num_classes).float()
+
+
+def normalized_val(task: Task) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(M, D) L2-normalised validation features and (M,) labels, or None without validation."""
+    if not task.has_val:
+        return None
+    return F.normalize(task.val_features, dim=-1), task.val_labels
+
+
+def zero_shot_logits(x: torch.Tensor, text_weights: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * x @ W.T``: (M, D) normalised queries -> (M, C)."""
+    return scale * x @ text_weights.T
+
+
+def linear_grid(scale: float, steps: int, start: float) -> list[float]:
+    """The authors' search grids: ``[start + i * (scale - start) / steps for i in range(steps)]``."""
+    return [i * (scale - start) / steps + start for i in range(steps)]
+
+
+@dataclass
+class Affinity:
+    """Query-key similarities: dense (M, N) or sparse top-k ``scores``/``ids`` (M, k)."""
+
+    scores: torch.Tensor
+    ids: torch.Tensor | None = None  # None: dense
+
+    @property
+    def sparse(self) -> bool:
+        """Whether these are top-k affinities from the index."""
+        return self.ids is not None
+
+
+class KeyStore:
+    """The keys of a cache and the way queries meet them (dense matmul or the index)."""
+
+    def __init__(self, keys: torch.Tensor, sparse_above: int, top_k: int) -> None:
+        self.keys = keys  # (N, D)
+        self.sparse_above, self.top_k = sparse_above, top_k
+        self.index: VectorIndex | None = None
+        if len(keys) > sparse_above:
+            self.index = VectorIndex.build(keys.float().contiguous(), kind="auto")
+
+    def add(self, keys: torch.Tensor) -> None:
+        """Append (n, D) keys (building the index once the cache grows past ``sparse_above``)."""
+        self.keys = torch.cat([self.keys, keys])
+        if self.index is not None:
+            self.index.add(keys.float().contiguous())
+        elif len(self.keys) > self.sparse_above:
+            self.index = VectorIndex.build(self.keys.float().contiguous(), kind="auto")
+
+    def affinity(self, x: torch.Tensor) -> Affinity:
+        """(M, D) normalised queries -> affinities to every key (or to the top-k keys)."""
+        if self.index is None:
+            return Affinity(x @ self.keys.T)  # (M, N)
+        scores, ids = self.index.search(x.float().contiguous(), self.top_k)  # (M, k)
+        return Affinity(scores, ids)
+
+
+def cache_logits(aff: Affinity, beta: float, values: torch.Tensor) -> torch.Tensor:
+    """``exp(-beta * (1 - A)) @ V``, dense or summed over the top-k keys: (M, C)."""
+    if not aff.sparse:
+        return torch.exp(-beta * (1 - aff.scores)) @ values  # (M, N) @ (N, C)
+    weights = torch.exp(-beta * (1 - aff.scores))  # (M, k)
+    return torch.einsum("mk,mkc->mc", weights, values[aff.ids])  # (M, C)
+
+
+def owned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fresh, aligned copies of loaded tensors.
+
+    safetensors hands back tensors at arbitrary byte offsets; BLAS picks different
+    kernels for unaligned memory, so without the copy a loaded model's logits could
+    differ from the fitted model's in the last bits.
+    """
+    return {k: v.clone() for k, v in state.items()}
+
+
+def check_text_weights(text_weights: torch.Tensor, dim: int) -> torch.Tensor:
+    """Normalised (C, D) text weights; a width mismatch is a ShapeError."""
+    if text_weights.shape[1] != dim:
+        raise ShapeError(f"text weights are {text_weights.shape[1]}-d but features are {dim}-d")
+    return F.normalize(text_weights, dim=-1)

@@ -1,0 +1,97 @@
+"""Vectorised hyper-parameter search on validation for the cache models.
+
+The authors search their grids with nested Python loops that recompute the
+query-key affinities at every grid point. Here the affinities (and the zero-shot
+logits) are computed once; each value of a non-linear parameter (beta, gamma in
+APE's reweighting) costs one ``exp`` and one matmul, and every linear mixing
+weight (alpha, TIP-X's gamma, GDA's alpha) is evaluated for all its values at once
+by broadcasting, with the accuracy counted in the same pass.
+
+Exactness: per grid point the logits are computed with the same tensor operations,
+in the same order and on the same shapes as the method's own ``logits``, and ties
+are broken like the reference loops (``if acc > best``: the first best point in loop
+order wins), so the search picks exactly the point a brute-force loop picks.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from vlkit.caches.common import Affinity, cache_logits
+
+_CHUNK = 1 << 24  # elements of the broadcast (..., M, C) logits evaluated at once
+
+
+def correct_counts(base: torch.Tensor, term: torch.Tensor, scales: Sequence[float],
+                   labels: torch.Tensor) -> torch.Tensor:
+    """Correct predictions of ``base + s * term`` for every ``s`` in ``scales``.
+
+    ``base`` is (..., M, C) (leading grid axes broadcast), ``term`` (M, C); returns
+    (..., S) int64 counts. Rows are processed in chunks to bound memory.
+    """
+    s = torch.tensor(list(scales), dtype=base.dtype)  # (S,)
+    lead = base.shape[:-2]
+    m, c = term.shape
+    rows = max(1, _CHUNK // max(1, int(torch.tensor(lead).prod()) * len(s) * c))
+    total = torch.zeros(*lead, len(s), dtype=torch.long)
+    for start in range(0, m, rows):
+        b = base[..., start:start + rows, :].unsqueeze(-3)  # (..., 1, m', C)
+        t = term[start:start + rows]  # (m', C)
+        logits = b + s[:, None, None] * t  # (..., S, m', C)
+        pred = logits.argmax(dim=-1)  # (..., S, m')
+        total += (pred == labels[start:start + rows]).sum(dim=-1)
+    return total
+
+
+def first_best(counts: torch.Tensor) -> tuple[int, ...]:
+    """Index of the first maximum of ``counts`` in row-major (loop) order."""
+    flat = int(torch.argmax(counts.reshape(-1)))  # argmax returns the first maximal element
+    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), counts.shape))
+
+
+def search_tip(clip: torch.Tensor, aff: Affinity, values: torch.Tensor, labels: torch.Tensor,
+               betas: Sequence[float], alphas: Sequence[float]) -> dict:
+    """Tip-Adapter's grid: loop order beta (outer), alpha (inner); logits ``clip + alpha * cache``."""
+    counts = torch.stack([correct_counts(clip, cache_logits(aff, b, values), alphas, labels) for b in betas])
+    ib, ia = first_best(counts)  # counts: (B, A)
+    return {"beta": betas[ib], "alpha": alphas[ia], "val_accuracy": _pct(counts[ib, ia], labels),
+            "grid_points": counts.numel()}
+
+
+def search_ape(clip: torch.Tensor, cache_fn: Callable[[float, float], torch.Tensor], labels: torch.Tensor,
+               betas: Sequence[float], alphas: Sequence[float], gammas: Sequence[float]) -> dict:
+    """APE's grid: loop order beta, alpha, gamma; ``cache_fn(beta, gamma)`` -> (M, C) cache logits."""
+    counts = torch.zeros(len(betas), len(alphas), len(gammas), dtype=torch.long)
+    for ib, b in enumerate(betas):
+        for ig, g in enumerate(gammas):
+            counts[ib, :, ig] = correct_counts(clip, cache_fn(b, g), alphas, labels)
+    ib, ia, ig = first_best(counts)
+    return {"beta": betas[ib], "alpha": alphas[ia], "gamma": gammas[ig],
+            "val_accuracy": _pct(counts[ib, ia, ig], labels), "grid_points": counts.numel()}
+
+
+def search_tipx(clip: torch.Tensor, aff: Affinity, values: torch.Tensor, kl: torch.Tensor,
+                labels: torch.Tensor, alphas: Sequence[float], betas: Sequence[float],
+                gammas: Sequence[float]) -> dict:
+    """TIP-X's grid: loop order alpha, beta, gamma; logits ``clip + alpha * cache + gamma * kl``."""
+    a = torch.tensor(list(alphas), dtype=clip.dtype)[:, None, None]  # (A, 1, 1)
+    per_beta = []
+    for b in betas:
+        base = clip + a * cache_logits(aff, b, values)  # (A, M, C)
+        per_beta.append(correct_counts(base, kl, gammas, labels))  # (A, G)
+    counts = torch.stack(per_beta, dim=1)  # (A, B, G)
+    ia, ib, ig = first_best(counts)
+    return {"alpha": alphas[ia], "beta": betas[ib], "gamma": gammas[ig],
+            "val_accuracy": _pct(counts[ia, ib, ig], labels), "grid_points": counts.numel()}
+
+
+def search_linear(clip: torch.Tensor, term: torch.Tensor, labels: torch.Tensor, alphas: Sequence[float]) -> dict:
+    """One mixing weight: ``clip + alpha * term`` (GDA)."""
+    counts = correct_counts(clip, term, alphas, labels)  # (A,)
+    (ia,) = first_best(counts)
+    return {"alpha": alphas[ia], "val_accuracy": _pct(counts[ia], labels), "grid_points": counts.numel()}
+
+
+def _pct(count: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * float(count) / max(len(labels), 1)
