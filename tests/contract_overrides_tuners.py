@@ -11,4 +11,8 @@ OVERRIDES = {
     "bitfit": dict(_TINY),
     "adapter": dict(_TINY, bottleneck=4),
     "ia3": dict(_TINY),
+    "clip-adapter": {"epochs": 5},
+    "zs-linear-probe": {"epochs": 5},
+    "clap": {"epochs": 5},
+    "lp++": {"epochs": 20},
 }
