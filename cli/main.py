@@ -176,6 +176,28 @@ def fewshot_command(
         raise typer.Exit(1)
 
 
+@app.command("adapt")
+@user_errors
+def adapt_command(
+    source: str = typer.Option(..., "--source", "-s", help="labelled source domain (dataset name or folder)"),
+    target: str = typer.Option(..., "--target", "-t", help="unlabelled target domain, same classes"),
+    method: str = typer.Option("all", "--method", help="a method, a comma-separated list, or all"),
+    seed: int = SeedOpt,
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="method option key=value (repeatable)"),
+    views: int = typer.Option(10, "--views", help="cached augmented views per image"),
+    model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
+    output: Optional[Path] = OutputOpt,
+) -> None:
+    """Adapt from a labelled source to an unlabelled target; target labels are read only to score."""
+    from vlkit.jobs import adapt
+
+    result = adapt(parse_list(method), model, pretrained, source, target, seed, parse_settings(setting or []),
+                   views, device)
+    table(result["rows"], ["method", "task_kind", "top1", "mean_per_class", "pseudo_label_precision",
+                           "trainable_parameters", "fit_seconds"], title=f"{source} -> {target}")
+    write_json(output, result)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -62,3 +62,16 @@ def colour_test() -> ImageDataset:
 def colour_task(tiny_backbone, colour_pool, session_store):
     """A 4-shot task with 2 cached augmented views, with image datasets attached."""
     return build_task(tiny_backbone, colour_pool, shots=4, seed=0, store=session_store, views=2, with_images=True)
+
+
+@pytest.fixture(scope="session")
+def colour_adapt_task(tiny_backbone, session_store):
+    """Source: colour squares (labelled); target: differently noised squares (unlabelled)."""
+    from vlkit.adapt import build_adaptation_task
+    from vlkit.data.guard import HiddenLabelDataset
+
+    source = colour_dataset(8, seed=0, name="colours-src")
+    source_val = colour_dataset(3, seed=5, name="colours-src-val")
+    target = HiddenLabelDataset(colour_dataset(6, seed=7, name="colours-tgt"))
+    target.domain = "noisy"
+    return build_adaptation_task(tiny_backbone, source, source_val, target, session_store, views=2, seed=0)

@@ -47,8 +47,10 @@ def test_not_fitted_error(name, colour_task):
 
 
 @pytest.mark.parametrize("name", list_methods())
-def test_contract(name, colour_task, colour_test, tiny_backbone, session_store, tmp_path):
+def test_contract(name, colour_task, colour_adapt_task, colour_test, tiny_backbone, session_store, tmp_path):
     klass = method_class(name)
+    if klass.task_kind == "adaptation":
+        colour_task = colour_adapt_task
     assert klass.family and klass.paper, "a method names its family and its paper"
     before = weights_digest(tiny_backbone)
     method = fitted(name, colour_task)

@@ -108,3 +108,25 @@ def backbone_summary(backbone: Backbone) -> dict[str, Any]:
     """What a result records about the encoder."""
     return {"model": backbone.name, "pretrained": backbone.pretrained, "fingerprint": backbone.fingerprint,
             "embed_dim": backbone.embed_dim, "device": backbone.device.type}
+
+
+ADAPT_BASELINES = ["zero-shot", "coop", "tip-adapter"]
+
+
+def adapt(methods: list[str], model: str, pretrained: str | None, source: str, target: str, seed: int = 1,
+          settings: dict[str, Any] | None = None, views: int = 10, device: str | None = None) -> dict[str, Any]:
+    """``vlkit adapt``: each method on labelled ``source`` + unlabelled ``target``; target accuracy."""
+    from vlkit.adapt import run_adapt
+
+    if methods == ["all"]:
+        methods = [m for m in ADAPT_BASELINES if m in list_methods()]
+        methods += [m for m in list_methods() if method_class(m).task_kind == "adaptation"]
+    for name in methods:
+        method_class(name)
+    backbone = load_backbone(model, pretrained, device)
+    src = (load_data(source, "train"), load_data(source, "val"))
+    tgt = (load_data(target, "train"), load_data(target, "test"))
+    store = FeatureStore()
+    rows = [run_adapt(backbone, src, tgt, name, seed, store, views, **(settings or {})) for name in methods]
+    return {"source": source, "target": target, "model": model, "pretrained": pretrained, "seed": seed,
+            "rows": rows}
