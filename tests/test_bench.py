@@ -174,3 +174,22 @@ def test_published_numbers_are_sourced_and_compare_by_model():
     assert header[2] == "DTD (yours / paper)" and "ResNet-50" in note
     assert ["Tip-Adapter", "Zhang et al.", "61.0 / 60.9"] in rows  # exp.log: DTD 16 shots 60.93
     assert compare(build_summary(records, ["dtd"], ["coop"], [16], [1], ["top1"], {**info, "model": "vlkit-mini"})) is None
+
+
+def fake_base_to_novel(backbone, train, test, method, shots, seed, store=None, views=0):
+    """Stands in for vlkit.prompts.base_to_novel.base_to_novel (CLI-style key names)."""
+    base, novel = 80.0 + seed, 60.0 - seed
+    return {"method": method, "base_top1": base, "novel_top1": novel, "trainable_parameters": 8, "fit_seconds": 0.1}
+
+
+def test_base2novel_protocol_reports_base_novel_and_harmonic_mean(tmp_path, source, monkeypatch):
+    from vlkit.bench import protocols
+
+    monkeypatch.setattr(protocols, "BASE2NOVEL_FUNCTION", ("test_bench", "fake_base_to_novel"))
+    result = run_bench(model="test-tiny", data=[source], methods="coop", shots=[16], seeds=[1, 2], out=tmp_path,
+                       protocol="base2novel", fail_fast=True)
+    hms = [protocols.harmonic_mean(80.0 + s, 60.0 - s) for s in (1, 2)]
+    table = result["table"]
+    assert "base-class accuracy" in table and "81.5 ± 0.7" in table and "58.5 ± 0.7" in table
+    assert f"{statistics.mean(hms):.1f} ± {statistics.stdev(hms):.1f}" in table
+    assert set(resolve_methods("all", "base2novel")) <= set(resolve_methods("all"))

@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlkit.bench.report import METRIC_LABELS, Summary, accuracy_table, cost_table
+from vlkit.bench.report import METRIC_LABELS, Summary, accuracy_table, cost_table, shots_text
 from vlkit.bench.summary import AVERAGE
 
 STYLE = """
@@ -59,7 +59,7 @@ def to_html(summary: Summary, plots: dict[str, Path],
         for metric in summary.metrics:
             parts.append(f"<h3>{html.escape(METRIC_LABELS.get(metric, metric))}</h3>")
             parts.append(_table(*accuracy_table(summary, data, metric)))
-        parts.append(f"<h3>cost at {max(summary.shots)} shots</h3>")
+        parts.append(f"<h3>cost at {shots_text(max(summary.shots))}</h3>")
         parts.append(_table(*cost_table(summary, data)))
     if isinstance(published, str):
         parts += ["<h2>Published numbers</h2>", f"<p class='meta'>{html.escape(published)}</p>"]

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from vlkit.bench.report import METRIC_LABELS, Summary  # noqa: E402
+from vlkit.bench.report import METRIC_LABELS, Summary, shots_text  # noqa: E402
 from vlkit.bench.summary import AVERAGE, pareto_front  # noqa: E402
 
 MARKERS = "osD^v<>pPX*h"
@@ -99,7 +99,7 @@ def plot_accuracy_vs_cost(summary: Summary, path: str | Path) -> Path:
         ax.set_xlabel(label + (" (symlog)" if scale == "symlog" else " (log)"))
         ax.set_ylabel(METRIC_LABELS.get(summary.metric, summary.metric), fontsize=8)
         ax.grid(alpha=0.3)
-        ax.set_title(f"{'average over datasets' if data == AVERAGE else data}, {k} shots", fontsize=10)
+        ax.set_title(f"{'average over datasets' if data == AVERAGE else data}, {shots_text(k)}", fontsize=10)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=min(5, max(1, len(labels))), fontsize=8, frameon=False)

@@ -6,7 +6,7 @@ the test split (:func:`vlkit.pipeline.run_fewshot`).
 
 ``base2novel``: CoCoOp's protocol: classes split in halves, fit on the base half, scored
 on base and novel test classes, harmonic mean reported. The bench calls
-``vlkit.prompts.base2novel.run_base2novel`` with ``run_fewshot``'s signature; it must
+``vlkit.prompts.base_to_novel.base_to_novel`` with ``run_fewshot``'s signature; it must
 return ``run_fewshot``'s dict plus ``base`` and ``novel`` accuracies in percent
 (``base_top1``/``novel_top1``/``harmonic_mean`` are accepted too); ``hm`` is added
 here when missing.
@@ -20,7 +20,7 @@ from typing import Any, Callable
 from vlkit.bench.data import DataSource
 from vlkit.errors import VlkitError
 
-BASE2NOVEL_FUNCTION = ("vlkit.prompts.base2novel", "run_base2novel")
+BASE2NOVEL_FUNCTION = ("vlkit.prompts.base_to_novel", "base_to_novel")
 
 
 def harmonic_mean(base: float, novel: float) -> float:
@@ -35,6 +35,7 @@ class Protocol:
     name: str
     metrics: tuple[str, ...]
     runner: Callable[..., dict[str, Any]]
+    accepts: Callable[[str], bool]
 
     def run(self, backbone: Any, source: DataSource, method: str, shots: int, seed: int, store: Any,
             views: int) -> dict[str, Any]:
@@ -66,9 +67,25 @@ def _base2novel(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return result
 
 
+def _fewshot_method(name: str) -> bool:
+    from vlkit.methods import method_class
+
+    return getattr(method_class(name), "task_kind", "fewshot") == "fewshot"
+
+
+def _novel_capable(name: str) -> bool:
+    """Methods whose learned prompts apply to unseen class names (shared prompts with ``retarget``)."""
+    from vlkit.methods import create_method
+
+    if not _fewshot_method(name):
+        return False
+    method = create_method(name)
+    return hasattr(method, "retarget") and bool(getattr(method, "transfers_to_new_classes", False))
+
+
 PROTOCOLS: dict[str, Protocol] = {
-    "fewshot": Protocol("fewshot", ("top1",), _fewshot),
-    "base2novel": Protocol("base2novel", ("base", "novel", "hm"), _base2novel),
+    "fewshot": Protocol("fewshot", ("top1",), _fewshot, _fewshot_method),
+    "base2novel": Protocol("base2novel", ("base", "novel", "hm"), _base2novel, _novel_capable),
 }
 
 

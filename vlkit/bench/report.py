@@ -77,6 +77,11 @@ def build_summary(records: Sequence[dict[str, Any]], datasets: Sequence[str], me
                    list(metrics), dict(info or {}))
 
 
+def shots_text(k: int) -> str:
+    """'1 shot', '4 shots'."""
+    return f"{k} shot{'s' if k != 1 else ''}"
+
+
 # ---- Markdown ----------------------------------------------------------------------------------
 def _table(header: Sequence[str], body: Sequence[Sequence[str]], align: str = "l") -> str:
     lines = ["| " + " | ".join(header) + " |",
@@ -87,7 +92,7 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]], align: str = "l
 
 def accuracy_table(summary: Summary, data: str, metric: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows (method x shots, ``mean ± std``) of one dataset and metric."""
-    header = ["method"] + [f"{k} shot{'s' if k > 1 else ''}" for k in summary.shots]
+    header = ["method"] + [shots_text(k) for k in summary.shots]
     body = []
     for method in summary.methods:
         cells = []
@@ -139,7 +144,7 @@ def to_markdown(summary: Summary, published: str | None = None) -> str:
              + (f" ({info['pretrained']})" if info.get("pretrained") else ""),
              "",
              f"Protocol {info.get('protocol', 'fewshot')}; mean ± sample std over seeds {seeds}; "
-             f"cost at {max(summary.shots)} shots, mean over seeds. "
+             f"cost at {shots_text(max(summary.shots))}, mean over seeds. "
              "Pareto: on the front of accuracy against trainable parameters (params) or fit time (time).",
              ""]
     for data in summary.panels:
@@ -149,7 +154,7 @@ def to_markdown(summary: Summary, published: str | None = None) -> str:
             header, body = accuracy_table(summary, data, metric)
             lines += [f"{METRIC_LABELS.get(metric, metric)}", "", _table(header, body, "r"), ""]
         header, body = cost_table(summary, data)
-        lines += [f"cost at {max(summary.shots)} shots", "", _table(header, body, "r"), ""]
+        lines += [f"cost at {shots_text(max(summary.shots))}", "", _table(header, body, "r"), ""]
     if published:
         lines += [published, ""]
     return "\n".join(lines)

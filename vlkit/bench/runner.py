@@ -22,16 +22,17 @@ DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
 
 
-def resolve_methods(spec: str | Sequence[str]) -> list[str]:
-    """``"all"`` (every registered few-shot method), ``"a,b"``, or ``"all,-maple"`` (all but some)."""
+def resolve_methods(spec: str | Sequence[str], protocol: str = "fewshot") -> list[str]:
+    """``"all"`` (every registered method the protocol accepts), ``"a,b"``, or ``"all,-maple"`` (all but some)."""
     from vlkit.methods import list_methods, method_class
 
+    accepts = get_protocol(protocol).accepts
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     items = [s for s in items if s]
     chosen: list[str] = []
     for item in items:
         if item == "all":
-            chosen += [m for m in list_methods() if getattr(method_class(m), "task_kind", "fewshot") == "fewshot"]
+            chosen += [m for m in list_methods() if accepts(m)]
         elif not item.startswith("-"):
             method_class(item)  # an unknown name raises, listing the known ones
             chosen.append(item)
@@ -78,7 +79,7 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     """
     proto = get_protocol(protocol)
     shots, seeds = _check_ints(shots, "shots", 1), _check_ints(seeds, "seeds", 0)
-    method_names = resolve_methods(methods)
+    method_names = resolve_methods(methods, proto.name)
     specs = [d for d in data if isinstance(d, str)]
     sources = [d for d in data if isinstance(d, DataSource)] + (sources_from_specs(specs) if specs else [])
     if not sources:
