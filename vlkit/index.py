@@ -195,7 +195,9 @@ class VectorIndex:
         except RuntimeError as exc:
             raise VlkitError(f"{path} is not a readable FAISS index ({str(exc).splitlines()[0]}): "
                              "rebuild it with VectorIndex.save") from None
-        raw = faiss.downcast_index(raw)
+        if type(raw) is faiss.Index:  # older FAISS: a base wrapper; keep it alive, it owns the memory
+            owner, raw = raw, faiss.downcast_index(raw)
+            raw.referenced_objects = [owner]
         if isinstance(raw, faiss.IndexIVFFlat):
             out = cls(raw.d, "ivf", nlist=raw.nlist, nprobe=raw.nprobe, device=device)
         elif isinstance(raw, faiss.IndexHNSWFlat):

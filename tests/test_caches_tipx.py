@@ -1,0 +1,119 @@
+"""TIP-X against its equations written out; brute-force search; folder and name-only support sets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import COLOURS
+from test_caches_tip import random_problem
+from vlkit.caches import TipX
+from vlkit.caches.support import name_only_support
+from vlkit.errors import DataError, VlkitError
+from vlkit.task import Task
+
+
+def kl_matrix(queries, support, text, temperature=0.5):
+    """KL(s(f_m) || s(F_n)) for every pair, one pair at a time."""
+    out = torch.zeros(len(queries), len(support))
+    for m, f in enumerate(queries):
+        p = torch.softmax(f @ text.T / temperature, dim=-1)
+        for n, k in enumerate(support):
+            q = torch.softmax(k @ text.T / temperature, dim=-1)
+            out[m, n] = (p * (p.log() - q.log())).sum()
+    return out
+
+
+def tipx_equation(f, keys, labels, text, kl, ranges, alpha, beta, gamma):
+    """100 f W^T + alpha exp(-beta (1 - f F^T)) L + gamma (-rescale(KL)) L."""
+    one_hot = torch.zeros(len(labels), text.shape[0])
+    one_hot[torch.arange(len(labels)), labels] = 1.0
+    kl_min, kl_max, aff_min, aff_max = ranges
+    scaled = (kl - kl_min) / (kl_max - kl_min) * (aff_max - aff_min) + aff_min
+    return (100.0 * f @ text.T + alpha * torch.exp(-beta * (1.0 - f @ keys.T)) @ one_hot
+            + gamma * (-scaled) @ one_hot)
+
+
+def test_tipx_logits_match_equation_with_ranges_fixed_on_validation():
+    feats, labels, text, val, val_labels = random_problem()
+    model = TipX(alpha=3.0, beta=4.0, gamma=0.7).fit(feats, labels, text, val, val_labels)
+    keys = F.normalize(feats[:, 1:].mean(1), dim=-1)
+    f = F.normalize(val, dim=-1)
+    kl_val, aff_val = kl_matrix(f, keys, text), f @ keys.T
+    ranges = (kl_val.min(), kl_val.max(), aff_val.min(), aff_val.max())
+    torch.testing.assert_close(model.ranges_, torch.stack(ranges), rtol=1e-4, atol=1e-5)
+    queries = F.normalize(torch.randn(6, text.shape[1]), dim=-1)
+    expected = tipx_equation(queries, keys, labels, text, kl_matrix(queries, keys, text), ranges, 3.0, 4.0, 0.7)
+    torch.testing.assert_close(model.logits(queries), expected, rtol=1e-4, atol=1e-3)
+    # one query's prediction does not depend on the rest of its batch
+    torch.testing.assert_close(model.logits(queries[:1]), model.logits(queries)[:1])
+
+
+def test_tipx_search_picks_the_brute_force_point():
+    feats, labels, text, val, val_labels = random_problem(seed=3)
+    steps = (5, 20, 10)
+    model = TipX(search_steps=steps).fit(feats, labels, text, val, val_labels)
+    keys, f = model.keys_, F.normalize(val, dim=-1)
+    kl = kl_matrix(f, keys, text)
+    aff = f @ keys.T
+    ranges = (kl.min(), kl.max(), aff.min(), aff.max())
+    alphas = [0.1 + i * (50 - 0.1) / steps[0] for i in range(steps[0])]
+    betas = [1 + i * (50 - 1) / steps[1] for i in range(steps[1])]
+    gammas = [0.1 + i * (30 - 0.1) / steps[2] for i in range(steps[2])]
+    best, choice = -1, None
+    for alpha in alphas:
+        for beta in betas:
+            for gamma in gammas:
+                logits = tipx_equation(f, keys, labels, text, kl, ranges, alpha, beta, gamma)
+                acc = int((logits.argmax(-1) == val_labels).sum())
+                if acc > best:
+                    best, choice = acc, (alpha, beta, gamma)
+    assert (model.alpha_, model.beta_, model.gamma_) == choice
+
+
+def test_name_only_support_retrieves_nearest_pool_images_per_class():
+    feats, labels, text, val, val_labels = random_problem()
+    pool = F.normalize(torch.randn(200, text.shape[1]), dim=-1)
+    keys, support_labels = name_only_support(pool, text, per_class=3)
+    expected = (text @ pool.T).topk(3, dim=-1).indices  # (C, 3)
+    torch.testing.assert_close(keys, pool[expected.reshape(-1)])
+    assert support_labels.tolist() == [c for c in range(5) for _ in range(3)]
+    task = Task(classnames=[str(i) for i in range(5)], text_weights=text, train_features=feats,
+                train_labels=labels, val_features=val, val_labels=val_labels, unlabeled_features=pool)
+    model = TipX(support="name-only", support_per_class=3, search_steps=(2, 5, 2)).fit(task)
+    assert model.fit_info_["support_size"] == 15
+    with pytest.raises(VlkitError, match="unlabelled pool"):
+        TipX(support="name-only").fit(feats, labels, text)
+    with pytest.raises(VlkitError, match="support must be"):
+        TipX(support="/no/such/folder").fit(feats, labels, text)
+
+
+def _write_colour_images(root, classes, per_class=3, seed=0):
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = np.clip(np.array(COLOURS[name])[None, None] + rng.normal(0, 20, (32, 32, 3)), 0, 255)
+            Image.fromarray(img.astype(np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_folder_and_pool_support_with_the_tiny_backbone(colour_task, tmp_path):
+    _write_colour_images(tmp_path / "support", ["red", "blue"])
+    model = TipX(support=str(tmp_path / "support"), search_steps=(2, 4, 2)).fit(colour_task)
+    assert model.fit_info_["support_size"] == 6
+    assert sorted(model.values_.argmax(-1).tolist()) == [0, 0, 0, 2, 2, 2]  # red = 0, blue = 2
+    _write_colour_images(tmp_path / "bad", ["red"])
+    (tmp_path / "bad" / "purple").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "bad" / "purple" / "x.png")
+    with pytest.raises(DataError, match="not task classes"):
+        TipX(support=str(tmp_path / "bad")).fit(colour_task)
+    flat = tmp_path / "pool"
+    _write_colour_images(flat, list(COLOURS), per_class=2, seed=1)
+    pooled = TipX(support="name-only", pool=str(flat), support_per_class=2, search_steps=(2, 4, 2)).fit(colour_task)
+    assert pooled.fit_info_["support_size"] == 8
+    no_backbone = Task(classnames=colour_task.classnames, text_weights=colour_task.text_weights,
+                       train_features=colour_task.train_features, train_labels=colour_task.train_labels)
+    with pytest.raises(VlkitError, match="backbone"):
+        TipX(support=str(tmp_path / "support")).fit(no_backbone)
