@@ -17,7 +17,7 @@ import torch
 
 from vlkit.data import ImageDataset
 from vlkit.errors import DataError, VlkitError
-from vlkit.evaluate import accuracy, measure
+from vlkit.evaluate import accuracy, artifact_bytes, measure
 from vlkit.methods import Method, create_method
 from vlkit.pipeline import DEFAULT_VIEWS, build_task, method_logits, templates_for
 from vlkit.store import FeatureStore
@@ -85,10 +85,14 @@ def base_to_novel(backbone, train_pool: ImageDataset, test_set: ImageDataset, me
     zs_base = _zero_shot_top1(backbone, base_test, templates, store)
     zs_novel = _zero_shot_top1(backbone, novel_test, templates, store)
     return {
-        "method": method.name, "shots": shots, "seed": seed, "model": backbone.name, "dataset": train_pool.name,
+        "method": method.name, "family": method.family, "shots": shots, "seed": seed, "model": backbone.name,
+        "pretrained": backbone.pretrained, "dataset": train_pool.name,
         "base": base_acc, "novel": novel_acc, "hm": harmonic_mean(base_acc, novel_acc),
         "zero_shot": {"base": zs_base, "novel": zs_novel, "hm": harmonic_mean(zs_base, zs_novel)},
         "base_classes": base_test.classnames, "novel_classes": novel_test.classnames,
-        "trainable_parameters": int(method.trainable_parameters), "fit_seconds": cost["seconds"],
-        "fit_info": method.fit_info_,
+        "test_size": {"base": len(base_test), "novel": len(novel_test)},
+        "trainable_parameters": int(method.trainable_parameters),
+        "artifact_bytes": artifact_bytes(method, backbone.fingerprint),
+        "fit_seconds": cost["seconds"], "peak_memory_bytes": cost["peak_memory_bytes"],
+        "memory_kind": cost["memory_kind"], "fit_info": method.fit_info_,
     }

@@ -43,7 +43,8 @@ class QueryHead(nn.Module):
 
 @dataclass
 class DeFoConfig(PromptConfig):
-    """``n_queries`` Q; ``n_ctx`` tokens per query; ``query_init`` an optional phrase."""
+    """``n_queries`` Q; ``n_ctx`` tokens per query; ``query_init`` an optional phrase
+    (its token count then sets the query length)."""
 
     n_queries: int = 32
     n_ctx: int = 16
@@ -68,7 +69,8 @@ class DeFo(PromptMethod):
 
     def build(self, classnames: list[str], generator: torch.Generator) -> nn.Module:
         cfg = self.config
-        encoder = PromptedTextEncoder(self.backbone_, [""] * cfg.n_queries, n_ctx=cfg.n_ctx,
+        encoder = PromptedTextEncoder(self.backbone_, [""] * cfg.n_queries,
+                                      n_ctx=None if cfg.query_init else cfg.n_ctx,
                                       init=cfg.query_init or None, class_specific=True, generator=generator)
         return QueryHead(encoder, len(classnames), generator)
 
