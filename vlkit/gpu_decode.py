@@ -49,6 +49,22 @@ def jpeg_paths(dataset: Any, start: int = 0, stop: int | None = None) -> list[st
     return paths if is_jpeg(paths[0]) else None
 
 
+def gpu_decode_enabled() -> bool:
+    """False when ``VLKIT_GPU_DECODE=0`` (force the PIL path, e.g. to compare the two)."""
+    return os.environ.get("VLKIT_GPU_DECODE", "1") != "0"
+
+
+def gpu_paths_for(backbone: Any, dataset: Any, view: int, start: int = 0, stop: int | None = None) -> list[str] | None:
+    """The JPEG paths of items ``[start, stop)`` when the GPU path applies, else None.
+
+    It applies to the evaluation view (0) of a dataset of JPEG files on a CUDA backbone,
+    unless ``VLKIT_GPU_DECODE=0``. Augmented views keep the PIL path (random crops).
+    """
+    if view != 0 or getattr(backbone.device, "type", "cpu") != "cuda" or not gpu_decode_enabled():
+        return None
+    return jpeg_paths(dataset, start, stop)
+
+
 def preprocess_params(backbone: Any) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
     """(image_size, mean, std) of ``backbone.preprocess`` (its Normalize step)."""
     steps = getattr(backbone.preprocess, "transforms", [])
