@@ -193,3 +193,25 @@ def test_base2novel_protocol_reports_base_novel_and_harmonic_mean(tmp_path, sour
     assert "base-class accuracy" in table and "81.5 ± 0.7" in table and "58.5 ± 0.7" in table
     assert f"{statistics.mean(hms):.1f} ± {statistics.stdev(hms):.1f}" in table
     assert set(resolve_methods("all", "base2novel")) <= set(resolve_methods("all"))
+
+
+def test_make_results_renders_every_result_file_and_checks_staleness(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("make_results", Path(__file__).parents[1] / "benchmarks" / "make_results.py")
+    make_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_results)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "a.json").write_text(json.dumps({"benchmark": "a", "command": "python a.py", "machine": "2 CPUs",
+                                                "ratios": {"x_vs_y": 3.5}, "plain_over_hit": 120.0, "n": 7}))
+    (results / "b.json").write_text(json.dumps({"benchmark": "b"}))
+    out = tmp_path / "RESULTS.md"
+    assert make_results.main(["--results", str(results), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "python a.py" in text and "| x_vs_y | 3.5000 |" in text and "| plain_over_hit | 120.0 |" in text
+    assert "| n | 7 |" in text and "b.json: missing command, machine" in text
+    assert make_results.main(["--check", "--results", str(results), "--output", str(out)]) == 0
+    (results / "c.json").write_text(json.dumps({"benchmark": "c", "command": "c", "machine": "m"}))
+    assert make_results.main(["--check", "--results", str(results), "--output", str(out)]) == 1

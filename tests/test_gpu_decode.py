@@ -82,3 +82,17 @@ def test_cuda_decode_matches_pil_path(tmp_path):
     assert (ours - ref).abs().mean() < 0.03
     cos = torch.nn.functional.cosine_similarity(backbone.encode_images(ours), backbone.encode_images(ref))
     assert cos.min() >= 0.99
+
+
+def test_gpu_path_applies_only_to_view0_jpegs_on_cuda(tmp_path, tiny_backbone, monkeypatch):
+    from types import SimpleNamespace
+
+    from vlkit.gpu_decode import gpu_paths_for
+
+    paths = _jpegs(tmp_path, SIZES[:2])
+    ds = ImageDataset([(p, 0) for p in paths], ["a"])
+    cuda_like = SimpleNamespace(device=torch.device("cuda"))
+    assert gpu_paths_for(tiny_backbone, ds, 0) is None  # CPU backbone: the PIL path
+    assert gpu_paths_for(cuda_like, ds, 0) == paths and gpu_paths_for(cuda_like, ds, 1) is None
+    monkeypatch.setenv("VLKIT_GPU_DECODE", "0")
+    assert gpu_paths_for(cuda_like, ds, 0) is None
