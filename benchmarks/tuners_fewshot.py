@@ -1,0 +1,118 @@
+"""Few-shot accuracy and cost of the feature adapters and tuners against zero-shot.
+
+Every cell is ``vlkit.pipeline.run_fewshot`` (selection on the validation split only,
+the test split read once after fitting): top-1, trainable parameters, fit seconds and
+peak memory side by side. ``--iters-per-shot`` shortens the tuners' CLIP-LoRA budget
+(500 iterations per shot) for a CPU run; the value used is recorded. ``--others`` adds
+the prompt learners and cache models for the side-by-side table.
+
+    python benchmarks/tuners_fewshot.py --model vlkit-mini --data fashion-mnist --shots 16 \
+        --seeds 1 --iters-per-shot 25
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import vlkit
+from vlkit.data.offline import load_offline
+from vlkit.methods import create_method, list_methods, method_class
+from vlkit.pipeline import run_fewshot
+from vlkit.store import FeatureStore
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# (label, registered name, options)
+METHODS = [
+    ("zero-shot", "zero-shot", {}), ("linear-probe", "linear-probe", {}),
+    ("clip-adapter", "clip-adapter", {}), ("zs-linear-probe", "zs-linear-probe", {}), ("clap", "clap", {}),
+    ("lp++", "lp++", {}),
+    ("lora", "lora", {}), ("prefix-tuning", "prefix-tuning", {}), ("vpt-shallow", "vpt-shallow", {}),
+    ("vpt-deep", "vpt-deep", {}), ("bitfit", "bitfit", {}), ("adapter-houlsby", "adapter", {"style": "houlsby"}),
+    ("adapter-adaptformer", "adapter", {"style": "adaptformer"}), ("ia3", "ia3", {}),
+]
+OTHER_FAMILIES = ("prompt", "cache")
+
+
+def plan(labels: list[str] | None, others: bool) -> list[tuple[str, str, dict]]:
+    """The (label, name, options) cells to run."""
+    chosen = [m for m in METHODS if labels is None or m[0] in labels]
+    if others:
+        chosen += [(n, n, {}) for n in list_methods() if method_class(n).family in OTHER_FAMILIES]
+    return chosen
+
+
+def table(rows: list[dict], labels: list[str]) -> str:
+    """Markdown: mean top-1 over seeds, trainable parameters, fit seconds, peak memory (MiB)."""
+    lines = ["| method | family | top-1 | vs zero-shot | trainable | fit s | peak MiB |", "|" + "---|" * 7]
+    zero = statistics.fmean(r["top1"] for r in rows if r["label"] == "zero-shot") if any(
+        r["label"] == "zero-shot" for r in rows) else None
+    for label in labels:
+        cell = [r for r in rows if r["label"] == label]
+        if not cell:
+            continue
+        top1 = statistics.fmean(r["top1"] for r in cell)
+        delta = f"{top1 - zero:+.1f}" if zero is not None else "n/a"
+        lines.append(f"| {label} | {cell[0]['family']} | {top1:.1f} | {delta} | {cell[0]['trainable_parameters']:,} | "
+                     f"{statistics.fmean(r['fit_seconds'] for r in cell):.1f} | "
+                     f"{statistics.fmean(r['peak_memory_bytes'] for r in cell) / 2**20:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="vlkit-mini")
+    parser.add_argument("--data", default="fashion-mnist", help="an offline dataset name")
+    parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--methods", nargs="+", default=None, help="labels from the default list")
+    parser.add_argument("--others", action="store_true", help="add the prompt learners and cache models")
+    parser.add_argument("--iters-per-shot", type=int, default=None, help="tuners' budget (default: 500, CLIP-LoRA)")
+    parser.add_argument("--views", type=int, default=10)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    backbone = vlkit.load_backbone(args.model, device=args.device)
+    pool, test = load_offline(args.data, "train"), load_offline(args.data, "test")
+    store = FeatureStore()
+    cells, rows, started = plan(args.methods, args.others), [], time.perf_counter()
+    for seed in args.seeds:
+        for label, name, options in cells:
+            if method_class(name).family == "tuner" and args.iters_per_shot is not None:
+                options = {**options, "iters_per_shot": args.iters_per_shot}
+            r = run_fewshot(backbone, pool, test, create_method(name, **options), args.shots, seed, store=store,
+                            views=args.views)
+            rows.append({"label": label, **{k: r[k] for k in (
+                "method", "family", "shots", "seed", "top1", "mean_per_class", "fit_seconds", "peak_memory_bytes",
+                "memory_kind", "trainable_parameters", "artifact_bytes", "latency_ms_per_image")}})
+            print(f"{label:20s} seed {seed}: top-1 {r['top1']:.2f}  fit {r['fit_seconds']:.1f}s", file=sys.stderr)
+    labels = [c[0] for c in cells]
+    zero = statistics.fmean(r["top1"] for r in rows if r["label"] == "zero-shot")
+    mine = [lab for lab, name, _ in cells if method_class(name).family in ("adapter", "tuner")]
+    margins = {lab: round(statistics.fmean(r["top1"] for r in rows if r["label"] == lab) - zero, 2) for lab in mine}
+    result = {
+        "benchmark": "tuners_fewshot" + (f"-{args.tag}" if args.tag else ""),
+        "title": f"Adapters and tuners vs zero-shot: {args.model} on {args.data}, {args.shots} shots "
+                 f"({len(test)} test images)",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": torch.cuda.get_device_name() if backbone.device.type == "cuda"
+        else f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "claim": f"each feature adapter and tuner beats zero-shot at {args.shots} shots (margin in top-1 points)",
+        "ratios": {f"{lab}_minus_zero_shot": v for lab, v in margins.items()},
+        "zero_shot_top1": zero, "iters_per_shot": args.iters_per_shot or 500, "seeds": args.seeds,
+        "date": time.strftime("%Y-%m-%d"), "wall_seconds": round(time.perf_counter() - started, 1),
+        "table": table(rows, labels), "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{result['benchmark']}.json").write_text(json.dumps(result, indent=1))
+    print(result["table"])
+
+
+if __name__ == "__main__":
+    main()
