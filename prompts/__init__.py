@@ -3,6 +3,7 @@ from vlkit.prompts.base import PromptConfig, PromptMethod
 from vlkit.prompts.base_to_novel import base_to_novel
 from vlkit.prompts.cocoop import CoCoOp
 from vlkit.prompts.coop import CoOp
+from vlkit.prompts.daprompt import DAPrompt
 from vlkit.prompts.defo import DeFo
 from vlkit.prompts.encoder import PromptedTextEncoder
 from vlkit.prompts.kgcoop import KgCoOp
