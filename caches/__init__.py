@@ -9,5 +9,6 @@ from vlkit.caches.ape import APE  # isort: skip
 from vlkit.caches.ape_t import APET  # isort: skip
 from vlkit.caches.tipx import TipX  # isort: skip
 from vlkit.caches.gda import GDA  # isort: skip
+from vlkit.caches.self_training import SelfTrainingCache  # isort: skip
 
 __all__ = ["APE", "APET", "GDA", "TipAdapter", "TipAdapterF", "TipX"]
