@@ -94,3 +94,22 @@ def test_user_errors_are_clear():
         create_method("lora", targets=["q", "query"])
     with pytest.raises(VlkitError, match="tower must be"):
         create_method("bitfit", tower="visual")
+
+
+def test_text_only_tuner_trains_from_cached_features(colour_task, colour_test, tiny_backbone, session_store):
+    torch.manual_seed(0)
+    method = create_method("lora", tower="text", iters_per_shot=2, val_checks=2, batch_size=8).fit(colour_task)
+    assert method.input_kind == "features"
+    from vlkit.pipeline import method_logits
+
+    logits = method_logits(method, tiny_backbone, colour_test, session_store)
+    assert logits.shape == (len(colour_test), colour_task.num_classes)
+    assert all(name.startswith("transformer.") for name in method.state())  # CLIP's text tower only
+
+
+def test_layer_selection(tiny_backbone):
+    all_layers = create_method("lora", tower="image").build(tiny_backbone).parameters_to_train()
+    last = create_method("lora", tower="image", layers=[-1]).build(tiny_backbone).parameters_to_train()
+    assert len(last) == len(all_layers) // 2 and all(".resblocks.1." in n for n in last)
+    with pytest.raises(VlkitError, match="out of range"):
+        create_method("lora", tower="image", layers=[5]).build(tiny_backbone)
