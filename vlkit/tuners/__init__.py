@@ -2,6 +2,14 @@
 
 Every tuner works on its own :func:`~vlkit.tuners.inject.shared_copy` of the frozen
 open_clip model (module tree copied, weights shared), so the backbone is never changed.
+
+Why not Hugging Face PEFT: its LoRA targets ``nn.Linear`` and cannot pick q, k or v out
+of open_clip's fused ``in_proj_weight`` (its experimental ``nn.MultiheadAttention``
+layer adapts the fused matrix as one and merges it on every forward); its prefix tuning
+goes through Hugging Face ``past_key_values``, which open_clip's towers do not have;
+VPT is not in PEFT; and it edits the model in place, which would change the shared
+backbone. Splitting attention into q/k/v/out ``nn.Linear`` views once
+(:mod:`vlkit.tuners.attention`) makes each tuner a few lines on top.
 """
 from vlkit.tuners.base import TunerConfig, TunerMethod
 from vlkit.tuners.method import IA3, LoRA, Adapter, BitFit, PrefixTuning, VPTDeep, VPTShallow
