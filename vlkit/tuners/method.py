@@ -99,7 +99,7 @@ class PrefixConfig(TunerConfig):
 
     tower: str = "text"
     length: int = 10
-    init: str = "words"  # "words": activations of real tokens (Li & Liang Sec. 7.2); "random": N(0, 0.02)
+    init: str = "words"  # "words": activations of a real phrase (Li & Liang Sec. 7.4); "random": N(0, 0.02)
     lr: float = 1e-3
 
     def validate(self) -> None:
@@ -113,7 +113,7 @@ class PrefixTuning(TunerMethod):
     """Learned key/value prefixes at every attention layer of the text tower."""
 
     name = "prefix-tuning"
-    paper = "Li & Liang, Prefix-Tuning: Optimizing Continuous Prompts for Generation, ACL 2021, Eq. (3)-(4)"
+    paper = "Li & Liang, Prefix-Tuning: Optimizing Continuous Prompts for Generation, ACL 2021, Sec. 4.2, Eq. (3)"
     Config = PrefixConfig
     towers_allowed = ("text",)
 

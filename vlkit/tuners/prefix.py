@@ -1,10 +1,12 @@
 """Prefix tuning: learned key/value vectors prepended at every attention layer.
 
 Li & Liang, "Prefix-Tuning: Optimizing Continuous Prompts for Generation", ACL 2021,
-Eq. (3)-(4): activations at prefix positions are free parameters ``P_theta`` at every
-layer, and every real token attends to them. As in PEFT's default (no reparameterising
-MLP, Sec. 4.3 notes the MLP only stabilises training), the per-layer key and value
-prefixes are trained directly. Zero-length prefixes are the frozen model exactly.
+Sec. 4.2, Eq. (3): activations at prefix positions are free parameters ``P_theta`` at
+every layer, and every real token attends to them. As PEFT's default, the per-layer key
+and value prefixes are trained directly (Sec. 4.3's MLP reparameterisation is only a
+training aid and is dropped after training). The default initialisation is the frozen
+tower's own keys/values of a real phrase (Sec. 7.4: real-word initialisation helps in
+low-data settings). Zero-length prefixes are the frozen model exactly.
 """
 from __future__ import annotations
 
