@@ -7,7 +7,7 @@ peak memory side by side. ``--iters-per-shot`` shortens the tuners' CLIP-LoRA bu
 the prompt learners and cache models for the side-by-side table.
 
     python benchmarks/tuners_fewshot.py --model vlkit-mini --data fashion-mnist --shots 16 \
-        --seeds 1 --iters-per-shot 25
+        --seeds 1 --iters-per-shot 4 --tuner-batch-size 16 --tuner-lr-scale 10 --test-per-class 50
 """
 from __future__ import annotations
 
@@ -48,6 +48,29 @@ def plan(labels: list[str] | None, others: bool) -> list[tuple[str, str, dict]]:
     return chosen
 
 
+def first_per_class(dataset, k: int):
+    """The first ``k`` items of every class (a fixed, class-balanced test subset)."""
+    seen: dict[int, int] = {}
+    keep = []
+    for i, label in enumerate(dataset.labels):
+        if seen.get(label, 0) < k:
+            seen[label] = seen.get(label, 0) + 1
+            keep.append(i)
+    return dataset.subset(keep, f"first{k}")
+
+
+def tuner_budget(name: str, args: argparse.Namespace) -> dict:
+    """The CPU-budget overrides for a tuner (none by default)."""
+    out: dict = {}
+    if args.iters_per_shot is not None:
+        out["iters_per_shot"] = args.iters_per_shot
+    if args.tuner_batch_size is not None:
+        out["batch_size"] = args.tuner_batch_size
+    if args.tuner_lr_scale != 1.0:
+        out["lr"] = method_class(name).Config().lr * args.tuner_lr_scale
+    return out
+
+
 def table(rows: list[dict], labels: list[str]) -> str:
     """Markdown: mean top-1 over seeds, trainable parameters, fit seconds, peak memory (MiB)."""
     lines = ["| method | family | top-1 | vs zero-shot | trainable | fit s | peak MiB |", "|" + "---|" * 7]
@@ -74,18 +97,23 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="labels from the default list")
     parser.add_argument("--others", action="store_true", help="add the prompt learners and cache models")
     parser.add_argument("--iters-per-shot", type=int, default=None, help="tuners' budget (default: 500, CLIP-LoRA)")
+    parser.add_argument("--tuner-batch-size", type=int, default=None, help="tuners' batch (default: 32)")
+    parser.add_argument("--tuner-lr-scale", type=float, default=1.0, help="multiply each tuner's default lr")
+    parser.add_argument("--test-per-class", type=int, default=None, help="score on the first K test images per class")
     parser.add_argument("--views", type=int, default=10)
     parser.add_argument("--device", default=None)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     backbone = vlkit.load_backbone(args.model, device=args.device)
     pool, test = load_offline(args.data, "train"), load_offline(args.data, "test")
+    if args.test_per_class is not None:
+        test = first_per_class(test, args.test_per_class)
     store = FeatureStore()
     cells, rows, started = plan(args.methods, args.others), [], time.perf_counter()
     for seed in args.seeds:
         for label, name, options in cells:
-            if method_class(name).family == "tuner" and args.iters_per_shot is not None:
-                options = {**options, "iters_per_shot": args.iters_per_shot}
+            if method_class(name).family == "tuner":
+                options = {**options, **tuner_budget(name, args)}
             r = run_fewshot(backbone, pool, test, create_method(name, **options), args.shots, seed, store=store,
                             views=args.views)
             rows.append({"label": label, **{k: r[k] for k in (
@@ -106,6 +134,8 @@ def main() -> None:
         "claim": f"each feature adapter and tuner beats zero-shot at {args.shots} shots (margin in top-1 points)",
         "ratios": {f"{lab}_minus_zero_shot": v for lab, v in margins.items()},
         "zero_shot_top1": zero, "iters_per_shot": args.iters_per_shot or 500, "seeds": args.seeds,
+        "tuner_batch_size": args.tuner_batch_size or 32, "tuner_lr_scale": args.tuner_lr_scale,
+        "test_images": len(test),
         "date": time.strftime("%Y-%m-%d"), "wall_seconds": round(time.perf_counter() - started, 1),
         "table": table(rows, labels), "rows": rows,
     }
