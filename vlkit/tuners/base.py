@@ -194,8 +194,9 @@ class TunerMethod(Method):
         self.tuned_ = self.build(backbone)
         params = self.tuned_.parameters_to_train()
         if set(params) != set(state):
+            missing, extra = sorted(set(params) - set(state))[:3], sorted(set(state) - set(params))[:3]
             raise VlkitError(f"saved {self.name} state does not fit this config/backbone: "
-                             f"missing {sorted(set(params) - set(state))[:3]}, extra {sorted(set(state) - set(params))[:3]}")
+                             f"missing {missing}, extra {extra}")
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(state[name].to(p.device, p.dtype))

@@ -73,8 +73,9 @@ def tower_root(model: nn.Module, tower: str) -> str:
     """Dotted path of the module holding ``tower``'s blocks ("" for CLIP's built-in text tower)."""
     if tower == "image":
         if not hasattr(getattr(model, "visual", None), "transformer"):
-            raise VlkitError(f"image-tower tuners need a ViT image tower; {type(getattr(model, 'visual', None)).__name__} "
-                             "has no transformer blocks (use tower='text')")
+            kind = type(getattr(model, "visual", None)).__name__
+            raise VlkitError(f"image-tower tuners need a ViT image tower; {kind} has no transformer blocks "
+                             "(use tower='text')")
         return "visual"
     if tower != "text":
         raise VlkitError(f"tower must be one of {TOWERS}, got {tower!r}")

@@ -202,7 +202,8 @@ class BitFit(TunerMethod):
     """Train only the bias terms (copies of them: the backbone's stay frozen)."""
 
     name = "bitfit"
-    paper = "Ben Zaken et al., BitFit: Simple Parameter-efficient Fine-tuning for Transformer-based MLMs, ACL 2022, Sec. 2"
+    paper = ("Ben Zaken et al., BitFit: Simple Parameter-efficient Fine-tuning for Transformer-based MLMs, "
+             "ACL 2022, Sec. 2")
     Config = BitFitConfig
 
     def inject(self, tuned: TunedCLIP) -> None:
@@ -274,7 +275,8 @@ class IA3(TunerMethod):
     """Learned vectors rescaling keys, values and the feed-forward hidden activations."""
 
     name = "ia3"
-    paper = "Liu et al., Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning, NeurIPS 2022, Sec. 3.3"
+    paper = ("Liu et al., Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning, "
+             "NeurIPS 2022, Sec. 3.3")
     Config = IA3Config
 
     def inject(self, tuned: TunedCLIP) -> None:
