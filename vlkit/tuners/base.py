@@ -119,10 +119,10 @@ class TunerMethod(Method):
         stream = self._batches(task, generator)
 
         def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-            x, y = batch
+            x, y = batch[0].to(backbone.device), batch[1].to(backbone.device)
             weights = self._text_weights(tokens) if tuned_text else self.text_weights_.to(backbone.device)
             feats = self.tuned_.encode_images(x) if "image" in self.towers else F.normalize(x, dim=-1)
-            return F.cross_entropy(self.logit_scale_ * feats @ weights.T, y.to(backbone.device))
+            return F.cross_entropy(self.logit_scale_ * feats @ weights.T, y)
 
         val_x = self._val_inputs(task) if task.has_val else None
 
