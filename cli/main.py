@@ -16,6 +16,21 @@ datasets_app = typer.Typer(invoke_without_command=True, help="List and build the
 app.add_typer(features_app, name="features")
 app.add_typer(datasets_app, name="datasets")
 
+
+def _register_family_commands() -> None:
+    """Commands written next to their library code: upgrade/predict (caches), bench."""
+    from vlkit.cli.bench import bench_command
+    from vlkit.cli.upgrade import predict_command, upgrade_app
+
+    for command in upgrade_app.registered_commands:
+        command.callback = user_errors(command.callback)
+    app.add_typer(upgrade_app, name="upgrade")
+    app.command("predict")(user_errors(predict_command))
+    app.command("bench")(bench_command)
+
+
+_register_family_commands()
+
 SkipOpt = typer.Option(False, "--skip-corrupt", help="skip unreadable images (their count is logged)")
 COST_COLUMNS = ["top1", "mean_per_class", "trainable_parameters", "artifact_bytes", "fit_seconds",
                 "latency_ms_per_image"]

@@ -130,3 +130,18 @@ def adapt(methods: list[str], model: str, pretrained: str | None, source: str, t
     rows = [run_adapt(backbone, src, tgt, name, seed, store, views, **(settings or {})) for name in methods]
     return {"source": source, "target": target, "model": model, "pretrained": pretrained, "seed": seed,
             "rows": rows}
+
+
+def fit_base_to_novel(method: str, model: str, pretrained: str | None, data: str, shots: int, seed: int,
+                      settings: dict[str, Any] | None = None, views: int = 10,
+                      device: str | None = None) -> dict[str, Any]:
+    """``vlkit fit --base-to-novel``: train on the first half of the classes, score base and novel."""
+    from vlkit.prompts.base_to_novel import base_to_novel
+
+    method_class(method)
+    backbone = load_backbone(model, pretrained, device)
+    pool, test = load_data(data, "train"), load_data(data, "test")
+    result = base_to_novel(backbone, pool, test, method, shots, seed, views=views, **(settings or {}))
+    result.update(data=data, method=method, base_top1=result["base"], novel_top1=result["novel"],
+                  harmonic_mean=result["hm"])
+    return result
