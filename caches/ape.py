@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlkit.caches.common import (KeyStore, cache_keys, cache_logits, check_text_weights, linear_grid,
+from vlkit.caches.common import (Affinity, KeyStore, cache_keys, cache_logits, check_text_weights, linear_grid,
                                normalized_val, one_hot, owned, zero_shot_logits)
 from vlkit.caches.search import search_ape
 from vlkit.methods.base import Method, MethodConfig
@@ -121,11 +121,9 @@ class APE(Method):
         self.kl_ = kl_reweighting(self.keys_, text_r, self.values_)  # (N,)
         self._store = KeyStore(self.keys_, self.config.sparse_above, self.config.top_k)
 
-    def _cache(self, x: torch.Tensor, beta: float, gamma: float, aff: Any = None) -> torch.Tensor:
-        """(M, C) cache logits of normalised (M, D) queries."""
-        if aff is None:
-            aff = self._store.affinity(F.normalize(x[:, self.channels_], dim=-1))
-        return cache_logits(aff, beta, self.values_ * torch.exp(gamma * self.kl_)[:, None])
+    def _affinity(self, x: torch.Tensor) -> Affinity:
+        """Affinities of normalised (M, D) queries' refined channels f' to the refined keys F'."""
+        return self._store.affinity(F.normalize(x[:, self.channels_], dim=-1))
 
     def _choose(self, task: Task) -> None:
         cfg = self.config
@@ -142,15 +140,15 @@ class APE(Method):
         alphas = [cfg.alpha] if cfg.alpha is not None else linear_grid(sa, na, 0.1)
         gammas = [cfg.gamma] if cfg.gamma is not None else linear_grid(sg, ng, 0.0)
         clip = zero_shot_logits(x, self.text_weights_, cfg.logit_scale)
-        aff = self._store.affinity(F.normalize(x[:, self.channels_], dim=-1))  # computed once
-        found = search_ape(clip, lambda b, g: self._cache(x, b, g, aff), y, betas, alphas, gammas)
+        found = search_ape(clip, self._affinity(x), self.values_, self.kl_, y, betas, alphas, gammas)
         self.alpha_, self.beta_, self.gamma_ = found["alpha"], found["beta"], found["gamma"]
         self.fit_info_ = {**found, "searched": True, "channels": len(self.channels_)}
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(x, dim=-1)
         clip = zero_shot_logits(x, self.text_weights_, self.config.logit_scale)  # (M, C)
-        return clip + self.alpha_ * self._cache(x, self.beta_, self.gamma_)
+        values = self.values_ * torch.exp(self.gamma_ * self.kl_)[:, None]  # diag(R_F'W') L
+        return clip + self.alpha_ * cache_logits(self._affinity(x), self.beta_, values)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"keys": self.keys_, "values": self.values_, "text_weights": self.text_weights_,

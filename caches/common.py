@@ -55,11 +55,19 @@ class Affinity:
 
     scores: torch.Tensor
     ids: torch.Tensor | None = None  # None: dense
+    _distance: torch.Tensor | None = None
 
     @property
     def sparse(self) -> bool:
         """Whether these are top-k affinities from the index."""
         return self.ids is not None
+
+    @property
+    def distance(self) -> torch.Tensor:
+        """``1 - scores``, computed once (a search reuses it for every beta)."""
+        if self._distance is None:
+            self._distance = 1 - self.scores
+        return self._distance
 
 
 class KeyStore:
@@ -88,12 +96,21 @@ class KeyStore:
         return Affinity(scores, ids)
 
 
+def cache_weights(aff: Affinity, beta: float) -> torch.Tensor:
+    """``exp(-beta * (1 - A))``: (M, N) dense or (M, k) for the top-k keys."""
+    return torch.exp(-beta * aff.distance)
+
+
+def combine(weights: torch.Tensor, aff: Affinity, values: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of the keys' values: ``weights @ V`` (dense) or over the top-k keys: (M, C)."""
+    if not aff.sparse:
+        return weights @ values  # (M, N) @ (N, C)
+    return torch.einsum("mk,mkc->mc", weights, values[aff.ids])
+
+
 def cache_logits(aff: Affinity, beta: float, values: torch.Tensor) -> torch.Tensor:
     """``exp(-beta * (1 - A)) @ V``, dense or summed over the top-k keys: (M, C)."""
-    if not aff.sparse:
-        return torch.exp(-beta * (1 - aff.scores)) @ values  # (M, N) @ (N, C)
-    weights = torch.exp(-beta * (1 - aff.scores))  # (M, k)
-    return torch.einsum("mk,mkc->mc", weights, values[aff.ids])  # (M, C)
+    return combine(cache_weights(aff, beta), aff, values)
 
 
 def owned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

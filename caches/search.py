@@ -14,32 +14,31 @@ order wins), so the search picks exactly the point a brute-force loop picks.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
-from vlkit.caches.common import Affinity, cache_logits
+from vlkit.caches.common import Affinity, cache_logits, cache_weights, combine
 
-_CHUNK = 1 << 24  # elements of the broadcast (..., M, C) logits evaluated at once
+_CHUNK = 1 << 20  # elements of the broadcast logits evaluated at once (~4 MB: stays in cache)
 
 
 def correct_counts(base: torch.Tensor, term: torch.Tensor, scales: Sequence[float],
                    labels: torch.Tensor) -> torch.Tensor:
     """Correct predictions of ``base + s * term`` for every ``s`` in ``scales``.
 
-    ``base`` is (..., M, C) (leading grid axes broadcast), ``term`` (M, C); returns
+    ``base`` and ``term`` are (..., M, C) with broadcastable leading grid axes; returns
     (..., S) int64 counts. Rows are processed in chunks to bound memory.
     """
-    s = torch.tensor(list(scales), dtype=base.dtype)  # (S,)
-    lead = base.shape[:-2]
-    m, c = term.shape
-    rows = max(1, _CHUNK // max(1, int(torch.tensor(lead).prod()) * len(s) * c))
-    total = torch.zeros(*lead, len(s), dtype=torch.long)
+    s = torch.tensor(list(scales), dtype=term.dtype)[:, None, None]  # (S, 1, 1)
+    lead = torch.broadcast_shapes(base.shape[:-2], term.shape[:-2])
+    m, c = term.shape[-2:]
+    rows = max(1, _CHUNK // max(1, lead.numel() * len(scales) * c))
+    total = torch.zeros(*lead, len(scales), dtype=torch.long)
     for start in range(0, m, rows):
         b = base[..., start:start + rows, :].unsqueeze(-3)  # (..., 1, m', C)
-        t = term[start:start + rows]  # (m', C)
-        logits = b + s[:, None, None] * t  # (..., S, m', C)
-        pred = logits.argmax(dim=-1)  # (..., S, m')
+        t = term[..., start:start + rows, :].unsqueeze(-3)  # (..., 1, m', C)
+        pred = (b + s * t).argmax(dim=-1)  # (..., S, m')
         total += (pred == labels[start:start + rows]).sum(dim=-1)
     return total
 
@@ -52,20 +51,35 @@ def first_best(counts: torch.Tensor) -> tuple[int, ...]:
 
 def search_tip(clip: torch.Tensor, aff: Affinity, values: torch.Tensor, labels: torch.Tensor,
                betas: Sequence[float], alphas: Sequence[float]) -> dict:
-    """Tip-Adapter's grid: loop order beta (outer), alpha (inner); logits ``clip + alpha * cache``."""
-    counts = torch.stack([correct_counts(clip, cache_logits(aff, b, values), alphas, labels) for b in betas])
-    ib, ia = first_best(counts)  # counts: (B, A)
+    """Tip-Adapter's grid: loop order beta (outer), alpha (inner); logits ``clip + alpha * cache``.
+
+    The cache logits of a group of betas are stacked (B', M, C) and all their alphas are
+    scored in one broadcast.
+    """
+    group = max(1, _CHUNK // max(1, clip.numel()))
+    counts = []
+    for start in range(0, len(betas), group):
+        caches = torch.stack([cache_logits(aff, b, values) for b in betas[start:start + group]])  # (B', M, C)
+        counts.append(correct_counts(clip, caches, alphas, labels))  # (B', A)
+    counts = torch.cat(counts)  # (B, A)
+    ib, ia = first_best(counts)
     return {"beta": betas[ib], "alpha": alphas[ia], "val_accuracy": _pct(counts[ib, ia], labels),
             "grid_points": counts.numel()}
 
 
-def search_ape(clip: torch.Tensor, cache_fn: Callable[[float, float], torch.Tensor], labels: torch.Tensor,
+def search_ape(clip: torch.Tensor, aff: Affinity, values: torch.Tensor, kl: torch.Tensor, labels: torch.Tensor,
                betas: Sequence[float], alphas: Sequence[float], gammas: Sequence[float]) -> dict:
-    """APE's grid: loop order beta, alpha, gamma; ``cache_fn(beta, gamma)`` -> (M, C) cache logits."""
+    """APE's grid: loop order beta, alpha, gamma; cache ``exp(-beta (1 - A)) @ (L * exp(gamma * kl))``.
+
+    The reweighted values of every gamma are built once; per beta the affinity weights
+    are computed once and combined with each of them.
+    """
+    soft = [values * torch.exp(g * kl)[:, None] for g in gammas]  # G x (N, C)
     counts = torch.zeros(len(betas), len(alphas), len(gammas), dtype=torch.long)
     for ib, b in enumerate(betas):
-        for ig, g in enumerate(gammas):
-            counts[ib, :, ig] = correct_counts(clip, cache_fn(b, g), alphas, labels)
+        weights = cache_weights(aff, b)
+        caches = torch.stack([combine(weights, aff, v) for v in soft])  # (G, M, C)
+        counts[ib] = correct_counts(clip, caches, alphas, labels).T  # (A, G)
     ib, ia, ig = first_best(counts)
     return {"beta": betas[ib], "alpha": alphas[ia], "gamma": gammas[ig],
             "val_accuracy": _pct(counts[ib, ia, ig], labels), "grid_points": counts.numel()}
