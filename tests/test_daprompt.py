@@ -121,3 +121,13 @@ def test_wrong_feature_width_is_a_clear_error_after_adapting(name, colour_adapt_
     method = create_method(name, **({"epochs": 0} if name == "daprompt" else {"search_steps": (20, 5)}))
     with pytest.raises(ShapeError, match="another backbone"):
         method.fit(colour_adapt_task).logits(torch.randn(3, colour_adapt_task.dim + 1))
+
+
+def test_class_specific_agnostic_context(colour_adapt_task, colour_test, tiny_backbone, session_store):
+    method = create_method("daprompt", epochs=1, class_specific=True, tau=0.0).fit(colour_adapt_task)
+    assert method.net_.agnostic.shape == (4, 16, 32) and method.net_.specific.shape == (2, 16, 32)
+    init = create_method("daprompt", epochs=0, class_specific=True, ctx_init="a photo", dmx_init="of a")
+    x = session_store.image_features(tiny_backbone, colour_test)
+    text = tiny_backbone.encode_texts([f"a photo of a {n}, a noisy image." for n in NAMES])
+    ref = tiny_backbone.logit_scale * F.normalize(x, dim=-1) @ text.T
+    torch.testing.assert_close(init.fit(colour_adapt_task).logits(x), ref, rtol=0, atol=1e-4)
