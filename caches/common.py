@@ -7,6 +7,7 @@ a :class:`vlkit.index.VectorIndex` for large ones (``sparse_above`` entries); wi
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -102,10 +103,23 @@ def cache_weights(aff: Affinity, beta: float) -> torch.Tensor:
 
 
 def combine(weights: torch.Tensor, aff: Affinity, values: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of the keys' values: ``weights @ V`` (dense) or over the top-k keys: (M, C)."""
+    """Weighted sum of the keys' values: ``weights @ V`` (dense) or over the top-k keys: (M, C).
+
+    The sparse form is a CSR (M, N) matrix with k entries per row times V, which never
+    materialises the (M, k, C) gathered values; ids of -1 (FAISS: fewer than k hits) weigh 0.
+    """
     if not aff.sparse:
         return weights @ values  # (M, N) @ (N, C)
-    return torch.einsum("mk,mkc->mc", weights, values[aff.ids])
+    m, k = weights.shape
+    if m == 0 or k == 0:
+        return torch.zeros(m, values.shape[1], dtype=values.dtype)
+    found = aff.ids >= 0
+    rows = torch.arange(0, m * k + 1, k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        csr = torch.sparse_csr_tensor(rows, torch.where(found, aff.ids, 0).reshape(-1),
+                                      torch.where(found, weights, 0).reshape(-1), size=(m, len(values)))
+        return csr @ values  # (M, C)
 
 
 def cache_logits(aff: Affinity, beta: float, values: torch.Tensor) -> torch.Tensor:

@@ -98,9 +98,8 @@ def test_read_classes(tmp_path):
 
 
 def test_cli_init_add_predict(tmp_path):
-    app = typer.Typer()
-    app.add_typer(upgrade_app, name="upgrade")
-    app.command("predict")(predict_command)
+    from vlkit.cli.main import app  # the real `vlkit` app, which wires upgrade/predict
+
     runner = CliRunner()
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(CLASSES))
@@ -119,4 +118,13 @@ def test_cli_init_add_predict(tmp_path):
     saved = json.loads(out.read_text())
     assert len(saved["predictions"][0]["top"]) == 3 and saved["examples"] == 2
     result = runner.invoke(app, ["upgrade", "add", str(run), str(images[0]), "--label", "nope"])
-    assert isinstance(result.exception, VlkitError) and "unknown label" in str(result.exception)
+    assert result.exit_code == 1 and "unknown label 'nope'" in result.output  # one line, no traceback
+    assert "Traceback" not in result.output
+
+
+def test_commands_are_plain_typer_functions():
+    app = typer.Typer()
+    app.add_typer(upgrade_app, name="upgrade")
+    app.command("predict")(predict_command)
+    result = CliRunner().invoke(app, ["upgrade", "--help"])
+    assert result.exit_code == 0 and "init" in result.output and "add" in result.output
