@@ -98,3 +98,31 @@ def test_key_depends_on_backbone_and_features_from_another_backbone_fail(tmp_pat
     assert store.entry_dir(tiny_backbone, data, 0) != store.entry_dir(other, data, 0)
     with pytest.raises(BackboneMismatchError, match="another backbone"):
         store.check_features(torch.randn(2, tiny_backbone.embed_dim + 3), tiny_backbone)
+
+
+def test_gpu_jpeg_route_agrees_with_the_pil_route(tmp_path, tiny_backbone, monkeypatch):
+    """The store's batched-decode route (GPU on CUDA; forced onto the CPU here) gives the PIL features."""
+    import numpy as np
+    from PIL import Image
+
+    import vlkit.store as store_module
+    from vlkit.data import load_image_folder
+    from vlkit.gpu_decode import jpeg_paths
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / "img" / f"c{c}").mkdir(parents=True)
+        for i in range(5):
+            smooth = np.kron(rng.integers(0, 255, (6, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # (48, 64, 3)
+            Image.fromarray(smooth).save(tmp_path / "img" / f"c{c}" / f"{i}.jpg", quality=95)
+    data = load_image_folder(tmp_path / "img")
+    pil = FeatureStore(tmp_path / "pil", num_workers=0).image_features(tiny_backbone, data)
+    calls = []
+    monkeypatch.setattr(store_module, "gpu_paths_for",
+                        lambda b, d, v, s, e: calls.append(v) or (jpeg_paths(d, s, e) if v == 0 else None))
+    real_batches = store_module.gpu_image_batches
+    monkeypatch.setattr(store_module, "gpu_image_batches",
+                        lambda paths, size, mean, std, bs, device: real_batches(paths, size, mean, std, bs, "cpu", 0))
+    routed = FeatureStore(tmp_path / "gpu", num_workers=0).image_features(tiny_backbone, data)
+    assert calls == [0]
+    assert torch.nn.functional.cosine_similarity(pil, routed).min() >= 0.99

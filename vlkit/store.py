@@ -25,6 +25,7 @@ from vlkit.backbones import Backbone
 from vlkit.data.dataset import ImageDataset
 from vlkit.data.offline.paths import cache_root
 from vlkit.errors import BackboneMismatchError, DataError
+from vlkit.gpu_decode import gpu_image_batches, gpu_paths_for, preprocess_params
 from vlkit.progress import progress
 
 log = logging.getLogger("vlkit.store")
@@ -140,6 +141,14 @@ class FeatureStore:
     def _encode_shard(self, backbone: Backbone, dataset: ImageDataset, view: int, shard: int, bar) -> torch.Tensor:
         start = shard * self.shard_size
         stop = min(len(dataset), start + self.shard_size)
+        jpegs = gpu_paths_for(backbone, dataset, view, start, stop)
+        if jpegs is not None:  # CUDA + eval view + JPEG files: decode and resize on the GPU
+            size, mean, std = preprocess_params(backbone)
+            out = []
+            for batch in gpu_image_batches(jpegs, size, mean, std, self.batch_size, backbone.device):
+                out.append(backbone.encode_images(batch).cpu())
+                bar.advance(len(batch))
+            return torch.cat(out)
         transform = backbone.preprocess if view == 0 else backbone.train_transform
         images = _ImageTensors(dataset, transform, start, stop, seed=view if view else None)
         workers = self.num_workers if stop - start > self.batch_size else 0
