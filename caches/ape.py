@@ -3,8 +3,8 @@
 Zhu et al., "Not All Features Matter: Enhancing Few-shot CLIP with Adaptive Prior
 Refinement", ICCV 2023 (arXiv:2304.01195). Sec. 3.2 (prior refinement) picks the Q
 feature channels that best separate the classes; Sec. 3.3 (APE) combines three
-affinities. Written out (equation numbers of the paper's Sec. 3.2-3.3; the exact forms
-follow the authors' code)::
+affinities. Written out (the numbered equations of Sec. 3.2-3.3; exact forms, e.g. the
+log2 and the 1e-6 smoothing, follow the authors' code)::
 
     S_k = 1 / P * sum_{i != j} sum_{m, n} x_{i,m,k} x_{j,n,k}   # inter-class similarity,
           x_{i,.} = class i's text weight and its cache keys, P = number of pairs

@@ -1,10 +1,12 @@
 """Tip-Adapter: a training-free key-value cache over the few-shot features.
 
 Zhang et al., "Tip-Adapter: Training-free Adaption of CLIP for Few-shot
-Classification", ECCV 2022 (arXiv:2207.09519), Sec. 3.2, Eq. (4)-(6)::
+Classification", ECCV 2022 (arXiv:2207.09519), Sec. 3.2: the cache affinity and the
+logits equation (the paper's numbered equations of Sec. 3.2; written out here because
+the numbering could not be checked offline)::
 
-    A      = exp(-beta * (1 - f @ F_train.T))            # Eq. (4)-(5), (M, N)
-    logits = 100 * f @ W.T + alpha * A @ L_train          # Eq. (6),     (M, C)
+    A      = exp(-beta * (1 - f @ F_train.T))            # affinity,   (M, N)
+    logits = 100 * f @ W.T + alpha * A @ L_train          # the logits, (M, C)
 
 f and the keys F_train are L2-normalised, W the normalised zero-shot text weights,
 L_train the one-hot labels. Keys are the mean of the augmented views of each image.
@@ -71,7 +73,7 @@ class TipAdapter(Method):
 
     name = "tip-adapter"
     family = "cache"
-    paper = "Zhang et al., Tip-Adapter, ECCV 2022 (arXiv:2207.09519), Sec. 3.2, Eq. (4)-(6)"
+    paper = "Zhang et al., Tip-Adapter, ECCV 2022 (arXiv:2207.09519), Sec. 3.2 (affinity and logits equations)"
     Config = TipAdapterConfig
 
     # ---- fitting -----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Zhang et al., ECCV 2022 (arXiv:2207.09519), Sec. 3.3: the keys F_train become a
 trainable (N, D) matrix initialised from the cache, trained with cross-entropy on the
-logits of Eq. (6) at the initial alpha/beta, AdamW (lr 1e-3, eps 1e-4), cosine
+Sec. 3.2 logits at the initial alpha/beta, AdamW (lr 1e-3, eps 1e-4), cosine
 schedule, batch 256, 20 epochs. Training reads the cached augmented views (one random
 view per image per epoch), never re-encoding images. The epoch is chosen on
 validation and alpha/beta are then searched on validation (the reference code picks
@@ -44,7 +44,7 @@ class TipAdapterF(TipAdapter):
     """Tip-Adapter whose keys are fine-tuned for a few epochs (``trainable_parameters = N * D``)."""
 
     name = "tip-adapter-f"
-    paper = "Zhang et al., Tip-Adapter, ECCV 2022 (arXiv:2207.09519), Sec. 3.3 (Tip-Adapter-F), Eq. (6)"
+    paper = "Zhang et al., Tip-Adapter, ECCV 2022 (arXiv:2207.09519), Sec. 3.3 (Tip-Adapter-F) with the Sec. 3.2 logits"
     Config = TipAdapterFConfig
 
     def _fit(self, task: Task) -> None:
@@ -59,7 +59,7 @@ class TipAdapterF(TipAdapter):
         text, values = self.text_weights_, self.values_
         alpha, beta = cfg.init_alpha, cfg.init_beta
 
-        def forward(x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C), Eq. (6) with trainable keys
+        def forward(x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C): Tip-Adapter logits, trainable keys
             return cfg.logit_scale * x @ text.T + alpha * torch.exp(-beta * (1 - x @ keys.T)) @ values
 
         feats = F.normalize(task.train_features, dim=-1)  # (N, V, D)

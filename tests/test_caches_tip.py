@@ -25,7 +25,7 @@ def random_problem(seed: int = 0, c: int = 5, d: int = 24, shots: int = 4, views
 
 
 def tip_equation(f, keys, labels, text, alpha, beta):
-    """Eq. (6): 100 f W^T + alpha exp(-beta (1 - f F^T)) L, written out."""
+    """Tip-Adapter logits (Sec. 3.2): 100 f W^T + alpha exp(-beta (1 - f F^T)) L, written out."""
     f = f / f.norm(dim=-1, keepdim=True)
     one_hot = torch.zeros(len(labels), text.shape[0])
     one_hot[torch.arange(len(labels)), labels] = 1.0
@@ -126,6 +126,6 @@ def test_tip_adapter_f_trains_keys_and_selects_on_validation():
     assert not torch.allclose(model.keys_, initial)  # the keys moved
     assert model.trainable_parameters == initial.numel()
     assert len(model.fit_info_["val_per_epoch"]) == 4 and 0 <= model.fit_info_["best_epoch"] < 4
-    # inference is Eq. (6) with the fine-tuned keys (not renormalised, as in the reference)
+    # inference is the Sec. 3.2 logits with the fine-tuned keys (not renormalised, as in the reference)
     torch.testing.assert_close(model.logits(val),
                                tip_equation(val, model.keys_, labels, text, model.alpha_, model.beta_))
