@@ -67,43 +67,45 @@ class SharedPrefixEncoder:
         head = base[:1, :p].expand(g, -1, -1).scatter(1, index, ctx)  # (G, P, W)
         x_p = head.to(cast) + pos[:p]  # (G, P, W)
         x_s = (base[:, p:end].to(cast) + pos[p:end]).repeat(g, 1, 1)  # (G*C, S, W)
+        x = torch.cat([x_p.flatten(0, 1), x_s.flatten(0, 1)])  # (G*P + G*C*S, W): one matrix for every linear
         mask = owner.attn_mask[:end, :end].to(cast)
         blocks = owner.transformer.resblocks
+        shape = (g, p, c, end - p)
         pick = (pooled - p).repeat(g)  # (G*C,) the pooled position inside each suffix
         for i, block in enumerate(blocks):
-            x_p, x_s = self._block(block, x_p, x_s, c, mask, pick if i == len(blocks) - 1 else None)
-        x = owner.ln_final(x_s[:, 0])  # (G*C, W): the last block kept only the pooled rows
+            x = self._block(block, x, shape, mask, pick if i == len(blocks) - 1 else None)
+        x = owner.ln_final(x)  # (G*C, W): the last block kept only the pooled rows
         proj = owner.text_projection
         if proj is not None:
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return x.view(g, c, -1)
 
     @staticmethod
-    def _block(block: nn.Module, x_p: torch.Tensor, x_s: torch.Tensor, c: int, mask: torch.Tensor,
-               pick: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One residual attention block on the prefix (G, P, W) and suffixes (G*C, S, W).
+    def _block(block: nn.Module, x: torch.Tensor, shape: tuple[int, int, int, int], mask: torch.Tensor,
+               pick: torch.Tensor | None) -> torch.Tensor:
+        """One residual attention block on the stacked prefix rows (G*P) and suffix rows (G*C*S).
 
-        In the last block (``pick`` given) only the pooled row of each suffix is computed:
-        it alone is read after the tower, and its keys/values come from the block input.
+        In the last block (``pick`` given) only the pooled row of each suffix is computed
+        and returned, (G*C, W): it alone is read after the tower, and its keys/values
+        come from the block input.
         """
+        g, p, c, s = shape
         attn: nn.MultiheadAttention = block.attn
-        h, p = attn.num_heads, x_p.shape[1]
-        q_p, k_p, v_p = F.linear(block.ln_1(x_p), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-        q_s, k_s, v_s = F.linear(block.ln_1(x_s), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-        k = torch.cat([k_p.repeat_interleave(c, dim=0), k_s], dim=1)  # (G*C, P+S, W)
-        v = torch.cat([v_p.repeat_interleave(c, dim=0), v_s], dim=1)
+        h, split = attn.num_heads, g * p
+        q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q_p, k_p, v_p = (t[:split].view(g, p, -1) for t in (q, k, v))  # (G, P, W)
+        q_s, k_s, v_s = (t[split:].view(g * c, s, -1) for t in (q, k, v))  # (G*C, S, W)
+        k_s = torch.cat([k_p.repeat_interleave(c, dim=0), k_s], dim=1)  # (G*C, P+S, W)
+        v_s = torch.cat([v_p.repeat_interleave(c, dim=0), v_s], dim=1)
         mask_s = mask[p:]  # (S, P+S)
         if pick is not None:
             rows = torch.arange(len(pick), device=pick.device)
-            x_s, q_s = x_s[rows, pick][:, None], q_s[rows, pick][:, None]  # (G*C, 1, W)
-            mask_s = mask_s[pick][:, None, None]  # (G*C, 1, 1, P+S)
-        out_s = F.scaled_dot_product_attention(_heads(q_s, h), _heads(k, h), _heads(v, h), attn_mask=mask_s)
-        x_s = x_s + block.ls_1(attn.out_proj(out_s.transpose(1, 2).flatten(2)))
-        x_s = x_s + block.ls_2(block.mlp(block.ln_2(x_s)))
-        if pick is not None:  # nothing reads the prefix after the last block
-            return x_p, x_s
-        out_p = F.scaled_dot_product_attention(_heads(q_p, h), _heads(k_p, h), _heads(v_p, h),
-                                               attn_mask=mask[:p, :p])
-        x_p = x_p + block.ls_1(attn.out_proj(out_p.transpose(1, 2).flatten(2)))
-        x_p = x_p + block.ls_2(block.mlp(block.ln_2(x_p)))
-        return x_p, x_s
+            q_s, mask_s = q_s[rows, pick][:, None], mask_s[pick][:, None, None]  # (G*C, 1, W), (G*C, 1, 1, P+S)
+            out = F.scaled_dot_product_attention(_heads(q_s, h), _heads(k_s, h), _heads(v_s, h), attn_mask=mask_s)
+            y = x[split:].view(g * c, s, -1)[rows, pick] + block.ls_1(attn.out_proj(out.transpose(1, 2).flatten(1)))
+            return y + block.ls_2(block.mlp(block.ln_2(y)))  # nothing reads the prefix after the last block
+        out_p = F.scaled_dot_product_attention(_heads(q_p, h), _heads(k_p, h), _heads(v_p, h), attn_mask=mask[:p, :p])
+        out_s = F.scaled_dot_product_attention(_heads(q_s, h), _heads(k_s, h), _heads(v_s, h), attn_mask=mask_s)
+        out = torch.cat([out_p.transpose(1, 2).flatten(0, 1), out_s.transpose(1, 2).flatten(0, 1)])  # (R, H, hd)
+        x = x + block.ls_1(attn.out_proj(out.flatten(1)))
+        return x + block.ls_2(block.mlp(block.ln_2(x)))

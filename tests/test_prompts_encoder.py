@@ -64,15 +64,32 @@ def test_random_init_is_seeded(tiny_backbone):
     assert torch.equal(a.ctx, b.ctx) and 0.01 < float(a.ctx.detach().std()) < 0.03
 
 
-def test_shared_prefix_path_matches_the_plain_path_with_gradients(tiny_backbone):
-    enc = encoder(tiny_backbone, n_ctx=4)
+def float64_copy(backbone):
+    """The backbone's model in float64 (a copy): exactness checks without float32 rounding."""
+    import copy
+
+    from vlkit.backbones.text_tower import text_tower_of
+
+    other = copy.copy(backbone)
+    other.model = copy.deepcopy(backbone.model).double()
+    other.text = text_tower_of(other.model)
+    return other
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shared_prefix_path_matches_the_plain_path_with_gradients(tiny_backbone, dtype):
+    backbone = tiny_backbone if dtype == torch.float32 else float64_copy(tiny_backbone)
+    enc = encoder(backbone, n_ctx=4)
+    enc.base = enc.base.to(dtype)
     assert enc.fast is not None and enc.layout.shared_prefix == 5  # [SOS] + 4 slots
-    groups = (torch.randn(3, 4, enc.width) * 0.02).requires_grad_()
+    groups = (torch.randn(3, 4, enc.width, generator=torch.Generator().manual_seed(1), dtype=dtype) * 0.02)
+    groups.requires_grad_()
     plain, fast = enc.encode(groups), enc.encode(groups, fast=True)
-    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
     (g_plain,) = torch.autograd.grad(plain.square().sum(), groups)
     (g_fast,) = torch.autograd.grad(fast.square().sum(), groups)
-    torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-6)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6  # exact in real arithmetic; float32 differs by rounding
+    torch.testing.assert_close(fast, plain, rtol=0, atol=tol * float(plain.detach().abs().max()))
+    torch.testing.assert_close(g_fast, g_plain, rtol=0, atol=tol * float(g_plain.abs().max()))
 
 
 def test_no_fast_path_where_the_prefix_is_not_shared(tiny_backbone):
