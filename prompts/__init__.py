@@ -9,4 +9,5 @@ from vlkit.prompts.encoder import PromptedTextEncoder
 from vlkit.prompts.kgcoop import KgCoOp
 from vlkit.prompts.maple import MaPLe
 
-__all__ = ["CoCoOp", "CoOp", "DeFo", "KgCoOp", "MaPLe", "PromptConfig", "PromptMethod", "PromptedTextEncoder", "base_to_novel"]
+__all__ = ["CoCoOp", "CoOp", "DAPrompt", "DeFo", "KgCoOp", "MaPLe", "PromptConfig", "PromptMethod",
+           "PromptedTextEncoder", "base_to_novel"]

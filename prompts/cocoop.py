@@ -3,9 +3,10 @@ Vision-Language Models, CVPR 2022).
 
 A light meta-net ``h`` (Linear d -> d/16, ReLU, Linear d/16 -> w) turns each image's
 feature x into a token ``pi = h(x)`` that shifts every context vector:
-``v_m(x) = v_m + pi`` (Sec. 3.2, Eq. 3), so each image gets its own prompts
-``t_i(x) = {v_1(x), ..., v_M(x), c_i}`` and ``p(y|x) = softmax_i(cos(g(t_i(x)), x) / tau)``
-(Eq. 4).
+``v_m(x) = v_m + pi`` (Sec. 3.2, the conditional context), so each image gets its own
+prompts ``t_i(x) = {v_1(x), ..., v_M(x), c_i}`` and
+``p(y|x) = softmax_i(cos(g(t_i(x)), x) / tau)`` (Sec. 3.2, the prediction probability;
+the paper's equation numbers could not be checked offline, so the formulas are written out).
 
 The reference trains with batch 1 because it builds one prompt set per image in a
 loop. Here a batch of B images becomes one (B, C) grid of prompts through the text
@@ -49,7 +50,7 @@ class ConditionalPrompts(nn.Module):
                                       seeded_linear(hidden, encoder.width, generator))
 
     def contexts(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D) normalised features -> (B, n, W): ``v_m + pi(x)`` (Eq. 3)."""
+        """(B, D) normalised features -> (B, n, W): ``v_m + pi(x)`` (Sec. 3.2)."""
         shift = self.meta_net(x.to(self.encoder.ctx.dtype))  # (B, W)
         return self.encoder.ctx[None] + shift[:, None]
 
@@ -78,7 +79,8 @@ class CoCoOp(PromptMethod):
     """Per-image prompts from a meta-net; the text tower runs on B x C prompts per step."""
 
     name = "cocoop"
-    paper = "Zhou et al., Conditional Prompt Learning for Vision-Language Models, CVPR 2022 (Sec. 3.2, Eq. 3-4)"
+    paper = ("Zhou et al., Conditional Prompt Learning for Vision-Language Models, "
+             "CVPR 2022 (Sec. 3.2, conditional context and prediction)")
     Config = CoCoOpConfig
 
     def build(self, classnames: list[str], generator: torch.Generator) -> nn.Module:

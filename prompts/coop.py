@@ -1,9 +1,12 @@
 """CoOp: context optimisation (Zhou et al., Learning to Prompt for Vision-Language Models, IJCV 2022).
 
-The prompt is ``t_i = [V]_1 ... [V]_M [CLASS_i] .`` (Sec. 3.2, Eq. 2) with M learned
-context vectors, shared by all classes (unified context) or one set per class (CSC,
-Eq. 3). Class probabilities are CLIP's: ``p(y=i|x) = softmax_i(cos(g(t_i), f) / tau)``
-(Eq. 1/4), trained with cross-entropy while both encoders stay frozen.
+The prompt is ``t_i = [V]_1 ... [V]_M [CLASS_i] .`` (Sec. 3.2, unified context) with M
+learned context vectors, shared by all classes or one set per class (Sec. 3.2,
+class-specific context, CSC); the class token may also sit in the middle or at the front.
+Class probabilities are CLIP's, ``p(y=i|x) = softmax_i(cos(g(t_i), f) / tau)``
+(Sec. 3.1 / 3.2, the prediction probability), trained with cross-entropy while both
+encoders stay frozen. (The paper's equation numbers could not be checked offline; the
+formulas are written out instead.)
 
 Paper defaults: M = 16, random N(0, 0.02) initialisation, class token at the end,
 SGD lr 0.002 with cosine decay and one warm-up epoch at 1e-5, batch 32, 50 / 100 / 200
@@ -48,7 +51,8 @@ class CoOp(PromptMethod):
     """Learned context vectors in front of the class names; cross-entropy on cached features."""
 
     name = "coop"
-    paper = "Zhou et al., Learning to Prompt for Vision-Language Models, IJCV 2022 (Sec. 3.2, Eq. 2-4)"
+    paper = ("Zhou et al., Learning to Prompt for Vision-Language Models, IJCV 2022 (Sec. 3.2, "
+             "context optimization)")
     Config = CoOpConfig
 
     @property

@@ -81,7 +81,8 @@ def hooks(handles: list) -> Iterator[None]:
             handle.remove()
 
 
-def text_deep_prompts(tower: TextTower, prompts: Sequence[torch.Tensor], start: int) -> contextlib.AbstractContextManager:
+def text_deep_prompts(tower: TextTower, prompts: Sequence[torch.Tensor],
+                      start: int) -> contextlib.AbstractContextManager:
     """While active, text layer i (1..len(prompts)) gets ``prompts[i-1]`` (n, W) at [start, start+n)."""
     blocks, batch_first = text_blocks(tower)
     if len(prompts) >= len(blocks):

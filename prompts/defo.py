@@ -4,8 +4,8 @@ Latent Textual Prompts, ICLR 2023).
 n learnable text queries, each a sequence of learned token embeddings with no class
 name, go through the frozen text tower; the image feature's scaled cosine similarity
 to each query feature gives an n-dimensional "decomposed" feature, and a linear layer
-maps it to the C classes (Sec. 3, Eq. 1-2: ``s_j = <f(x), g(q_j)> / tau``,
-``logits = W s + b``). Queries and the linear layer are trained with cross-entropy.
+maps it to the C classes (Sec. 3, the method's two equations, written out:
+``s_j = <f(x), g(q_j)> / tau``, ``logits = W s + b``). Queries and the linear layer are trained with cross-entropy.
 
 Defaults where the paper is silent for few-shot use (chosen, not the authors'):
 32 queries of 16 tokens, random N(0, 0.02) query init, the linear layer initialised
@@ -63,7 +63,8 @@ class DeFo(PromptMethod):
     """Class-name-free text queries + a linear head over their similarities."""
 
     name = "defo"
-    paper = "Wang et al., Learning to Decompose Visual Features with Latent Textual Prompts, ICLR 2023 (Sec. 3, Eq. 1-2)"
+    paper = ("Wang et al., Learning to Decompose Visual Features with Latent Textual Prompts, "
+             "ICLR 2023 (Sec. 3, decomposed feature prompting)")
     Config = DeFoConfig
     transfers_to_new_classes = False
 

@@ -2,7 +2,7 @@
 
 ``[SOS][ctx_1..ctx_n][class tokens][.][EOS]`` token embeddings run through the frozen
 text tower from the backbone's embedding hook (Zhou et al., CoOp, IJCV 2022, Sec. 3.2,
-Eq. 2-3). The learned context may be shared by all classes (CoOp's unified context),
+unified and class-specific context). The learned context may be shared by all classes (CoOp's unified context),
 class-specific (CSC), and may carry leading group dimensions: one context per image
 (CoCoOp), per domain (DAPrompt), per query (DeFo). ``encode(ctx)`` accepts any of these,
 so a method owns its parameters and composes them, e.g. DAPrompt's

@@ -2,10 +2,10 @@
 Knowledge-guided Context Optimization, CVPR 2023).
 
 CoOp plus a penalty that keeps each learned class embedding close to its hand-crafted
-one: ``L = L_ce + lambda * L_kg`` (Eq. 6) with
-``L_kg = 1/C * sum_i (1 - cos(w_i, w_i^clip))`` (Eq. 5; the authors' code uses cosine,
-the paper writes a squared Euclidean distance between normalised vectors, which is
-2 (1 - cos)). The hand-crafted embeddings are the task's zero-shot classifier
+one (Sec. 3, the knowledge-guided loss and the total loss, written out):
+``L = L_ce + lambda * L_kg`` with ``L_kg = 1/C * sum_i (1 - cos(w_i, w_i^clip))``. The
+authors' code uses this cosine form; the paper writes a squared Euclidean distance
+between normalised vectors, which is 2 (1 - cos). The hand-crafted embeddings are the task's zero-shot classifier
 (its templates); this keeps novel-class accuracy.
 
 Paper defaults: 4 context tokens initialised from "a photo of a", lambda = 8.0, SGD lr
@@ -24,7 +24,7 @@ from vlkit.prompts.coop import CoOp, CoOpConfig
 
 @dataclass
 class KgCoOpConfig(CoOpConfig):
-    """CoOp's options plus ``weight`` (lambda of Eq. 6)."""
+    """CoOp's options plus ``weight`` (lambda of the total loss)."""
 
     n_ctx: int = 4
     ctx_init: str = "a photo of a"
@@ -44,7 +44,8 @@ class KgCoOp(CoOp):
     """CoOp with the knowledge-guided penalty toward the zero-shot text embeddings."""
 
     name = "kgcoop"
-    paper = "Yao et al., Visual-Language Prompt Tuning with Knowledge-guided Context Optimization, CVPR 2023 (Eq. 5-6)"
+    paper = ("Yao et al., Visual-Language Prompt Tuning with Knowledge-guided Context Optimization, "
+             "CVPR 2023 (Sec. 3, knowledge-guided loss)")
     Config = KgCoOpConfig
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

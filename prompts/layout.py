@@ -2,7 +2,7 @@
 
 A prompt is tokenized as ordinary text with placeholder words ("X X X ... {classname}.")
 and the embeddings at the placeholder positions are replaced by learned vectors
-(Zhou et al., CoOp, IJCV 2022, Sec. 3.2, Eq. 2). Building prompts from text works for
+(Zhou et al., CoOp, IJCV 2022, Sec. 3.2). Building prompts from text works for
 every tokenizer (CLIP's BPE with [SOS]/[EOS], BERT's WordPiece with [CLS]/[SEP]), and
 the positions are checked against the tokens, so a tokenizer that splits differently
 fails loudly instead of silently misplacing the context.

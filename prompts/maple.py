@@ -2,9 +2,9 @@
 
 Learned prompts in both towers up to depth J. The text side has the input context
 ``P_0`` (in place of "a photo" of "a photo of a {class}.") and one new prompt ``P_i``
-per deeper layer i < J (Sec. 3.2.1, Eq. 5-6). The vision side is coupled to it: each
+per deeper layer i < J (Sec. 3.2, deep language prompting). The vision side is coupled to it: each
 layer's vision prompt is a linear projection of that layer's text prompt,
-``P~_i = F_i(P_i)`` (Sec. 3.2.3, Eq. 9-10), appended to the patch tokens. Both
+``P~_i = F_i(P_i)`` (Sec. 3.2, vision-language prompt coupling), appended to the patch tokens. Both
 towers stay frozen; the prompts are inserted by forward hooks (``vlkit.prompts.deep``).
 MaPLe changes the image tower, so it encodes (augmented) images while training, with
 mixed precision on CUDA; ``logits`` takes preprocessed images.
@@ -48,7 +48,7 @@ class MultiModalPrompts(nn.Module):
         self.deep_proj = nn.ModuleList([copy.deepcopy(deep) for _ in range(depth - 1)])  # F_1..F_{J-1}
 
     def vision_prompts(self) -> list[torch.Tensor]:
-        """[(n, W_v)] * J: ``F_i(P_i)`` for every prompted vision layer (Eq. 9-10)."""
+        """[(n, W_v)] * J: ``F_i(P_i)`` for every prompted vision layer (the coupling)."""
         return [self.proj(self.encoder.ctx)] + [f(p) for f, p in zip(self.deep_proj, self.text_deep)]
 
 
@@ -75,7 +75,8 @@ class MaPLe(PromptMethod):
     """Coupled deep prompts in both towers; trained on images (the image tower runs)."""
 
     name = "maple"
-    paper = "Khattak et al., MaPLe: Multi-modal Prompt Learning, CVPR 2023 (Sec. 3.2, Eq. 5-10)"
+    paper = ("Khattak et al., MaPLe: Multi-modal Prompt Learning, CVPR 2023 (Sec. 3.2, "
+             "deep prompts and their coupling)")
     Config = MaPLeConfig
     input_kind = "images"
 
