@@ -58,7 +58,8 @@ class GDAConfig(MethodConfig):
 
     def validate(self) -> None:
         self.check(self.alpha is None or self.alpha >= 0, f"alpha must be >= 0 or None, got {self.alpha}")
-        self.check(len(self.alpha_grid) > 0 and all(a >= 0 for a in self.alpha_grid), "alpha_grid must hold values >= 0")
+        self.check(len(self.alpha_grid) > 0 and all(a >= 0 for a in self.alpha_grid),
+                   "alpha_grid must hold values >= 0")
         self.check(self.views in ("all", "augmented", "eval"), f"views must be all|augmented|eval, got {self.views!r}")
         self.check(self.logit_scale > 0, f"logit_scale must be > 0, got {self.logit_scale}")
 

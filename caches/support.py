@@ -74,7 +74,8 @@ def pool_features(task: Task, pool: str | Path | None) -> torch.Tensor:
     return F.normalize(feats, dim=-1)
 
 
-def name_only_support(pool: torch.Tensor, text_weights: torch.Tensor, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+def name_only_support(pool: torch.Tensor, text_weights: torch.Tensor,
+                      per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each class, the ``per_class`` pool features nearest its text weight: keys (C * k, D), labels."""
     index = VectorIndex.build(pool.contiguous(), kind="auto")
     _, ids = index.search(text_weights.float().contiguous(), per_class)  # (C, k)

@@ -58,7 +58,8 @@ def init_command(
     """Create a zero-shot run for the classes in --classes."""
     result = lib.init_run(run, model, lib.read_classes(classes), pretrained=pretrained, templates=template,
                           alpha=alpha, beta=beta, device=device, force=force)
-    _emit(result, as_json, output, _pairs(f"run {run} (zero-shot)", result, ["model", "classes", "embed_dim", "examples"]))
+    summary = _pairs(f"run {run} (zero-shot)", result, ["model", "classes", "embed_dim", "examples"])
+    _emit(result, as_json, output, summary)
 
 
 @upgrade_app.command("add")

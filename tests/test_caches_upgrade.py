@@ -32,7 +32,8 @@ def write_images(folder, name, count, seed=0):
 
 def snapshot(run):
     """Every file's bytes under the run (to prove a failed request changed nothing)."""
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
+    files = [p for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"]
+    return {str(p.relative_to(run)): p.read_bytes() for p in files}
 
 
 def test_library_round_trip_and_atomic_state(tmp_path, tiny_backbone):
