@@ -44,7 +44,8 @@ def test_class_balanced_selection(portion, floor):
 def tip_logits(x, keys, labels, weights, alpha, beta, c):
     """Tip-Adapter Eq. 6 written out: 100 x W^T + alpha exp(-beta (1 - x K^T)) L."""
     x = F.normalize(x, dim=-1)
-    return 100 * x @ F.normalize(weights, dim=-1).T + alpha * torch.exp(-beta * (1 - x @ keys.T)) @ F.one_hot(labels, c).float()
+    cache = torch.exp(-beta * (1 - x @ keys.T)) @ F.one_hot(labels, c).float()  # (M, C)
+    return 100 * x @ F.normalize(weights, dim=-1).T + alpha * cache
 
 
 @pytest.mark.parametrize("rounds", [1, 2])
