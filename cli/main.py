@@ -169,6 +169,8 @@ def fewshot_command(
     shots: str = typer.Option("1,4,16", "--shots", help="comma-separated shot counts"),
     seeds: str = typer.Option("1", "--seeds", help="comma-separated seeds"),
     out_dir: Path = typer.Option(Path("runs/fewshot"), "--out", help="folder for results.json and the plot"),
+    schedule: str = typer.Option("quick", "--schedule", help="quick: short schedules for the tuners that run the "
+                                 "encoder at every step (recorded per row); paper: every method's paper schedule"),
     model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
     output: Optional[Path] = OutputOpt,
 ) -> None:
@@ -177,11 +179,11 @@ def fewshot_command(
 
     chosen = None if methods == "all" else parse_list(methods)
     result = run_fewshot_job(model, pretrained, data, chosen, parse_list(shots, int), parse_list(seeds, int),
-                             out_dir, device=device,
+                             out_dir, device=device, schedule=schedule,
                              on_result=lambda r: err.print(f"{r['method']:>16} {r['shots']:>2} shots: "
                                                            f"{r['top1']:.1f}% in {r['fit_seconds']:.1f}s"))
     table(result["summary"], ["method", "shots", "top1", "top1_std", "trainable_parameters", "artifact_bytes",
-                              "fit_seconds", "peak_memory_mb", "latency_ms_per_image"],
+                              "fit_seconds", "peak_memory_mb", "latency_ms_per_image", "schedule"],
           title=f"{model} on {data}: accuracy and cost")
     err.print(f"wrote {out_dir / 'results.json'} and {result['plot']}")
     write_json(output, result)

@@ -1,0 +1,31 @@
+"""The main job: table rows, JSON, plot, and the quick schedule recorded per row."""
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from vlkit.cli.main import app
+from vlkit.fewshot_job import QUICK_SCHEDULES, run_fewshot_job
+
+
+def test_fewshot_job_writes_results_and_plot(tmp_path):
+    result = run_fewshot_job("test-tiny", data="fashion-mnist-mini", methods=["zero-shot", "linear-probe", "lora"],
+                             shots=[1, 4], seeds=[1], out_dir=tmp_path, views=1)
+    assert not result["failures"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["method"], r["shots"]) for r in saved["summary"]} == {
+        (m, k) for m in ("zero-shot", "linear-probe", "lora") for k in (1, 4)}
+    assert (tmp_path / "accuracy_vs_shots.png").stat().st_size > 10_000
+    lora = [r for r in saved["rows"] if r["method"] == "lora"]
+    assert all(r["schedule"].startswith("quick: ") for r in lora)
+    assert all(str(v) in lora[0]["schedule"] for v in QUICK_SCHEDULES["tuner"].values())
+    assert all(r["schedule"] == "paper" for r in saved["rows"] if r["method"] != "lora")
+    lp4 = next(r for r in saved["summary"] if r["method"] == "linear-probe" and r["shots"] == 4)
+    zs4 = next(r for r in saved["summary"] if r["method"] == "zero-shot" and r["shots"] == 4)
+    assert lp4["top1"] > zs4["top1"]  # even random tiny features beat a random text tower
+
+
+def test_fewshot_cli_unknown_method_is_one_line():
+    result = CliRunner().invoke(app, ["fewshot", "--model", "test-tiny", "--methods", "zero-shot,nope"])
+    assert result.exit_code == 1 and "unknown method 'nope'" in result.output
