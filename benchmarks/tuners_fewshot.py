@@ -43,6 +43,8 @@ OTHER_FAMILIES = ("prompt", "cache")
 def plan(labels: list[str] | None, others: bool) -> list[tuple[str, str, dict]]:
     """The (label, name, options) cells to run."""
     chosen = [m for m in METHODS if labels is None or m[0] in labels]
+    known = {m[0] for m in METHODS}
+    chosen += [(n, n, {}) for n in labels or [] if n not in known and n in list_methods()]
     if others:
         chosen += [(n, n, {}) for n in list_methods() if method_class(n).family in OTHER_FAMILIES]
     return chosen
@@ -94,7 +96,8 @@ def main() -> None:
     parser.add_argument("--data", default="fashion-mnist", help="an offline dataset name")
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
-    parser.add_argument("--methods", nargs="+", default=None, help="labels from the default list")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="labels from the default list, or any registered method name")
     parser.add_argument("--others", action="store_true", help="add the prompt learners and cache models")
     parser.add_argument("--iters-per-shot", type=int, default=None, help="tuners' budget (default: 500, CLIP-LoRA)")
     parser.add_argument("--tuner-batch-size", type=int, default=None, help="tuners' batch (default: 32)")
