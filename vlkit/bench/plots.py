@@ -27,6 +27,23 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+def _label_points(ax, fig: Figure, points: list[tuple[str, float, float, bool]]) -> None:
+    """Name each point; a label that would overlap an earlier one moves up a line (greedy)."""
+    fig.canvas.draw()  # fixes the limits and scales so data -> pixel is final
+    line = 9 * fig.dpi / 72  # one label height in pixels
+    placed: list[tuple[float, float, float]] = []  # (x, y, width) in pixels
+    for name, x, y, bold in sorted(points, key=lambda p: (p[2], p[1])):
+        px, py = ax.transData.transform((x, y))
+        width = (len(name) * 4.2 + 4) * fig.dpi / 72
+        ty = py + 4 * fig.dpi / 72
+        while any(abs(ty - qy) < line and px < qx + qw and qx < px + width for qx, qy, qw in placed):
+            ty += line
+        placed.append((px, ty, width))
+        ax.annotate(name, (x, y), xytext=(4, (ty - py) * 72 / fig.dpi), textcoords="offset points", fontsize=7,
+                    fontweight="bold" if bold else "normal",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"} if ty - py > line else None)
+
+
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -40,7 +57,8 @@ def plot_accuracy_vs_shots(summary: Summary, path: str | Path) -> Path:
     """One panel per dataset (the average first): a line per method, error bars = std over seeds."""
     metric, panels = summary.metric, summary.panels
     rows, cols = _grid(len(panels))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    width, height = (7.0, 4.8) if len(panels) == 1 else (4.8, 3.7)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     style = method_style(summary.methods)
     for ax, data in zip(axes.flat, panels):
         for method in summary.methods:
@@ -49,7 +67,8 @@ def plot_accuracy_vs_shots(summary: Summary, path: str | Path) -> Path:
             if not pts:
                 continue
             ax.errorbar([k for k, _ in pts], [s.mean for _, s in pts], yerr=[s.std for _, s in pts],
-                        label=method, capsize=2, linewidth=1.4, markersize=4, **style[method])
+                        label=method, capsize=2, linewidth=2.2 if method == "zero-shot" else 1.3, markersize=4,
+                        linestyle="--" if method == "zero-shot" else "-", **style[method])
         ax.set_xscale("log", base=2)
         ax.set_xticks(summary.shots, [str(k) for k in summary.shots])
         ax.minorticks_off()
@@ -88,8 +107,6 @@ def plot_accuracy_vs_cost(summary: Summary, path: str | Path) -> Path:
             ax.scatter([cost], [acc], s=60 if on_front else 30, color=style[method]["color"],
                        marker=style[method]["marker"], edgecolors="black" if on_front else "none",
                        linewidths=1.2, zorder=3, label=method)
-            ax.annotate(method, (cost, acc), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        fontweight="bold" if on_front else "normal")
         if front:
             xs = [points[i][1] for i in front]
             ys = [points[i][2] for i in front]
@@ -100,6 +117,8 @@ def plot_accuracy_vs_cost(summary: Summary, path: str | Path) -> Path:
         ax.set_ylabel(METRIC_LABELS.get(summary.metric, summary.metric), fontsize=8)
         ax.grid(alpha=0.3)
         ax.set_title(f"{'average over datasets' if data == AVERAGE else data}, {shots_text(k)}", fontsize=10)
+        ax.margins(x=0.08, y=0.08)
+        _label_points(ax, fig, [(m, c, a, i in front) for i, (m, c, a) in enumerate(points)])
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=min(5, max(1, len(labels))), fontsize=8, frameon=False)
