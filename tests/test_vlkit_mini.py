@@ -1,0 +1,55 @@
+"""vlkit-mini: loads offline from the shipped weights, the text hook is exact, and it is accurate."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vlkit
+from vlkit.backbones import mini
+from vlkit.backbones.text_tower import HFTextTower
+
+pytestmark = pytest.mark.skipif(not mini.IMAGE_WEIGHTS.is_file(), reason="vlkit-mini weights not built")
+
+
+@pytest.fixture(scope="module")
+def backbone() -> vlkit.Backbone:
+    return vlkit.load_backbone("vlkit-mini", device="cpu")
+
+
+def test_loads_offline_with_its_contract(backbone: vlkit.Backbone) -> None:
+    assert backbone.embed_dim == mini.MINI_EMBED_DIM == 384
+    assert backbone.image_size == mini.MINI_IMAGE_SIZE
+    assert isinstance(backbone.text, HFTextTower)
+    assert backbone.text.context_length == mini.MINI_CONTEXT_LENGTH
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+    visual = backbone.model.visual
+    assert isinstance(visual.conv1, mini.ConvStem)
+    assert sum(p.numel() for p in visual.parameters()) < 10_000_000
+    feats = backbone.encode_images(torch.zeros(2, 3, 32, 32))
+    assert feats.shape == (2, 384) and torch.allclose(feats.norm(dim=-1), torch.ones(2))
+    assert 1.0 < backbone.logit_scale <= 100.0
+    assert mini.recipe()["weights"]["file"] == mini.IMAGE_WEIGHTS.name
+
+
+def test_text_tower_is_the_pretrained_minilm(backbone: vlkit.Backbone) -> None:
+    # sentence-transformers' all-MiniLM-L6-v2 puts paraphrases close and unrelated text far
+    a, b, c = backbone.encode_texts(["a photo of a dog.", "a picture of a puppy.", "a stock market report."])
+    assert float(a @ b) > float(a @ c) + 0.3
+
+
+def test_text_hook_matches_encode_texts(backbone: vlkit.Backbone) -> None:
+    texts = ["a photo of a sneaker.", "an ankle boot", "a black and white photo of a t-shirt, a type of top."]
+    tokens = backbone.tokenize(texts)
+    hook = F.normalize(backbone.text.encode_embeddings(backbone.text.token_embedding(tokens), tokens), dim=-1)
+    assert torch.allclose(hook, backbone.encode_texts(texts), atol=1e-5)
+
+
+def test_zero_shot_fashion_mnist_slice_is_well_above_chance(backbone: vlkit.Backbone) -> None:
+    from vlkit.data.offline import load_offline
+
+    test = load_offline("fashion-mnist-mini", "test")  # vendored: 100 per class
+    feats = backbone.encode_pil([test.image(i) for i in range(len(test))])
+    weights = F.normalize(backbone.encode_texts([f"a photo of a {c}." for c in test.classnames]), dim=-1)
+    acc = float(((feats @ weights.T).argmax(1) == torch.tensor(test.labels)).float().mean())
+    assert acc >= 0.2, f"zero-shot top-1 {acc:.3f} on the Fashion-MNIST slice (chance 0.1)"
