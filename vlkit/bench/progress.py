@@ -11,7 +11,6 @@ import logging
 import os
 import statistics
 import sys
-import time
 from collections import defaultdict
 from typing import Any, Iterable
 
@@ -47,7 +46,7 @@ class BenchProgress:
                              TextColumn("cells"), TimeElapsedColumn(), TextColumn("left ~{task.fields[eta]}"),
                              console=console, transient=False) if enabled else None
         self._task: Any = None
-        self._started = time.perf_counter()
+        self._quiet: str | None = None
 
     def eta(self) -> float | None:
         """Estimated seconds for the cells not yet finished (None before any timing is known)."""
@@ -62,13 +61,21 @@ class BenchProgress:
 
     def __enter__(self) -> "BenchProgress":
         if self._bar is not None:
+            # one live display: the store's and the training loop's own bars would interleave with this one
+            self._quiet = os.environ.get("VLKIT_QUIET")
+            os.environ["VLKIT_QUIET"] = "1"
             self._bar.start()
             self._task = self._bar.add_task("bench", total=self.total, completed=self.done, eta=_fmt(self.eta()))
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
+            self._bar.update(self._task, description="bench " + ("done" if self.done == self.total else "stopped"))
             self._bar.stop()
+            if self._quiet is None:
+                os.environ.pop("VLKIT_QUIET", None)
+            else:
+                os.environ["VLKIT_QUIET"] = self._quiet
 
     def start(self, cell: Cell) -> None:
         """Show ``cell`` as running."""
