@@ -11,7 +11,8 @@ Both start from the same context vectors and run the same optimiser, schedule, b
 per epoch and epochs; both are then scored on the same test images. The one-off cost of
 caching the views is reported separately (it is shared by every method and run).
 Wall and process CPU seconds are both reported: the CPU clock is the fairer one on a
-shared machine. Writes benchmarks/results/coop_speed[-<tag>].json.
+shared machine (run with OMP_WAIT_POLICY=PASSIVE there, so that OpenMP threads waiting for
+a descheduled partner do not spin and bill the small-matrix side for the contention). Writes benchmarks/results/coop_speed[-<tag>].json.
 
     python benchmarks/coop_speed.py --model ViT-B-32 --epochs 2          # random weights: timing
     python benchmarks/coop_speed.py --model vlkit-mini --epochs 50 --tag mini   # accuracy side by side
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -151,7 +153,8 @@ def main() -> None:
         "title": f"CoOp epoch time, reference design vs vlkit ({args.model}, {len(pool.classnames)} classes, "
                  f"{args.shots} shots, batch {cfg.batch_size})",
         "command": " ".join(["python", *sys.argv]),
-        "machine": gpu or f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": gpu or f"{platform.machine()}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+                          f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {os.getloadavg()[0]:.1f}",
         "claim": "target: reference over vlkit >= 10x per epoch on CPU (ViT-B-32, 10 classes); same accuracy",
         "ratios": {"reference_over_vlkit_epoch_wall": ref_wall / ours_wall,
                    "reference_over_vlkit_epoch_cpu": ref_cpu / ours_cpu,
