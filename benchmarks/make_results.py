@@ -89,9 +89,9 @@ def section(doc: dict[str, Any], title: str) -> list[str]:
         lines += [str(doc["title"]), ""]
     if doc.get("claim"):
         lines += [f"**Claim:** {doc['claim']}", ""]
+    date = f"; date: {doc['date']}" if doc.get("date") else ""
     lines += ["```", str(doc.get("command", "(command not recorded)")), "```", "",
-              f"Machine: {doc.get('machine', '(not recorded)')}" + (f"; date: {doc['date']}" if doc.get("date") else ""),
-              ""]
+              f"Machine: {doc.get('machine', '(not recorded)')}{date}", ""]
     heads = ratios(doc)
     if heads:
         lines += ["| ratio | value |", "|:---|---:|"] + [f"| {k} | {_fmt(v)} |" for k, v in heads.items()] + [""]

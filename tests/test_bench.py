@@ -18,7 +18,8 @@ METHODS = "zero-shot,linear-probe"
 
 @pytest.fixture(scope="module")
 def source() -> DataSource:
-    return DataSource.from_datasets("colours", colour_dataset(12, seed=0), colour_dataset(8, seed=1, name="colours-test"))
+    test = colour_dataset(8, seed=1, name="colours-test")
+    return DataSource.from_datasets("colours", colour_dataset(12, seed=0), test)
 
 
 @pytest.fixture
@@ -173,7 +174,8 @@ def test_published_numbers_are_sourced_and_compare_by_model():
     header, rows, note = compare(summary)
     assert header[2] == "DTD (yours / paper)" and "ResNet-50" in note
     assert ["Tip-Adapter", "Zhang et al.", "61.0 / 60.9"] in rows  # exp.log: DTD 16 shots 60.93
-    assert compare(build_summary(records, ["dtd"], ["coop"], [16], [1], ["top1"], {**info, "model": "vlkit-mini"})) is None
+    other = build_summary(records, ["dtd"], ["coop"], [16], [1], ["top1"], {**info, "model": "vlkit-mini"})
+    assert compare(other) is None
 
 
 def fake_base_to_novel(backbone, train, test, method, shots, seed, store=None, views=0):
@@ -199,7 +201,8 @@ def test_make_results_renders_every_result_file_and_checks_staleness(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("make_results", Path(__file__).parents[1] / "benchmarks" / "make_results.py")
+    script = Path(__file__).parents[1] / "benchmarks" / "make_results.py"
+    spec = importlib.util.spec_from_file_location("make_results", script)
     make_results = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_results)
     results = tmp_path / "results"

@@ -94,7 +94,8 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     with cell_log:
         done = cell_log.done()
         todo = [c for c in cells if c.key not in done]
-        log.info("bench: %d cells, %d done, %d to run, output in %s", len(cells), len(cells) - len(todo), len(todo), out)
+        log.info("bench: %d cells, %d done, %d to run, output in %s", len(cells), len(cells) - len(todo),
+                 len(todo), out)
         context = _Context(model, pretrained, device, views, store, backbone, {s.name: s for s in sources})
         with BenchProgress(len(cells), len(cells) - len(todo), todo, done.values()) as bar:
             for cell in todo:
