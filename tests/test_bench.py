@@ -218,3 +218,12 @@ def test_make_results_renders_every_result_file_and_checks_staleness(tmp_path):
     assert make_results.main(["--check", "--results", str(results), "--output", str(out)]) == 0
     (results / "c.json").write_text(json.dumps({"benchmark": "c", "command": "c", "machine": "m"}))
     assert make_results.main(["--check", "--results", str(results), "--output", str(out)]) == 1
+
+
+def test_other_settings_are_other_cells(tmp_path, source, tiny_backbone, session_store, fits):
+    bench(tmp_path, source, tiny_backbone, session_store, seeds=[1])
+    fits.calls = 0
+    assert bench(tmp_path, source, tiny_backbone, session_store, seeds=[1], views=2)["ran"] == 2  # not reused
+    assert fits.calls == 2
+    with pytest.raises(VlkitError, match="twice"):
+        run_bench(data=[source, source], methods=METHODS, out=tmp_path)

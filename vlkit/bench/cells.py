@@ -32,12 +32,13 @@ class Cell:
     protocol: str = "fewshot"
     model: str = ""
     pretrained: str = ""
+    views: int = 10
 
     @property
     def key(self) -> str:
-        """A stable string naming the cell (the resume key)."""
+        """A stable string naming the cell (the resume key): a change of any field is another cell."""
         return "|".join(str(v) for v in (self.protocol, self.model, self.pretrained, self.data,
-                                          self.method, self.shots, self.seed))
+                                          self.method, self.shots, self.seed, f"views={self.views}"))
 
     def label(self) -> str:
         """Short human text: ``fashion-mnist linear-probe 4-shot seed 1``."""
@@ -48,14 +49,14 @@ class Cell:
         """The cell a log record belongs to."""
         c = record["cell"]
         return cls(c["data"], c["method"], int(c["shots"]), int(c["seed"]), c.get("protocol", "fewshot"),
-                   c.get("model", ""), c.get("pretrained", ""))
+                   c.get("model", ""), c.get("pretrained", ""), int(c.get("views", 10)))
 
 
 def grid(data: Iterable[str], methods: Iterable[str], shots: Iterable[int], seeds: Iterable[int],
-         protocol: str = "fewshot", model: str = "", pretrained: str = "") -> list[Cell]:
+         protocol: str = "fewshot", model: str = "", pretrained: str = "", views: int = 10) -> list[Cell]:
     """Every cell, dataset-major so one dataset's features are encoded and reused together."""
     methods, shots, seeds = list(methods), list(shots), list(seeds)
-    return [Cell(d, m, k, s, protocol, model, pretrained or "")
+    return [Cell(d, m, k, s, protocol, model, pretrained or "", views)
             for d in data for k in shots for s in seeds for m in methods]
 
 

@@ -84,9 +84,14 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     sources = [d for d in data if isinstance(d, DataSource)] + (sources_from_specs(specs) if specs else [])
     if not sources:
         raise VlkitError("--data names no dataset")
+    if len({s.name for s in sources}) != len(sources):
+        raise VlkitError(f"--data names a dataset twice: {', '.join(s.name for s in sources)}")
+    from vlkit.pipeline import DEFAULT_VIEWS
+
+    views = DEFAULT_VIEWS if views is None else int(views)
     model_name = getattr(backbone, "name", model)
     tag = getattr(backbone, "pretrained", pretrained) or ""
-    cells = grid([s.name for s in sources], method_names, shots, seeds, proto.name, model_name, tag)
+    cells = grid([s.name for s in sources], method_names, shots, seeds, proto.name, model_name, tag, views)
     out = Path(out).expanduser()
     cell_log = CellLog(out / "cells.jsonl")
     started = time.perf_counter()
@@ -128,7 +133,7 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
 class _Context:
     """Loads the backbone and the feature store on first use, so a finished bench loads nothing."""
 
-    def __init__(self, model: str, pretrained: str | None, device: str | None, views: int | None, store: Any,
+    def __init__(self, model: str, pretrained: str | None, device: str | None, views: int, store: Any,
                  backbone: Any, sources: dict[str, DataSource]) -> None:
         self.model, self.pretrained, self.device, self.views = model, pretrained, device, views
         self.store, self.backbone, self.sources = store, backbone, sources
@@ -139,7 +144,6 @@ class _Context:
 
     def run(self, proto: Any, cell: Cell) -> dict[str, Any]:
         """Run one cell with the shared backbone and store."""
-        from vlkit.pipeline import DEFAULT_VIEWS
         from vlkit.store import FeatureStore
 
         if self.backbone is None:
@@ -148,8 +152,8 @@ class _Context:
             self.backbone = load_backbone(self.model, self.pretrained, self.device)
         if self.store is None:
             self.store = FeatureStore()
-        views = DEFAULT_VIEWS if self.views is None else self.views
-        return proto.run(self.backbone, self.sources[cell.data], cell.method, cell.shots, cell.seed, self.store, views)
+        return proto.run(self.backbone, self.sources[cell.data], cell.method, cell.shots, cell.seed, self.store,
+                         self.views)
 
 
 def _record_failure(out: Path, cell: Cell, exc: Exception) -> dict[str, str]:
