@@ -227,3 +227,13 @@ def test_other_settings_are_other_cells(tmp_path, source, tiny_backbone, session
     assert fits.calls == 2
     with pytest.raises(VlkitError, match="twice"):
         run_bench(data=[source, source], methods=METHODS, out=tmp_path)
+
+
+def test_a_dataset_that_cannot_load_stops_the_bench(tmp_path, tiny_backbone, session_store):
+    def missing(split):
+        raise VlkitError(f"no dataset folder for {split}")
+
+    with pytest.raises(VlkitError, match="no dataset folder"):
+        run_bench(data=[DataSource("gone", missing)], methods=METHODS, shots=[1], seeds=[1, 2], out=tmp_path,
+                  backbone=tiny_backbone, store=session_store)
+    assert not (tmp_path / "failed.jsonl").exists()

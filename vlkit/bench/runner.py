@@ -73,7 +73,8 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     A cell already in ``out/cells.jsonl`` is skipped, so a re-run after a crash or
     Ctrl-C completes only the missing cells and a finished bench does no work (the
     backbone is not even loaded). A failing cell is logged in ``failed.jsonl``, left
-    out of the reports and retried by the next run (``fail_fast`` raises instead).
+    out of the reports and retried by the next run (``fail_fast`` raises instead); a
+    backbone or dataset that cannot be loaded stops the bench at once.
     Returns counts, the output files, the summary and, with ``compare_published``,
     the published numbers that match the model and protocol.
     """
@@ -106,6 +107,7 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
             for cell in todo:
                 bar.start(cell)
                 t0 = time.perf_counter()
+                context.prepare(cell)  # the backbone and the data: a failure here stops the bench
                 try:
                     result = context.run(proto, cell)
                 except Exception as exc:  # noqa: BLE001 - one broken method must not stop a long bench
@@ -142,8 +144,8 @@ class _Context:
         """The backbone's device if loaded, else the requested one."""
         return str(self.backbone.device) if self.backbone is not None else (self.device or "")
 
-    def run(self, proto: Any, cell: Cell) -> dict[str, Any]:
-        """Run one cell with the shared backbone and store."""
+    def prepare(self, cell: Cell) -> None:
+        """Load what ``cell`` needs and every cell shares (backbone, store, its dataset's splits)."""
         from vlkit.store import FeatureStore
 
         if self.backbone is None:
@@ -152,6 +154,11 @@ class _Context:
             self.backbone = load_backbone(self.model, self.pretrained, self.device)
         if self.store is None:
             self.store = FeatureStore()
+        for split in ("train", "test"):
+            self.sources[cell.data].split(split)
+
+    def run(self, proto: Any, cell: Cell) -> dict[str, Any]:
+        """Run one cell with the shared backbone and store (after :meth:`prepare`)."""
         return proto.run(self.backbone, self.sources[cell.data], cell.method, cell.shots, cell.seed, self.store,
                          self.views)
 
