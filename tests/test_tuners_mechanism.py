@@ -113,3 +113,20 @@ def test_layer_selection(tiny_backbone):
     assert len(last) == len(all_layers) // 2 and all(".resblocks.1." in n for n in last)
     with pytest.raises(VlkitError, match="out of range"):
         create_method("lora", tower="image", layers=[5]).build(tiny_backbone)
+
+
+def test_untrained_tuner_is_kept_when_no_chunk_beats_it(colour_task, monkeypatch):
+    """Selection on validation includes the identity start: a useless run falls back to it."""
+    import vlkit.tuners.base as base
+
+    def ruin(params, *args, **kwargs):
+        with torch.no_grad():
+            for p in params:
+                p.add_(100.0)
+        return {"loss": [0.0], "val": [-1.0], "best_epoch": 0, "best_val": -1.0}
+
+    monkeypatch.setattr(base, "train", ruin)
+    torch.manual_seed(0)
+    method = create_method("ia3", iters_per_shot=1, val_checks=1, batch_size=8).fit(colour_task)
+    assert method.fit_info_["best_chunk"] == -1
+    assert all(torch.equal(p, torch.ones_like(p)) for p in method.state().values())
