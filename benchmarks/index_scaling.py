@@ -13,7 +13,7 @@ benchmarks/results/index_scaling.json.
     python benchmarks/index_scaling.py                   # 10k and 100k (~5 min on 1 core)
     python benchmarks/index_scaling.py --with-1m         # adds 1M entries (HNSW build: long)
     python benchmarks/index_scaling.py --sizes 1000000 --kinds exact,ivf --nlist 1024 --nprobe 16 \\
-        --queries 200 --clusters 100   # one-hot values of 1M x 1000 classes would need 4 GB
+        --queries 200
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 import torch
 
-from vlkit.caches.common import Affinity, cache_logits
+from vlkit.caches.common import Affinity, LabelValues, cache_logits
 from vlkit.evaluate import _rss_bytes
 from vlkit.index import VectorIndex
 
@@ -78,7 +78,7 @@ def single_latency(index: VectorIndex, queries: np.ndarray, k: int, count: int =
 
 def run_size(n: int, args) -> list[dict]:
     keys, labels, queries = data(n, args.dim, args.clusters, args.queries)
-    values = torch.nn.functional.one_hot(labels, args.clusters).float()  # (N, C)
+    values = LabelValues(labels, args.clusters)  # one-hot values kept as (N,) labels
     q = torch.from_numpy(queries)
     keys_t = torch.from_numpy(keys)
     dense_logits = cache_logits(Affinity(q @ keys_t.T), BETA, values)  # (Q, C)

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlkit.caches.common import (Affinity, KeyStore, cache_keys, cache_logits, check_text_weights, linear_grid,
-                               normalized_val, one_hot, owned, zero_shot_logits)
+from vlkit.caches.common import (Affinity, KeyStore, LabelValues, cache_keys, cache_logits, check_text_weights,
+                                linear_grid, normalized_val, owned, zero_shot_logits)
 from vlkit.caches.search import search_ape
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method
@@ -109,7 +109,8 @@ class APE(Method):
         cfg = self.config
         self.text_weights_ = check_text_weights(task.text_weights, task.dim)  # (C, D)
         keys = cache_keys(task.train_features)  # (N, D)
-        self.values_ = one_hot(task.train_labels, task.num_classes)  # (N, C)
+        self.labels_ = task.train_labels.clone()  # (N,)
+        self._values = LabelValues(self.labels_, task.num_classes)
         crit = channel_criterion(self.text_weights_, keys, task.train_labels, *cfg.channel_weights)
         self.channels_ = select_channels(crit, cfg.channels)  # (Q,)
         self._refine(keys)
@@ -118,8 +119,13 @@ class APE(Method):
     def _refine(self, keys: torch.Tensor) -> None:
         self.keys_ = F.normalize(keys[:, self.channels_], dim=-1)  # (N, Q) F'
         text_r = F.normalize(self.text_weights_[:, self.channels_], dim=-1)  # (C, Q) W'
-        self.kl_ = kl_reweighting(self.keys_, text_r, self.values_)  # (N,)
+        self.kl_ = kl_reweighting(self.keys_, text_r, self._values.dense())  # (N,)
         self._store = KeyStore(self.keys_, self.config.sparse_above, self.config.top_k)
+
+    @property
+    def values_(self) -> torch.Tensor:
+        """(N, C) one-hot cache values L (before the KL reweighting)."""
+        return self._values.dense()
 
     def _affinity(self, x: torch.Tensor) -> Affinity:
         """Affinities of normalised (M, D) queries' refined channels f' to the refined keys F'."""
@@ -140,24 +146,25 @@ class APE(Method):
         alphas = [cfg.alpha] if cfg.alpha is not None else linear_grid(sa, na, 0.1)
         gammas = [cfg.gamma] if cfg.gamma is not None else linear_grid(sg, ng, 0.0)
         clip = zero_shot_logits(x, self.text_weights_, cfg.logit_scale)
-        found = search_ape(clip, self._affinity(x), self.values_, self.kl_, y, betas, alphas, gammas)
+        found = search_ape(clip, self._affinity(x), self._values, self.kl_, y, betas, alphas, gammas)
         self.alpha_, self.beta_, self.gamma_ = found["alpha"], found["beta"], found["gamma"]
         self.fit_info_ = {**found, "searched": True, "channels": len(self.channels_)}
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(x, dim=-1)
         clip = zero_shot_logits(x, self.text_weights_, self.config.logit_scale)  # (M, C)
-        values = self.values_ * torch.exp(self.gamma_ * self.kl_)[:, None]  # diag(R_F'W') L
+        values = self._values.scaled(torch.exp(self.gamma_ * self.kl_))  # diag(R_F'W') L
         return clip + self.alpha_ * cache_logits(self._affinity(x), self.beta_, values)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"keys": self.keys_, "values": self.values_, "text_weights": self.text_weights_,
+        return {"keys": self.keys_, "labels": self.labels_, "text_weights": self.text_weights_,
                 "channels": self.channels_, "kl": self.kl_,
                 "hyper": torch.tensor([self.alpha_, self.beta_, self.gamma_], dtype=torch.float64)}
 
     def restore(self, state: dict[str, torch.Tensor], meta: dict, backbone: Any) -> None:
         state = owned(state)
-        self.keys_, self.values_, self.text_weights_ = state["keys"], state["values"], state["text_weights"]
+        self.keys_, self.labels_, self.text_weights_ = state["keys"], state["labels"], state["text_weights"]
+        self._values = LabelValues(self.labels_, len(self.text_weights_))
         self.channels_, self.kl_ = state["channels"], state["kl"]
         self.alpha_, self.beta_, self.gamma_ = (float(v) for v in state["hyper"])
         self._store = KeyStore(self.keys_, self.config.sparse_above, self.config.top_k)

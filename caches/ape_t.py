@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlkit.caches.ape import channel_criterion, select_channels
-from vlkit.caches.common import KeyStore, normalized_val, owned
+from vlkit.caches.common import KeyStore, LabelValues, normalized_val, owned
 from vlkit.caches.tip_adapter import TipAdapter, TipAdapterConfig
 from vlkit.methods.registry import register_method
 from vlkit.task import Task
@@ -105,8 +105,9 @@ class APET(TipAdapter):
                               lambda epoch: feature_batches(feats, labels, cfg.batch_size, generator),
                               schedule, val_score if val is not None else None, description=self.name)
         self.residual_, self.value_weights_ = residual.detach().clone(), weights.detach().clone()
-        self.keys_, self.text_weights_, self.values_ = self._effective(
-            self.residual_, self.value_weights_, keys, text, values, labels)
+        self.keys_, self.text_weights_, _ = self._effective(self.residual_, self.value_weights_, keys, text,
+                                                            values, labels)
+        self._values = LabelValues(self.labels_, task.num_classes, self.value_weights_)  # diag(r) L
         self._store = KeyStore(self.keys_, cfg.sparse_above, cfg.top_k)
 
     @property
@@ -124,3 +125,4 @@ class APET(TipAdapter):
         super().restore(state, meta, backbone)
         self.residual_, self.value_weights_ = state["residual"], state["value_weights"]
         self.channels_ = state["channels"]
+        self._values = LabelValues(self.labels_, len(self.text_weights_), self.value_weights_)

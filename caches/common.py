@@ -97,34 +97,77 @@ class KeyStore:
         return Affinity(scores, ids)
 
 
+@dataclass
+class LabelValues:
+    """Cache values ``diag(scale) L`` (one-hot rows, optionally scaled) kept as labels.
+
+    Every cache here has one-hot values, possibly reweighted per key (APE, APE-T); as
+    (N,) labels and (N,) scales they take O(N) memory instead of O(N * C), and the
+    weighted sum over keys becomes a scatter-add (O(M * N)) instead of a matmul
+    (O(M * N * C)).
+    """
+
+    labels: torch.Tensor  # (N,) int64
+    num_classes: int
+    scale: torch.Tensor | None = None  # (N,) or None for 1
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def scaled(self, scale: torch.Tensor) -> "LabelValues":
+        """The same labels with every row multiplied by ``scale`` (N,)."""
+        return LabelValues(self.labels, self.num_classes, scale if self.scale is None else self.scale * scale)
+
+    def dense(self) -> torch.Tensor:
+        """(N, C) float32 values."""
+        out = one_hot(self.labels, self.num_classes)
+        return out if self.scale is None else out * self.scale[:, None]
+
+
 def cache_weights(aff: Affinity, beta: float) -> torch.Tensor:
     """``exp(-beta * (1 - A))``: (M, N) dense or (M, k) for the top-k keys."""
     return torch.exp(-beta * aff.distance)
 
 
-def combine(weights: torch.Tensor, aff: Affinity, values: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of the keys' values: ``weights @ V`` (dense) or over the top-k keys: (M, C).
+def combine(weights: torch.Tensor, values: torch.Tensor | LabelValues, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted sum of the keys' values ``weights @ V``, over all keys or the top-k: (M, C).
 
-    The sparse form is a CSR (M, N) matrix with k entries per row times V, which never
-    materialises the (M, k, C) gathered values; ids of -1 (FAISS: fewer than k hits) weigh 0.
+    ``LabelValues`` are summed with a scatter-add by label. Dense (N, C) values use a
+    matmul, or in the sparse case a CSR (M, N) matrix with k entries per row (never
+    materialising (M, k, C)). Ids of -1 (FAISS: fewer than k hits) weigh 0.
     """
-    if not aff.sparse:
+    if isinstance(values, LabelValues):
+        return _combine_labels(weights, values, ids)
+    if ids is None:
         return weights @ values  # (M, N) @ (N, C)
     m, k = weights.shape
     if m == 0 or k == 0:
         return torch.zeros(m, values.shape[1], dtype=values.dtype)
-    found = aff.ids >= 0
+    found = ids >= 0
     rows = torch.arange(0, m * k + 1, k)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        csr = torch.sparse_csr_tensor(rows, torch.where(found, aff.ids, 0).reshape(-1),
+        csr = torch.sparse_csr_tensor(rows, torch.where(found, ids, 0).reshape(-1),
                                       torch.where(found, weights, 0).reshape(-1), size=(m, len(values)))
         return csr @ values  # (M, C)
 
 
-def cache_logits(aff: Affinity, beta: float, values: torch.Tensor) -> torch.Tensor:
+def _combine_labels(weights: torch.Tensor, values: LabelValues, ids: torch.Tensor | None) -> torch.Tensor:
+    out = torch.zeros(weights.shape[0], values.num_classes, dtype=weights.dtype)  # (M, C)
+    if ids is None:
+        w = weights if values.scale is None else weights * values.scale  # (M, N)
+        return out.index_add_(1, values.labels, w)
+    found = ids >= 0
+    ids = torch.where(found, ids, 0)  # (M, k)
+    w = torch.where(found, weights, 0)
+    if values.scale is not None:
+        w = w * values.scale[ids]
+    return out.scatter_add_(1, values.labels[ids], w)
+
+
+def cache_logits(aff: Affinity, beta: float, values: torch.Tensor | LabelValues) -> torch.Tensor:
     """``exp(-beta * (1 - A)) @ V``, dense or summed over the top-k keys: (M, C)."""
-    return combine(cache_weights(aff, beta), aff, values)
+    return combine(cache_weights(aff, beta), values, aff.ids)
 
 
 def owned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@
 The authors search their grids with nested Python loops that recompute the
 query-key affinities at every grid point. Here the affinities (and the zero-shot
 logits) are computed once; each value of a non-linear parameter (beta, gamma in
-APE's reweighting) costs one ``exp`` and one matmul, and every linear mixing
+APE's reweighting) costs one ``exp`` and one weighted sum by label (a scatter-add),
+and every linear mixing
 weight (alpha, TIP-X's gamma, GDA's alpha) is evaluated for all its values at once
 by broadcasting, with the accuracy counted in the same pass.
 
@@ -18,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from vlkit.caches.common import Affinity, cache_logits, cache_weights, combine
+from vlkit.caches.common import Affinity, LabelValues, cache_logits, cache_weights, combine
 
 _CHUNK = 1 << 20  # elements of the broadcast logits evaluated at once (~4 MB: stays in cache)
 
@@ -49,7 +50,7 @@ def first_best(counts: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), counts.shape))
 
 
-def search_tip(clip: torch.Tensor, aff: Affinity, values: torch.Tensor, labels: torch.Tensor,
+def search_tip(clip: torch.Tensor, aff: Affinity, values: LabelValues, labels: torch.Tensor,
                betas: Sequence[float], alphas: Sequence[float]) -> dict:
     """Tip-Adapter's grid: loop order beta (outer), alpha (inner); logits ``clip + alpha * cache``.
 
@@ -67,25 +68,25 @@ def search_tip(clip: torch.Tensor, aff: Affinity, values: torch.Tensor, labels: 
             "grid_points": counts.numel()}
 
 
-def search_ape(clip: torch.Tensor, aff: Affinity, values: torch.Tensor, kl: torch.Tensor, labels: torch.Tensor,
+def search_ape(clip: torch.Tensor, aff: Affinity, values: LabelValues, kl: torch.Tensor, labels: torch.Tensor,
                betas: Sequence[float], alphas: Sequence[float], gammas: Sequence[float]) -> dict:
     """APE's grid: loop order beta, alpha, gamma; cache ``exp(-beta (1 - A)) @ (L * exp(gamma * kl))``.
 
     The reweighted values of every gamma are built once; per beta the affinity weights
     are computed once and combined with each of them.
     """
-    soft = [values * torch.exp(g * kl)[:, None] for g in gammas]  # G x (N, C)
+    soft = [values.scaled(torch.exp(g * kl)) for g in gammas]  # G x diag(exp(gamma * kl)) L
     counts = torch.zeros(len(betas), len(alphas), len(gammas), dtype=torch.long)
     for ib, b in enumerate(betas):
         weights = cache_weights(aff, b)
-        caches = torch.stack([combine(weights, aff, v) for v in soft])  # (G, M, C)
+        caches = torch.stack([combine(weights, v, aff.ids) for v in soft])  # (G, M, C)
         counts[ib] = correct_counts(clip, caches, alphas, labels).T  # (A, G)
     ib, ia, ig = first_best(counts)
     return {"beta": betas[ib], "alpha": alphas[ia], "gamma": gammas[ig],
             "val_accuracy": _pct(counts[ib, ia, ig], labels), "grid_points": counts.numel()}
 
 
-def search_tipx(clip: torch.Tensor, aff: Affinity, values: torch.Tensor, kl: torch.Tensor,
+def search_tipx(clip: torch.Tensor, aff: Affinity, values: LabelValues, kl: torch.Tensor,
                 labels: torch.Tensor, alphas: Sequence[float], betas: Sequence[float],
                 gammas: Sequence[float]) -> dict:
     """TIP-X's grid: loop order alpha, beta, gamma; logits ``clip + alpha * cache + gamma * kl``."""

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlkit.caches.common import (KeyStore, cache_keys, cache_logits, check_text_weights, linear_grid,
-                               normalized_val, one_hot, owned, zero_shot_logits)
+from vlkit.caches.common import (KeyStore, LabelValues, cache_keys, cache_logits, check_text_weights, linear_grid,
+                                normalized_val, owned, zero_shot_logits)
 from vlkit.caches.search import search_tip
 from vlkit.errors import ShapeError
 from vlkit.methods.base import Method, MethodConfig
@@ -66,8 +66,8 @@ class TipAdapterConfig(MethodConfig):
 class TipAdapter(Method):
     """Training-free cache model; sklearn style: ``TipAdapter(alpha=1, beta=5).fit(keys, labels, W)``.
 
-    Learned attributes: ``keys_`` (N, D), ``values_`` (N, C) one-hot, ``text_weights_``
-    (C, D), ``alpha_``, ``beta_``. ``add(features, labels)`` grows the cache in place
+    Learned attributes: ``keys_`` (N, D), ``labels_`` (N,) (``values_`` is their (N, C)
+    one-hot), ``text_weights_`` (C, D), ``alpha_``, ``beta_``. ``add(features, labels)`` grows the cache in place
     (the zero-to-few-shot upgrade) with no refitting.
     """
 
@@ -80,8 +80,14 @@ class TipAdapter(Method):
     def _build_cache(self, task: Task) -> None:
         self.text_weights_ = check_text_weights(task.text_weights, task.dim)  # (C, D)
         self.keys_ = cache_keys(task.train_features)  # (N, D)
-        self.values_ = one_hot(task.train_labels, task.num_classes)  # (N, C)
+        self.labels_ = task.train_labels.clone()  # (N,)
+        self._values = LabelValues(self.labels_, task.num_classes)
         self._store = KeyStore(self.keys_, self.config.sparse_above, self.config.top_k)
+
+    @property
+    def values_(self) -> torch.Tensor:
+        """(N, C) cache values (one-hot labels, scaled per key where a method reweights them)."""
+        return self._values.dense()
 
     def _fit(self, task: Task) -> None:
         self._build_cache(task)
@@ -99,7 +105,7 @@ class TipAdapter(Method):
         betas = [cfg.beta] if cfg.beta is not None else linear_grid(cfg.search_scale[0], cfg.search_steps[0], 0.1)
         alphas = [cfg.alpha] if cfg.alpha is not None else linear_grid(cfg.search_scale[1], cfg.search_steps[1], 0.1)
         clip = zero_shot_logits(x, self.text_weights_, cfg.logit_scale)  # (M, C)
-        found = search_tip(clip, self._store.affinity(x), self.values_, y, betas, alphas)
+        found = search_tip(clip, self._store.affinity(x), self._values, y, betas, alphas)
         self.alpha_, self.beta_ = found["alpha"], found["beta"]
         self.fit_info_ = {**found, "searched": True}
 
@@ -107,7 +113,7 @@ class TipAdapter(Method):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(x, dim=-1)
         clip = zero_shot_logits(x, self.text_weights_, self.config.logit_scale)  # (M, C)
-        return clip + self.alpha_ * cache_logits(self._store.affinity(x), self.beta_, self.values_)
+        return clip + self.alpha_ * cache_logits(self._store.affinity(x), self.beta_, self._values)
 
     # ---- the upgrade ----------------------------------------------------------------------
     def add(self, features: Any, labels: Any) -> "TipAdapter":
@@ -126,19 +132,24 @@ class TipAdapter(Method):
             raise ShapeError(f"labels must be class indices in 0..{c - 1}")
         new_keys = cache_keys(feats)  # (n, D)
         self.keys_ = torch.cat([self.keys_, new_keys])
-        self.values_ = torch.cat([self.values_, one_hot(labels, c)])
+        scale = self._values.scale
+        if scale is not None:  # a reweighted cache (APE-T) gives new keys weight 1
+            scale = torch.cat([scale, torch.ones(len(labels))])
+        self.labels_ = torch.cat([self.labels_, labels])
+        self._values = LabelValues(self.labels_, c, scale)
         self._store.add(new_keys)
         return self
 
     # ---- persistence -----------------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
-        return {"keys": self.keys_, "values": self.values_, "text_weights": self.text_weights_,
+        return {"keys": self.keys_, "labels": self.labels_, "text_weights": self.text_weights_,
                 "alpha": torch.tensor(self.alpha_, dtype=torch.float64),
                 "beta": torch.tensor(self.beta_, dtype=torch.float64)}
 
     def restore(self, state: dict[str, torch.Tensor], meta: dict, backbone: Any) -> None:
         state = owned(state)
-        self.keys_, self.values_, self.text_weights_ = state["keys"], state["values"], state["text_weights"]
+        self.keys_, self.labels_, self.text_weights_ = state["keys"], state["labels"], state["text_weights"]
+        self._values = LabelValues(self.labels_, len(self.text_weights_))
         self.alpha_, self.beta_ = float(state["alpha"]), float(state["beta"])
         self._store = KeyStore(self.keys_, self.config.sparse_above, self.config.top_k)
 

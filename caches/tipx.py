@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlkit.caches.common import (KeyStore, cache_keys, cache_logits, check_text_weights, linear_grid,
-                               normalized_val, one_hot, owned, zero_shot_logits)
+from vlkit.caches.common import (KeyStore, LabelValues, cache_keys, cache_logits, check_text_weights, combine,
+                                linear_grid, normalized_val, owned, zero_shot_logits)
 from vlkit.caches.search import search_tipx
 from vlkit.caches.support import support_set
 from vlkit.methods.base import Method, MethodConfig
@@ -93,7 +93,8 @@ class TipX(Method):
         else:
             keys, labels = support_set(task, self.text_weights_, cfg.support, cfg.pool, cfg.support_per_class)
         self.keys_ = F.normalize(keys, dim=-1)  # (N, D)
-        self.values_ = one_hot(labels, task.num_classes)  # (N, C)
+        self.labels_ = labels.clone()  # (N,)
+        self._values = LabelValues(self.labels_, task.num_classes)
         self._prepare()
         val = normalized_val(task)
         probe = val[0] if val is not None else self.keys_
@@ -102,6 +103,11 @@ class TipX(Method):
         self.ranges_ = torch.tensor([kl.min(), kl.max(), aff.min(), aff.max()]) if kl.numel() else torch.zeros(4)
         self._choose(val)
         self.fit_info_.update({"support": cfg.support, "support_size": len(self.keys_)})
+
+    @property
+    def values_(self) -> torch.Tensor:
+        """(N, C) one-hot support labels L."""
+        return self._values.dense()
 
     def _prepare(self) -> None:
         logits = self.keys_ @ self.text_weights_.T / self.config.temperature  # (N, C)
@@ -116,7 +122,7 @@ class TipX(Method):
         """(M, C): ``-rescale(KL) @ L`` with the rescaling fixed at fit time."""
         kl_min, kl_max, aff_min, aff_max = self.ranges_.tolist()
         scaled = (self._raw_kl(x) - kl_min) / max(kl_max - kl_min, 1e-12) * (aff_max - aff_min) + aff_min
-        return -scaled @ self.values_
+        return combine(-scaled, self._values)  # (M, N) weights summed by label
 
     def _choose(self, val: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         cfg = self.config
@@ -132,24 +138,25 @@ class TipX(Method):
         betas = [cfg.beta] if cfg.beta is not None else linear_grid(sb, nb, 1.0)
         gammas = [cfg.gamma] if cfg.gamma is not None else linear_grid(sg, ng, 0.1)
         clip = zero_shot_logits(x, self.text_weights_, cfg.logit_scale)
-        found = search_tipx(clip, self._store.affinity(x), self.values_, self._kl_logits(x), y, alphas, betas, gammas)
+        found = search_tipx(clip, self._store.affinity(x), self._values, self._kl_logits(x), y, alphas, betas, gammas)
         self.alpha_, self.beta_, self.gamma_ = found["alpha"], found["beta"], found["gamma"]
         self.fit_info_ = {**found, "searched": True}
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(x, dim=-1)
         clip = zero_shot_logits(x, self.text_weights_, self.config.logit_scale)  # (M, C)
-        cache = cache_logits(self._store.affinity(x), self.beta_, self.values_)
+        cache = cache_logits(self._store.affinity(x), self.beta_, self._values)
         return clip + self.alpha_ * cache + self.gamma_ * self._kl_logits(x)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"keys": self.keys_, "values": self.values_, "text_weights": self.text_weights_,
+        return {"keys": self.keys_, "labels": self.labels_, "text_weights": self.text_weights_,
                 "ranges": self.ranges_,
                 "hyper": torch.tensor([self.alpha_, self.beta_, self.gamma_], dtype=torch.float64)}
 
     def restore(self, state: dict[str, torch.Tensor], meta: dict, backbone: Any) -> None:
         state = owned(state)
-        self.keys_, self.values_, self.text_weights_ = state["keys"], state["values"], state["text_weights"]
+        self.keys_, self.labels_, self.text_weights_ = state["keys"], state["labels"], state["text_weights"]
+        self._values = LabelValues(self.labels_, len(self.text_weights_))
         self.ranges_ = state["ranges"]
         self.alpha_, self.beta_, self.gamma_ = (float(v) for v in state["hyper"])
         self._prepare()

@@ -129,3 +129,24 @@ def test_tip_adapter_f_trains_keys_and_selects_on_validation():
     # inference is the Sec. 3.2 logits with the fine-tuned keys (not renormalised, as in the reference)
     torch.testing.assert_close(model.logits(val),
                                tip_equation(val, model.keys_, labels, text, model.alpha_, model.beta_))
+
+
+def test_label_values_sum_like_the_dense_one_hot_matmul():
+    from vlkit.caches.common import LabelValues, combine
+
+    g = torch.Generator().manual_seed(5)
+    labels, scale = torch.randint(0, 6, (40,), generator=g), torch.rand(40, generator=g) + 0.5
+    weights = torch.rand(7, 40, generator=g)
+    for values in (LabelValues(labels, 6), LabelValues(labels, 6, scale)):
+        torch.testing.assert_close(combine(weights, values), weights @ values.dense())
+        # top-k form: only the listed keys count; an id of -1 (FAISS found fewer) weighs nothing
+        ids = torch.randint(0, 40, (7, 5), generator=g)
+        ids[0, -1] = -1
+        dense_w = torch.zeros(7, 40)
+        for m in range(7):
+            for j in range(5):
+                if ids[m, j] >= 0:
+                    dense_w[m, ids[m, j]] += weights[m, j]
+        expected = dense_w @ values.dense()
+        torch.testing.assert_close(combine(weights[:, :5], values, ids), expected)
+        torch.testing.assert_close(combine(weights[:, :5], values.dense(), ids), expected)
