@@ -77,7 +77,9 @@ def test_contract(name, colour_task, colour_adapt_task, colour_test, tiny_backbo
 
 
 @pytest.mark.parametrize("name", [n for n in list_methods() if method_class(n).input_kind == "features"])
-def test_wrong_feature_width_is_a_clear_error(name, colour_task):
+def test_wrong_feature_width_is_a_clear_error(name, colour_task, colour_adapt_task):
+    if method_class(name).task_kind == "adaptation":
+        colour_task = colour_adapt_task
     method = fitted(name, colour_task)
     with pytest.raises(ShapeError, match="another backbone"):
         method.logits(torch.randn(3, colour_task.dim + 1))
