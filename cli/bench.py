@@ -24,6 +24,8 @@ def bench_command(
     compare_published: bool = typer.Option(False, "--compare-published",
                                            help="show published numbers beside yours when model and protocol match"),
     views: Optional[int] = typer.Option(None, "--views", help="cached augmented views per training image (default 10)"),
+    schedule: str = typer.Option("quick", "--schedule", help="quick: short schedules for the tuners that run "
+                                 "an encoder tower each step (as vlkit fewshot); paper: every method's own"),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first failing cell"),
     model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
     output: Optional[Path] = OutputOpt,
@@ -32,7 +34,7 @@ def bench_command(
     from vlkit.bench import run_bench
 
     result = run_bench(model, pretrained, parse_list(data), methods, parse_list(shots, int), parse_list(seeds, int),
-                       out_dir, protocol, compare_published, device, views, fail_fast=fail_fast)
+                       out_dir, protocol, compare_published, device, views, fail_fast=fail_fast, schedule=schedule)
     out.print(result["table"], markup=False, highlight=False, soft_wrap=True)
     err.print(f"{result['ran']} cells run, {result['skipped']} already done, {len(result['failed'])} failed "
               f"in {result['seconds']:.0f}s; reports in {result['out']}")

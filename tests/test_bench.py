@@ -237,3 +237,23 @@ def test_a_dataset_that_cannot_load_stops_the_bench(tmp_path, tiny_backbone, ses
         run_bench(data=[DataSource("gone", missing)], methods=METHODS, shots=[1], seeds=[1, 2], out=tmp_path,
                   backbone=tiny_backbone, store=session_store)
     assert not (tmp_path / "failed.jsonl").exists()
+
+
+def test_schedule_overrides_reach_the_method_and_key_the_cell(tmp_path, source, tiny_backbone, session_store,
+                                                             monkeypatch):
+    import vlkit.fewshot_job
+    from vlkit.methods.linear_probe import LinearProbe
+
+    monkeypatch.setattr(vlkit.fewshot_job, "QUICK_SCHEDULES", {"baseline": {"max_iter": 7}})
+    seen = []
+    original = LinearProbe._fit
+    monkeypatch.setattr(LinearProbe, "_fit",
+                        lambda self, task: (seen.append(self.config.max_iter), original(self, task)))
+    quick = bench(tmp_path, source, tiny_backbone, session_store, methods="linear-probe", seeds=[1])
+    paper = bench(tmp_path, source, tiny_backbone, session_store, methods="linear-probe", seeds=[1], schedule="paper")
+    assert (quick["ran"], paper["ran"], seen) == (1, 1, [7, 1000])
+    cells = [json.loads(line)["cell"] for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    assert [c["config"] for c in cells] == ['{"max_iter": 7}', ""]
+    assert "Schedule: quick; linear-probe: max_iter=7." in quick["table"]
+    with pytest.raises(VlkitError, match="schedule"):
+        bench(tmp_path, source, tiny_backbone, session_store, schedule="fast")

@@ -33,12 +33,18 @@ class Cell:
     model: str = ""
     pretrained: str = ""
     views: int = 10
+    config: str = ""  # method option overrides as sorted JSON ("" = the method's defaults)
 
     @property
     def key(self) -> str:
         """A stable string naming the cell (the resume key): a change of any field is another cell."""
-        return "|".join(str(v) for v in (self.protocol, self.model, self.pretrained, self.data,
-                                          self.method, self.shots, self.seed, f"views={self.views}"))
+        return "|".join(str(v) for v in (self.protocol, self.model, self.pretrained, self.data, self.method,
+                                          self.shots, self.seed, f"views={self.views}", self.config))
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The method options this cell sets."""
+        return json.loads(self.config) if self.config else {}
 
     def label(self) -> str:
         """Short human text: ``fashion-mnist linear-probe 4-shot seed 1``."""
@@ -49,14 +55,19 @@ class Cell:
         """The cell a log record belongs to."""
         c = record["cell"]
         return cls(c["data"], c["method"], int(c["shots"]), int(c["seed"]), c.get("protocol", "fewshot"),
-                   c.get("model", ""), c.get("pretrained", ""), int(c.get("views", 10)))
+                   c.get("model", ""), c.get("pretrained", ""), int(c.get("views", 10)), c.get("config", ""))
 
 
 def grid(data: Iterable[str], methods: Iterable[str], shots: Iterable[int], seeds: Iterable[int],
-         protocol: str = "fewshot", model: str = "", pretrained: str = "", views: int = 10) -> list[Cell]:
-    """Every cell, dataset-major so one dataset's features are encoded and reused together."""
+         protocol: str = "fewshot", model: str = "", pretrained: str = "", views: int = 10,
+         overrides: dict[str, dict[str, Any]] | None = None) -> list[Cell]:
+    """Every cell, dataset-major so one dataset's features are encoded and reused together.
+
+    ``overrides`` maps a method to the options its cells set (a schedule, say).
+    """
     methods, shots, seeds = list(methods), list(shots), list(seeds)
-    return [Cell(d, m, k, s, protocol, model, pretrained or "", views)
+    configs = {m: json.dumps((overrides or {}).get(m) or {}, sort_keys=True) for m in methods}
+    return [Cell(d, m, k, s, protocol, model, pretrained or "", views, "" if configs[m] == "{}" else configs[m])
             for d in data for k in shots for s in seeds for m in methods]
 
 

@@ -44,7 +44,8 @@ def to_html(summary: Summary, plots: dict[str, Path],
     title = f"vlkit bench: {info.get('model', '')}" + (f" ({info['pretrained']})" if info.get("pretrained") else "")
     facts = [("protocol", info.get("protocol", "fewshot")), ("datasets", ", ".join(summary.datasets)),
              ("methods", ", ".join(summary.methods)), ("shots", ", ".join(map(str, summary.shots))),
-             ("seeds", ", ".join(map(str, summary.seeds))), ("device", str(info.get("device", ""))),
+             ("seeds", ", ".join(map(str, summary.seeds))), ("schedule", str(info.get("schedule", ""))),
+             ("device", str(info.get("device", ""))),
              ("machine", str(info.get("machine", ""))), ("generated", str(info.get("generated", "")))]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",

@@ -38,10 +38,10 @@ class Protocol:
     accepts: Callable[[str], bool]
 
     def run(self, backbone: Any, source: DataSource, method: str, shots: int, seed: int, store: Any,
-            views: int) -> dict[str, Any]:
-        """Fit ``method`` on one cell and return its result dict (accuracy + cost)."""
+            views: int, **config: Any) -> dict[str, Any]:
+        """Fit ``method`` (with option overrides ``config``) on one cell; its result dict (accuracy + cost)."""
         return self.runner(backbone, source.split("train"), source.split("test"), method, shots, seed,
-                           store=store, views=views)
+                           store=store, views=views, **config)
 
 
 def _fewshot(*args: Any, **kwargs: Any) -> dict[str, Any]:

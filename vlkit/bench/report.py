@@ -146,7 +146,7 @@ def to_markdown(summary: Summary, published: str | None = None) -> str:
              f"Protocol {info.get('protocol', 'fewshot')}; mean ± sample std over seeds {seeds}; "
              f"cost at {shots_text(max(summary.shots))}, mean over seeds. "
              "Pareto: on the front of accuracy against trainable parameters (params) or fit time (time).",
-             ""]
+             ""] + ([f"Schedule: {info['schedule']}.", ""] if info.get("schedule") else [])
     for data in summary.panels:
         title = "Average over " + ", ".join(summary.datasets) if data == AVERAGE else data
         lines += [f"## {title}", ""]

@@ -20,6 +20,24 @@ from vlkit.errors import VlkitError
 log = logging.getLogger("vlkit.bench")
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
+SCHEDULES = ("quick", "paper")
+
+
+def schedule_overrides(methods: Sequence[str], schedule: str) -> dict[str, dict[str, Any]]:
+    """Per-method options of a schedule: ``paper`` sets none; ``quick`` shortens the encoder-running
+    tuners as ``vlkit fewshot`` does (``vlkit.fewshot_job.QUICK_SCHEDULES``, by method family)."""
+    if schedule not in SCHEDULES:
+        raise VlkitError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if schedule == "paper":
+        return {}
+    from vlkit.methods import method_class
+
+    try:
+        from vlkit.fewshot_job import QUICK_SCHEDULES
+    except ImportError:
+        return {}
+    return {m: dict(QUICK_SCHEDULES[method_class(m).family]) for m in methods
+            if method_class(m).family in QUICK_SCHEDULES}
 
 
 def resolve_methods(spec: str | Sequence[str], protocol: str = "fewshot") -> list[str]:
@@ -67,14 +85,17 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
               shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] = DEFAULT_SEEDS,
               out: str | Path = "runs/bench", protocol: str = "fewshot", compare_published: bool = False,
               device: str | None = None, views: int | None = None, store: Any = None, backbone: Any = None,
-              fail_fast: bool = False) -> dict[str, Any]:
+              fail_fast: bool = False, schedule: str = "quick") -> dict[str, Any]:
     """Run every missing cell, store each as it finishes, and write the reports into ``out``.
 
     A cell already in ``out/cells.jsonl`` is skipped, so a re-run after a crash or
     Ctrl-C completes only the missing cells and a finished bench does no work (the
     backbone is not even loaded). A failing cell is logged in ``failed.jsonl``, left
     out of the reports and retried by the next run (``fail_fast`` raises instead); a
-    backbone or dataset that cannot be loaded stops the bench at once.
+    backbone or dataset that cannot be loaded stops the bench at once. ``schedule``
+    ``quick`` (default) shortens only the tuners that run an encoder tower at every
+    step; ``paper`` runs every method's published schedule. The options a cell ran
+    with are part of its key and of its record.
     Returns counts, the output files, the summary and, with ``compare_published``,
     the published numbers that match the model and protocol.
     """
@@ -92,7 +113,9 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     views = DEFAULT_VIEWS if views is None else int(views)
     model_name = getattr(backbone, "name", model)
     tag = getattr(backbone, "pretrained", pretrained) or ""
-    cells = grid([s.name for s in sources], method_names, shots, seeds, proto.name, model_name, tag, views)
+    overrides = schedule_overrides(method_names, schedule)
+    cells = grid([s.name for s in sources], method_names, shots, seeds, proto.name, model_name, tag, views,
+                 overrides)
     out = Path(out).expanduser()
     cell_log = CellLog(out / "cells.jsonl")
     started = time.perf_counter()
@@ -123,6 +146,8 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
         done = cell_log.done()
     records = [done[c.key] for c in cells if c.key in done]
     info = {"model": model_name, "pretrained": tag, "protocol": proto.name, "device": context.device_name(),
+            "schedule": schedule + "".join(f"; {m}: " + ", ".join(f"{k}={v}" for k, v in o.items())
+                                           for m, o in overrides.items()),
             "machine": machine_info(context.device_name()),
             "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     reports = write_reports(out, records, [s.name for s in sources], method_names, shots, seeds,
@@ -160,7 +185,7 @@ class _Context:
     def run(self, proto: Any, cell: Cell) -> dict[str, Any]:
         """Run one cell with the shared backbone and store (after :meth:`prepare`)."""
         return proto.run(self.backbone, self.sources[cell.data], cell.method, cell.shots, cell.seed, self.store,
-                         self.views)
+                         self.views, **cell.overrides)
 
 
 def _record_failure(out: Path, cell: Cell, exc: Exception) -> dict[str, str]:
