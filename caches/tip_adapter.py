@@ -67,8 +67,8 @@ class TipAdapter(Method):
     """Training-free cache model; sklearn style: ``TipAdapter(alpha=1, beta=5).fit(keys, labels, W)``.
 
     Learned attributes: ``keys_`` (N, D), ``labels_`` (N,) (``values_`` is their (N, C)
-    one-hot), ``text_weights_`` (C, D), ``alpha_``, ``beta_``. ``add(features, labels)`` grows the cache in place
-    (the zero-to-few-shot upgrade) with no refitting.
+    one-hot), ``text_weights_`` (C, D), ``alpha_``, ``beta_``. ``add(features, labels)``
+    grows the cache in place (the zero-to-few-shot upgrade) with no refitting.
     """
 
     name = "tip-adapter"
