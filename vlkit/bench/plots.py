@@ -16,10 +16,20 @@ from vlkit.bench.summary import AVERAGE, pareto_front  # noqa: E402
 MARKERS = "osD^v<>pPX*h"
 
 
-def method_style(methods: list[str]) -> dict[str, dict]:
-    """A fixed colour and marker per method, the same in every panel and plot."""
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+
+
+def method_style(methods: list[str], families: dict[str, str] | None = None) -> dict[str, dict]:
+    """A fixed colour, marker and (per method family) line style, the same in every panel and plot."""
     cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
-    return {m: {"color": cmap(i % cmap.N), "marker": MARKERS[i % len(MARKERS)]} for i, m in enumerate(methods)}
+    order = list(dict.fromkeys((families or {}).get(m, "") for m in methods))
+    return {m: {"color": cmap(i % cmap.N), "marker": MARKERS[i % len(MARKERS)],
+                "linestyle": LINESTYLES[order.index((families or {}).get(m, "")) % len(LINESTYLES)]}
+            for i, m in enumerate(methods)}
+
+
+def _families(summary: Summary) -> dict[str, str]:
+    return {r.method: r.family for r in summary.rows}
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -28,20 +38,26 @@ def _grid(n: int) -> tuple[int, int]:
 
 
 def _label_points(ax, fig: Figure, points: list[tuple[str, float, float, bool]]) -> None:
-    """Name each point; a label that would overlap an earlier one moves up a line (greedy)."""
+    """Name each point at the nearest free line above or below it, inside the axes (greedy)."""
     fig.canvas.draw()  # fixes the limits and scales so data -> pixel is final
     line = 9 * fig.dpi / 72  # one label height in pixels
+    box = ax.get_window_extent()
     placed: list[tuple[float, float, float]] = []  # (x, y, width) in pixels
+
+    def free(px: float, ty: float, width: float) -> bool:
+        inside = box.y0 + 2 <= ty <= box.y1 - line and px + width <= box.x1 + 40
+        return inside and not any(abs(ty - qy) < line and px < qx + qw and qx < px + width for qx, qy, qw in placed)
+
     for name, x, y, bold in sorted(points, key=lambda p: (p[2], p[1])):
         px, py = ax.transData.transform((x, y))
         width = (len(name) * 4.2 + 4) * fig.dpi / 72
-        ty = py + 4 * fig.dpi / 72
-        while any(abs(ty - qy) < line and px < qx + qw and qx < px + width for qx, qy, qw in placed):
-            ty += line
+        base = py + 2 * fig.dpi / 72
+        slots = [base + step * line for n in range(12) for step in ((n,) if n == 0 else (n, -n))]
+        ty = next((t for t in slots if free(px, t, width)), base)
         placed.append((px, ty, width))
         ax.annotate(name, (x, y), xytext=(4, (ty - py) * 72 / fig.dpi), textcoords="offset points", fontsize=7,
-                    fontweight="bold" if bold else "normal",
-                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"} if ty - py > line else None)
+                    fontweight="bold" if bold else "normal", va="bottom",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"} if abs(ty - base) > line / 2 else None)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -59,7 +75,9 @@ def plot_accuracy_vs_shots(summary: Summary, path: str | Path) -> Path:
     rows, cols = _grid(len(panels))
     width, height = (7.0, 4.8) if len(panels) == 1 else (4.8, 3.7)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-    style = method_style(summary.methods)
+    style = method_style(summary.methods, _families(summary))
+    if "zero-shot" in style:  # the reference every method should beat: thick and black
+        style["zero-shot"].update(color="black", linestyle="-")
     for ax, data in zip(axes.flat, panels):
         for method in summary.methods:
             pts = [(k, r.metrics[metric]) for k in summary.shots
@@ -68,7 +86,7 @@ def plot_accuracy_vs_shots(summary: Summary, path: str | Path) -> Path:
                 continue
             ax.errorbar([k for k, _ in pts], [s.mean for _, s in pts], yerr=[s.std for _, s in pts],
                         label=method, capsize=2, linewidth=2.2 if method == "zero-shot" else 1.3, markersize=4,
-                        linestyle="--" if method == "zero-shot" else "-", **style[method])
+                        **style[method])
         ax.set_xscale("log", base=2)
         ax.set_xticks(summary.shots, [str(k) for k in summary.shots])
         ax.minorticks_off()
@@ -96,7 +114,7 @@ def plot_accuracy_vs_cost(summary: Summary, path: str | Path) -> Path:
     """Accuracy at the most shots against trainable parameters and against fit time; Pareto front marked."""
     k, data = max(summary.shots), summary.panels[0]
     fig, axes = plt.subplots(1, len(COST_AXES), figsize=(5.6 * len(COST_AXES), 4.4), squeeze=False)
-    style = method_style(summary.methods)
+    style = {m: {k: v for k, v in st.items() if k != "linestyle"} for m, st in method_style(summary.methods).items()}
     for ax, (key, label, scale) in zip(axes.flat, COST_AXES):
         points = summary.cost_points(key, data, k)
         if scale == "log":  # a 0 s fit cannot sit on a log axis: floor it at 1 ms
