@@ -1,16 +1,24 @@
-"""Slow: on vlkit-mini + Fashion-MNIST, every 16-shot prompt learner beats zero-shot."""
+"""Slow: on vlkit-mini + Fashion-MNIST, every 16-shot prompt learner beats zero-shot.
+
+CPU schedule (a few minutes on 2 cores): CoOp and DeFo 50 epochs instead of 200, CoCoOp
+2 epochs instead of 10; KgCoOp and MaPLe at their paper defaults; scored on the first
+50 test images of each class. The paper-default table over 3 seeds comes from
+``benchmarks/prompts_fewshot.py``.
+"""
 from __future__ import annotations
 
 import pytest
 
 pytestmark = pytest.mark.slow
+CPU_SCHEDULE = {"coop": {"epochs": 50}, "cocoop": {"epochs": 2}, "kgcoop": {}, "defo": {"epochs": 50}, "maple": {}}
 
 
 @pytest.fixture(scope="module")
-def mini_setup(tmp_path_factory):
+def mini_setup():
     import vlkit
     from vlkit.data.offline import load_offline
     from vlkit.errors import VlkitError
+    from vlkit.pipeline import run_fewshot
     from vlkit.store import FeatureStore
 
     try:
@@ -18,21 +26,22 @@ def mini_setup(tmp_path_factory):
         pool, test = load_offline("fashion-mnist", "train"), load_offline("fashion-mnist", "test")
     except VlkitError as exc:  # weights or data not available on this machine
         pytest.skip(str(exc))
-    return backbone, pool, test, FeatureStore(tmp_path_factory.mktemp("store"), num_workers=0)
+    seen: dict[int, int] = {}
+    keep = []
+    for i, label in enumerate(test.labels):
+        if seen.get(label, 0) < 50:
+            seen[label] = seen.get(label, 0) + 1
+            keep.append(i)
+    test = test.subset(keep, "first50")
+    store = FeatureStore()
+    zero = run_fewshot(backbone, pool, test, "zero-shot", 16, 1, store=store)["top1"]
+    return backbone, pool, test, store, zero
 
 
-@pytest.fixture(scope="module")
-def zero_shot_top1(mini_setup) -> float:
+@pytest.mark.parametrize("name", sorted(CPU_SCHEDULE))
+def test_16_shot_beats_zero_shot(name, mini_setup):
     from vlkit.pipeline import run_fewshot
 
-    backbone, pool, test, store = mini_setup
-    return run_fewshot(backbone, pool, test, "zero-shot", 16, 1, store=store)["top1"]
-
-
-@pytest.mark.parametrize("name", ["coop", "cocoop", "kgcoop", "defo", "maple"])
-def test_16_shot_beats_zero_shot(name, mini_setup, zero_shot_top1):
-    from vlkit.pipeline import run_fewshot
-
-    backbone, pool, test, store = mini_setup
-    result = run_fewshot(backbone, pool, test, name, 16, 1, store=store)
-    assert result["top1"] > zero_shot_top1 + 1.0, (name, result["top1"], zero_shot_top1)
+    backbone, pool, test, store, zero = mini_setup
+    result = run_fewshot(backbone, pool, test, name, 16, 1, store=store, **CPU_SCHEDULE[name])
+    assert result["top1"] > zero + 2.0, (name, result["top1"], zero)
