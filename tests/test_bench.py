@@ -178,8 +178,8 @@ def test_published_numbers_are_sourced_and_compare_by_model():
     assert compare(other) is None
 
 
-def fake_base_to_novel(backbone, train, test, method, shots, seed, store=None, views=0):
-    """Stands in for vlkit.prompts.base_to_novel.base_to_novel (CLI-style key names)."""
+def fake_base_to_novel(backbone, train, test, method, shots, seed, store=None, views=0, **config):
+    """Stands in for vlkit.prompts.base_to_novel.base_to_novel (CLI-style key names; method options pass through)."""
     base, novel = 80.0 + seed, 60.0 - seed
     return {"method": method, "base_top1": base, "novel_top1": novel, "trainable_parameters": 8, "fit_seconds": 0.1}
 
