@@ -28,6 +28,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ["zero-shot", "coop", "cocoop", "kgcoop", "defo", "maple"]
 
 
+def first_per_class(dataset, n: int):
+    """The first ``n`` items of each class, in dataset order (a fixed test subset)."""
+    seen: dict[int, int] = {}
+    keep = []
+    for i, label in enumerate(dataset.labels):
+        if seen.get(label, 0) < n:
+            seen[label] = seen.get(label, 0) + 1
+            keep.append(i)
+    return dataset.subset(keep, f"first{n}")
+
+
 def cell_text(values: list[float]) -> str:
     mean = statistics.fmean(values)
     return f"{mean:.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
@@ -53,11 +64,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--views", type=int, default=10)
+    parser.add_argument("--test-per-class", type=int, default=0, help="score the first N test images per class (0: all)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     backbone = vlkit.load_backbone(args.model, device=args.device)
     pool, test = load_offline(args.data, "train"), load_offline(args.data, "test")
+    if args.test_per_class:
+        test = first_per_class(test, args.test_per_class)
     store = FeatureStore()
     rows = []
     started = time.perf_counter()
