@@ -84,13 +84,15 @@ def main() -> None:
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--steps", default="1,2,4,8,16", help="cumulative labelled images per class")
     parser.add_argument("--test-size", type=int, default=1000)
+    parser.add_argument("--eval-split", default="test", help="split scored after each step (val: for design choices)")
+    parser.add_argument("--init-args", default="", help="extra `upgrade init` options, e.g. '--retune-min 2'")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps = [int(s) for s in args.steps.split(",")]
     rng = random.Random(args.seed)
-    train, test = load_offline(args.data, "train"), load_offline(args.data, "test")
+    train, test = load_offline(args.data, "train"), load_offline(args.data, args.eval_split)
     by_class = {c: [i for i, y in enumerate(train.labels) if y == c] for c in range(len(train.classnames))}
     picks = {c: rng.sample(items, max(steps)) for c, items in by_class.items()}
     test_ids = rng.sample(range(len(test)), min(args.test_size, len(test)))
@@ -103,7 +105,8 @@ def main() -> None:
         test_paths = save_images(test, test_ids, tmp / "test")
         test_labels = [test.labels[i] for i in test_ids]
         run = tmp / "run"
-        invoke(runner, app, ["upgrade", "init", str(run), "--model", args.model, "--classes", str(classes)])
+        invoke(runner, app, ["upgrade", "init", str(run), "--model", args.model, "--classes", str(classes),
+                             *args.init_args.split()])
 
         def accuracy(tag: int) -> dict:
             out = tmp / f"pred-{tag}.json"
@@ -115,6 +118,7 @@ def main() -> None:
             names = [row["top"][0]["class"] for row in result["predictions"]]
             correct = sum(train.classnames.index(n) == y for n, y in zip(names, test_labels))
             return {"per_class": tag, "examples": result["examples"], "top1": 100.0 * correct / len(test_labels),
+                    "alpha": result["alpha"], "beta": result["beta"],
                     "predict_s_per_image": result["seconds_per_image"], "predict_call_s": wall}
 
         rows.append(accuracy(0))
@@ -145,7 +149,9 @@ def main() -> None:
                "steps": rows, "single_image_predict_ms_median": 1000 * statistics.median(single),
                "one_image_predict_call_s": one_call, "alpha": upgrade.DEFAULT_ALPHA, "beta": upgrade.DEFAULT_BETA}
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"upgrade_loop-{args.model}-{args.data}.json"
+    variant = f"-{args.eval_split}{args.init_args.replace(' ', '')}"
+    suffix = "" if args.eval_split == "test" and not args.init_args else variant
+    path = RESULTS / f"upgrade_loop-{args.model}-{args.data}{suffix}.json"
     path.write_text(json.dumps(summary, indent=1))
     print(f"single image, model loaded: {summary['single_image_predict_ms_median']:.2f} ms (median of 30); "
           f"one whole `predict` call for one image (model load included): {one_call:.2f} s")

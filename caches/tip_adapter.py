@@ -21,8 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlkit.caches.common import (KeyStore, LabelValues, cache_keys, cache_logits, check_text_weights, linear_grid,
-                                normalized_val, owned, zero_shot_logits)
+from vlkit.caches.common import (Affinity, KeyStore, LabelValues, cache_keys, cache_logits, check_text_weights,
+                                linear_grid, normalized_val, owned, zero_shot_logits)
 from vlkit.caches.search import search_tip
 from vlkit.errors import ShapeError
 from vlkit.methods.base import Method, MethodConfig
@@ -108,6 +108,29 @@ class TipAdapter(Method):
         found = search_tip(clip, self._store.affinity(x), self._values, y, betas, alphas)
         self.alpha_, self.beta_ = found["alpha"], found["beta"]
         self.fit_info_ = {**found, "searched": True}
+
+    def retune(self, max_entries: int = 20_000) -> dict:
+        """Re-choose alpha/beta by leave-one-out on the cached examples themselves.
+
+        For caches grown without a validation split (the upgrade run): each cached key
+        is classified by the zero-shot logits plus the cache without its own entry, and
+        the usual grid search picks alpha/beta on those predictions. Keys and labels are
+        unchanged. Skipped (returns {}) for caches over ``max_entries`` (O(N^2) work).
+        """
+        self._check_fitted()
+        cfg = self.config
+        if not 1 < self.cache_size <= max_entries:
+            return {}
+        x = F.normalize(self.keys_, dim=-1)  # (N, D) the cached examples as queries
+        scores = x @ self.keys_.T  # (N, N)
+        scores.fill_diagonal_(-1e4)  # exp(-beta * (1 + 1e4)) = 0: each example leaves itself out
+        betas = linear_grid(cfg.search_scale[0], cfg.search_steps[0], 0.1)
+        alphas = linear_grid(cfg.search_scale[1], cfg.search_steps[1], 0.1)
+        clip = zero_shot_logits(x, self.text_weights_, cfg.logit_scale)  # (N, C)
+        found = search_tip(clip, Affinity(scores), self._values, self.labels_, betas, alphas)
+        self.alpha_, self.beta_ = found["alpha"], found["beta"]
+        self.fit_info_ = {**found, "searched": "leave-one-out"}
+        return found
 
     # ---- inference ----------------------------------------------------------------------
     def _logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,11 @@
 """The zero-to-few-shot upgrade: a run folder holding a Tip-Adapter cache that grows.
 
 A run starts zero-shot (an empty cache: the logits are CLIP's) and improves as
-labelled examples arrive, with no refitting: ``add`` appends keys to the cache.
+labelled examples arrive, with no refitting: ``add`` appends keys to the cache. Until
+every class has ``retune_min`` examples (3), alpha/beta keep their initial values; from
+then on (unless the run was created with ``retune=False``) each ``add`` re-chooses them
+by leave-one-out on the cached examples (``TipAdapter.retune``): there is no validation
+split to use.
 Layout of ``RUN/``::
 
     run.json          model, pretrained tag, backbone fingerprint, classes, templates,
@@ -38,6 +42,7 @@ log = logging.getLogger("vlkit.upgrade")
 RUN_FILE = "run.json"
 RUN_FORMAT = 1
 DEFAULT_ALPHA, DEFAULT_BETA = 1.0, 5.5
+RETUNE_MIN = 3  # leave-one-out needs >= 2 same-class neighbours left per held-out example
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 
 
@@ -112,11 +117,14 @@ def load_backbone_for(meta: dict, backbone: Any = None, device: str | None = Non
 
 def init_run(run: str | Path, model: str, classes: Sequence[str], pretrained: str | None = None,
              templates: Sequence[str] | None = None, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
-             backbone: Any = None, device: str | None = None, force: bool = False) -> dict:
+             retune: bool = True, retune_min: int = RETUNE_MIN, backbone: Any = None, device: str | None = None,
+             force: bool = False) -> dict:
     """Create a zero-shot run for ``classes`` with ``model``; returns a summary dict."""
     run = Path(run)
     if _meta_path(run).exists() and not force:
         raise VlkitError(f"{run} already holds a run: pick another folder or pass --force to replace it")
+    if retune_min < 2:
+        raise VlkitError(f"retune_min must be >= 2 (leave-one-out needs a same-class example left), got {retune_min}")
     if len(set(classes)) != len(classes) or len(classes) < 2:
         raise DataError(f"need at least 2 distinct class names, got {list(classes)[:5]}")
     if backbone is None:
@@ -131,11 +139,12 @@ def init_run(run: str | Path, model: str, classes: Sequence[str], pretrained: st
     method = TipAdapter(alpha=alpha, beta=beta).fit(task)
     meta = {"format": RUN_FORMAT, "model": model, "pretrained": pretrained, "fingerprint": backbone.fingerprint,
             "embed_dim": d, "classes": list(classes), "templates": templates, "alpha": alpha, "beta": beta,
-            "examples": 0, "per_class": {c: 0 for c in classes}, "history": [], "created": time.time()}
+            "retune": retune, "retune_min": retune_min, "examples": 0, "per_class": {c: 0 for c in classes},
+            "history": [], "created": time.time()}
     with _locked(run):
         _commit(run, meta, method)
     return {"run": str(run), "model": model, "classes": len(classes), "embed_dim": d, "examples": 0,
-            "alpha": alpha, "beta": beta, "fingerprint": backbone.fingerprint}
+            "alpha": alpha, "beta": beta, "retune": retune, "fingerprint": backbone.fingerprint}
 
 
 def load_method(run: str | Path, meta: dict | None = None) -> TipAdapter:
@@ -180,10 +189,14 @@ def add_features(run: str | Path, features: Any, label: str, fingerprint: str | 
         method.add(feats, torch.full((len(feats),), index))
         meta["examples"] += len(feats)
         meta["per_class"][label] += len(feats)
-        meta["history"].append({"label": label, "added": len(feats), "time": time.time()})
+        enough = min(meta["per_class"].values()) >= meta.get("retune_min", RETUNE_MIN)
+        retuned = bool(meta.get("retune", True) and enough and method.retune())
+        meta["alpha"], meta["beta"] = method.alpha_, method.beta_
+        meta["history"].append({"label": label, "added": len(feats), "time": time.time(), "retuned": retuned})
         _commit(run, meta, method)
     return {"run": str(run), "label": label, "added": len(feats), "examples": meta["examples"],
-            "per_class": dict(meta["per_class"])}
+            "per_class": dict(meta["per_class"]), "alpha": meta["alpha"], "beta": meta["beta"],
+            "retuned": retuned}
 
 
 def add_images(run: str | Path, images: Sequence[str | Path], label: str, backbone: Any = None,
@@ -215,5 +228,6 @@ def predict_images(run: str | Path, images: Sequence[str | Path], top_k: int = 5
     rows = [{"image": str(path), "top": [{"class": meta["classes"][int(i)], "probability": float(p)}
                                          for p, i in zip(values, ids)]}
             for path, values, ids in zip(images, top.values, top.indices)]
-    return {"run": str(run), "examples": meta["examples"], "predictions": rows,
+    return {"run": str(run), "examples": meta["examples"], "alpha": method.alpha_, "beta": method.beta_,
+            "predictions": rows,
             "seconds_per_image": seconds / max(len(images), 1)}

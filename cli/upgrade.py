@@ -52,12 +52,16 @@ def init_command(
     template: Optional[List[str]] = typer.Option(None, "--template", help="Prompt template with '{}' (repeatable)."),
     alpha: float = typer.Option(lib.DEFAULT_ALPHA, "--alpha", help="Weight of the cache (Tip-Adapter alpha)."),
     beta: float = typer.Option(lib.DEFAULT_BETA, "--beta", help="Sharpness of the cache affinities."),
+    retune: bool = typer.Option(True, "--retune/--no-retune",
+                                help="Re-choose alpha/beta by leave-one-out once every class has "
+                                     "--retune-min examples."),
+    retune_min: int = typer.Option(lib.RETUNE_MIN, "--retune-min", help="Examples per class before retuning."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run in RUN."),
     device: Optional[str] = DeviceOpt, as_json: bool = JsonOpt, output: Optional[Path] = OutputOpt,
 ) -> None:
     """Create a zero-shot run for the classes in --classes."""
     result = lib.init_run(run, model, lib.read_classes(classes), pretrained=pretrained, templates=template,
-                          alpha=alpha, beta=beta, device=device, force=force)
+                          alpha=alpha, beta=beta, retune=retune, retune_min=retune_min, device=device, force=force)
     summary = _pairs(f"run {run} (zero-shot)", result, ["model", "classes", "embed_dim", "examples"])
     _emit(result, as_json, output, summary)
 
@@ -71,7 +75,8 @@ def add_command(
 ) -> None:
     """Add labelled images to the run's cache (no refitting)."""
     result = lib.add_images(run, images, label, device=device)
-    table = Table(title=f"run {run}: +{result['added']} {label!r}, {result['examples']} examples")
+    table = Table(title=f"run {run}: +{result['added']} {label!r}, {result['examples']} examples, "
+                        f"alpha {result['alpha']:.3g}, beta {result['beta']:.3g}")
     table.add_column("class")
     table.add_column("examples", justify="right")
     for name, count in result["per_class"].items():

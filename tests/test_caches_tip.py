@@ -150,3 +150,25 @@ def test_label_values_sum_like_the_dense_one_hot_matmul():
         expected = dense_w @ values.dense()
         torch.testing.assert_close(combine(weights[:, :5], values, ids), expected)
         torch.testing.assert_close(combine(weights[:, :5], values.dense(), ids), expected)
+
+
+def test_leave_one_out_retune_picks_the_brute_force_point():
+    feats, labels, text, _, _ = random_problem(seed=4, shots=3)
+    model = TipAdapter(alpha=1.0, beta=5.5, search_steps=(40, 10)).fit(feats, labels, text)
+    found = model.retune()
+    keys = model.keys_
+    betas = [0.1 + i * (12.0 - 0.1) / 40 for i in range(40)]
+    alphas = [0.1 + i * (10.0 - 0.1) / 10 for i in range(10)]
+    best, choice = -1, None
+    for beta in betas:
+        for alpha in alphas:
+            correct = 0
+            for i in range(len(keys)):  # classify each cached example by the others
+                others = torch.arange(len(keys)) != i
+                logits = tip_equation(keys[i:i + 1], keys[others], labels[others], text, alpha, beta)
+                correct += int(logits.argmax(-1) == labels[i])
+            if correct > best:
+                best, choice = correct, (beta, alpha)
+    assert (model.beta_, model.alpha_) == choice and found["grid_points"] == 400
+    assert model.fit_info_["searched"] == "leave-one-out"
+    assert TipAdapter(alpha=1.0, beta=1.0).fit(feats[:1], labels[:1], text).retune() == {}  # nothing to leave out

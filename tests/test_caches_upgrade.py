@@ -129,3 +129,18 @@ def test_commands_are_plain_typer_functions():
     app.command("predict")(predict_command)
     result = CliRunner().invoke(app, ["upgrade", "--help"])
     assert result.exit_code == 0 and "init" in result.output and "add" in result.output
+
+
+@pytest.mark.parametrize("retune", [True, False])
+def test_alpha_beta_retuned_once_every_class_has_enough_examples(tmp_path, tiny_backbone, retune):
+    run = tmp_path / "run"
+    upgrade.init_run(run, "test-tiny", CLASSES[:2], backbone=tiny_backbone, retune=retune, retune_min=2)
+    d = tiny_backbone.embed_dim
+    g = torch.Generator().manual_seed(0)
+    first = upgrade.add_features(run, torch.randn(2, d, generator=g), CLASSES[0])
+    assert not first["retuned"] and (first["alpha"], first["beta"]) == (upgrade.DEFAULT_ALPHA, upgrade.DEFAULT_BETA)
+    second = upgrade.add_features(run, torch.randn(2, d, generator=g), CLASSES[1])
+    assert second["retuned"] is retune
+    method = upgrade.load_method(run)
+    assert (method.alpha_, method.beta_) == (second["alpha"], second["beta"])
+    assert upgrade.read_meta(run)["history"][-1]["retuned"] is retune
