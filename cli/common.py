@@ -64,8 +64,11 @@ def fmt(value: Any) -> str:
 def table(rows: list[dict], columns: list[str], title: str | None = None) -> None:
     """Print ``rows`` as a rich table with ``columns`` on stdout."""
     tab = Table(title=title)
-    for col in columns:
-        tab.add_column(col, justify="right" if rows and isinstance(rows[0].get(col), (int, float)) else "left")
+    for i, col in enumerate(columns):
+        numeric = rows and isinstance(rows[0].get(col), (int, float)) or col.endswith("-shot")
+        # the first column names the row: never truncated, the others give way
+        tab.add_column(col, justify="right" if numeric else "left", no_wrap=i == 0,
+                       min_width=max((len(fmt(r.get(col))) for r in rows), default=0) if i == 0 else None)
     for row in rows:
         tab.add_row(*(fmt(row.get(c)) for c in columns))
     out.print(tab)

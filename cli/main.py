@@ -175,16 +175,18 @@ def fewshot_command(
     output: Optional[Path] = OutputOpt,
 ) -> None:
     """The main job: every few-shot method at 1, 4 and 16 shots, accuracy and cost side by side."""
-    from vlkit.fewshot_job import run_fewshot_job
+    from vlkit.fewshot_job import by_method, run_fewshot_job
 
     chosen = None if methods == "all" else parse_list(methods)
     result = run_fewshot_job(model, pretrained, data, chosen, parse_list(shots, int), parse_list(seeds, int),
                              out_dir, device=device, schedule=schedule,
                              on_result=lambda r: err.print(f"{r['method']:>16} {r['shots']:>2} shots: "
                                                            f"{r['top1']:.1f}% in {r['fit_seconds']:.1f}s"))
-    table(result["summary"], ["method", "shots", "top1", "top1_std", "trainable_parameters", "artifact_bytes",
-                              "fit_seconds", "peak_memory_mb", "latency_ms_per_image", "schedule"],
-          title=f"{model} on {data}: accuracy and cost")
+    shot_columns = [f"{k}-shot" for k in sorted(set(parse_list(shots, int)))]
+    table(by_method(result["summary"]), ["method", *shot_columns, "params", "fit s", "ms/img"],
+          title=f"{model} on {data}: top-1 (%) by shots, cost at {shot_columns[-1]}")
+    if schedule == "quick":
+        err.print("* quick schedule (settings per row in results.json); --schedule paper runs the papers' own")
     err.print(f"wrote {out_dir / 'results.json'} and {result['plot']}")
     write_json(output, result)
     if result["failures"]:

@@ -29,3 +29,29 @@ def test_fewshot_job_writes_results_and_plot(tmp_path):
 def test_fewshot_cli_unknown_method_is_one_line():
     result = CliRunner().invoke(app, ["fewshot", "--model", "test-tiny", "--methods", "zero-shot,nope"])
     assert result.exit_code == 1 and "unknown method 'nope'" in result.output
+
+
+def test_quick_schedule_never_lengthens_a_paper_schedule():
+    from vlkit.fewshot_job import fewshot_methods, quick_settings
+    from vlkit.methods import method_class
+
+    for name in fewshot_methods():
+        quick, paper = quick_settings(name), method_class(name).Config()
+        for key, value in quick.items():
+            assert hasattr(paper, key), f"{name}: quick option {key} is not a config field"
+            if key == "epochs":
+                assert all(value <= paper.default_epochs(k) for k in (1, 4, 16)), name
+            elif key in ("iters_per_shot", "val_checks", "warmup_epochs"):
+                assert value <= getattr(paper, key), (name, key)
+
+
+def test_terminal_table_has_one_row_per_method_with_quick_marked():
+    from vlkit.fewshot_job import by_method
+
+    summary = [{"method": m, "shots": k, "top1": 10.0 * k, "top1_std": 1.0, "seeds": seeds, "schedule": sched,
+                "trainable_parameters": 5, "fit_seconds": float(k), "latency_ms_per_image": 0.5}
+               for m, sched, seeds in (("coop", "quick: epochs=10", 2), ("zero-shot", "paper", 1)) for k in (16, 1)]
+    rows = by_method(summary)
+    assert [r["method"] for r in rows] == ["coop*", "zero-shot"]
+    assert rows[0]["1-shot"] == "10.0 ± 1.0" and rows[0]["16-shot"] == "160.0 ± 1.0" and rows[0]["fit s"] == 16.0
+    assert rows[1]["16-shot"] == "160.0"

@@ -16,21 +16,38 @@ from vlkit.store import FeatureStore, atomic_write_json
 log = logging.getLogger("vlkit.fewshot")
 DEFAULT_SHOTS = (1, 4, 16)
 
-# The "quick" schedule keeps the main job within minutes on a laptop CPU. Cache models,
-# probes and feature adapters run their paper schedules (they take seconds); prompt
-# learners and tuners, which run an encoder tower at every step, get a short one. Every row
-# records the settings it ran with, and ``--schedule paper`` runs the papers' own.
+# The "quick" schedule keeps the main job (every method at 1, 4 and 16 shots) under 3 minutes
+# on 2 CPU cores. Cache models, probes and feature adapters run their paper schedules (they
+# take seconds); prompt learners and tuners, which run an encoder tower at every step, get a
+# short one. Every row records the settings it ran with; ``--schedule paper`` runs the papers'.
 QUICK_SCHEDULES: dict[str, dict[str, Any]] = {
-    "tuner": {"iters_per_shot": 4, "val_checks": 2},
+    # 2 iterations per shot (32 at 16 shots; CLIP-LoRA runs 500 per shot), one validation check.
+    "tuner": {"iters_per_shot": 2, "val_checks": 1},
     # Prompt learners run the text tower every step; CoOp's 200 epochs at 16 shots take
-    # ~7 minutes on 2 CPU cores with vlkit-mini's MiniLM text tower.
+    # ~1.5 minutes on 2 CPU cores with vlkit-mini's MiniLM text tower.
     "prompt": {"epochs": 10},
+}
+# Methods whose quick schedule differs from their family's.
+QUICK_METHOD_SCHEDULES: dict[str, dict[str, Any]] = {
+    # MaPLe prompts both towers at every layer: 2 of its paper's 5 epochs.
+    "maple": {"epochs": 2},
+    # CoCoOp runs the text tower on every (image, class) pair at batch 1: its paper's 10 epochs
+    # at 16 shots are 16,000 prompt passes (~90 s on 2 cores), so the quick run takes 1, unwarmed.
+    "cocoop": {"epochs": 1, "warmup_epochs": 0},
 }
 
 
+def quick_settings(name: str) -> dict[str, Any]:
+    """The quick schedule's options for method ``name`` ({} means its paper schedule)."""
+    if name in QUICK_METHOD_SCHEDULES:
+        return dict(QUICK_METHOD_SCHEDULES[name])
+    return dict(QUICK_SCHEDULES.get(method_class(name).family, {}))
+
+
 def fewshot_methods() -> list[str]:
-    """Registered methods that fit a plain few-shot task (not domain adaptation)."""
-    return [m for m in list_methods() if method_class(m).task_kind == "fewshot"]
+    """Registered methods that fit a plain few-shot task (not domain adaptation), zero-shot first."""
+    names = [m for m in list_methods() if method_class(m).task_kind == "fewshot"]
+    return sorted(names, key=lambda m: m != "zero-shot")
 
 
 def run_fewshot_job(model: str = "vlkit-mini", pretrained: str | None = None, data: str = "fashion-mnist-mini",
@@ -55,7 +72,7 @@ def run_fewshot_job(model: str = "vlkit-mini", pretrained: str | None = None, da
     for name in methods:
         for k in shots:
             for seed in seeds:
-                settings = QUICK_SCHEDULES.get(method_class(name).family, {}) if schedule == "quick" else {}
+                settings = quick_settings(name) if schedule == "quick" else {}
                 try:
                     row = run_fewshot(backbone, pool, test, name, k, seed, store=store, views=views, **settings)
                     row["schedule"] = "paper" if not settings else "quick: " + ", ".join(
@@ -69,7 +86,7 @@ def run_fewshot_job(model: str = "vlkit-mini", pretrained: str | None = None, da
                     on_result(row)
     out_dir = Path(out_dir)
     result = {"model": model, "pretrained": pretrained, "data": data, "shots": list(shots), "seeds": list(seeds),
-              "schedule": schedule, "quick_schedules": QUICK_SCHEDULES if schedule == "quick" else {},
+              "schedule": schedule, "quick_schedules": {m: quick_settings(m) for m in methods} if schedule == "quick" else {},
               "rows": rows, "summary": summarise(rows), "failures": failures}
     atomic_write_json(out_dir / "results.json", result)
     result["plot"] = str(plot_accuracy_vs_shots(result["summary"], out_dir / "accuracy_vs_shots.png",
@@ -97,6 +114,19 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "latency_ms_per_image": statistics.fmean(r["latency_ms_per_image"] for r in group),
         })
     return summary
+
+
+def by_method(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method for the terminal: top-1 per shot count (``"k-shot"`` keys, mean and
+    std over seeds), then the cost at the largest shot count; ``*`` marks a quick schedule."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in sorted(summary, key=lambda r: r["shots"]):
+        quick = "*" if r["schedule"] != "paper" else ""
+        row = rows.setdefault(r["method"], {"method": r["method"] + quick})
+        row[f"{r['shots']}-shot"] = f"{r['top1']:.1f}" + (f" ± {r['top1_std']:.1f}" if r["seeds"] > 1 else "")
+        row.update({"params": r["trainable_parameters"], "fit s": round(r["fit_seconds"], 1),
+                    "ms/img": round(r["latency_ms_per_image"], 2)})
+    return list(rows.values())
 
 
 def plot_accuracy_vs_shots(summary: list[dict[str, Any]], path: Path, title: str) -> Path:

@@ -25,19 +25,17 @@ SCHEDULES = ("quick", "paper")
 
 def schedule_overrides(methods: Sequence[str], schedule: str) -> dict[str, dict[str, Any]]:
     """Per-method options of a schedule: ``paper`` sets none; ``quick`` shortens the encoder-running
-    tuners as ``vlkit fewshot`` does (``vlkit.fewshot_job.QUICK_SCHEDULES``, by method family)."""
+    tuners and prompt learners as ``vlkit fewshot`` does (``vlkit.fewshot_job.quick_settings``)."""
     if schedule not in SCHEDULES:
         raise VlkitError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if schedule == "paper":
         return {}
-    from vlkit.methods import method_class
 
     try:
-        from vlkit.fewshot_job import QUICK_SCHEDULES
+        from vlkit.fewshot_job import quick_settings
     except ImportError:
         return {}
-    return {m: dict(QUICK_SCHEDULES[method_class(m).family]) for m in methods
-            if method_class(m).family in QUICK_SCHEDULES}
+    return {m: settings for m in methods if (settings := quick_settings(m))}
 
 
 def resolve_methods(spec: str | Sequence[str], protocol: str = "fewshot") -> list[str]:
