@@ -51,7 +51,7 @@ OFFLINE_DATASETS: dict[str, dict[str, str]] = {
 }
 VENDORED_DATASETS: dict[str, dict[str, str]] = {
     "fashion-mnist-mini": {
-        "description": "Fashion-MNIST slice inside the package: 100 train / 20 val / 100 test per class",
+        "description": "Fashion-MNIST slice inside the package: 100 train / 20 val / 50 test per class",
         "licence": fashion.LICENCE,
         "source": "official Fashion-MNIST files via vlkit/data/offline/make_mini_slice.py",
     },

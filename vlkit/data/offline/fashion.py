@@ -122,7 +122,7 @@ class MiniImage:
 
 
 def load_mini(split: str) -> ImageDataset:
-    """The vendored slice: 100 train + 20 val + 100 test images per class, no build needed."""
+    """The vendored slice: 100 train + 20 val + 50 test images per class, no build needed."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     data = _mini()
