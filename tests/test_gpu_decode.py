@@ -96,3 +96,18 @@ def test_gpu_path_applies_only_to_view0_jpegs_on_cuda(tmp_path, tiny_backbone, m
     assert gpu_paths_for(cuda_like, ds, 0) == paths and gpu_paths_for(cuda_like, ds, 1) is None
     monkeypatch.setenv("VLKIT_GPU_DECODE", "0")
     assert gpu_paths_for(cuda_like, ds, 0) is None
+
+
+def test_prefetched_bytes_keeps_path_order_with_threads(tmp_path):
+    from vlkit.gpu_decode import prefetched_bytes
+
+    paths = []
+    for i in range(23):
+        path = tmp_path / f"{i}.bin"
+        path.write_bytes(bytes([i]) * (i + 1))
+        paths.append(str(path))
+    for workers in (0, 3):
+        batches = list(prefetched_bytes(paths, 5, workers, ahead=2))
+        assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+        flat = [t for b in batches for t in b]
+        assert [(int(t[0]), len(t)) for t in flat] == [(i, i + 1) for i in range(23)]

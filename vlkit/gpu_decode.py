@@ -2,7 +2,7 @@
 
 A PIL DataLoader spends its time in JPEG decoding and resizing on the CPU (about 1.2k
 images/s with 15 workers on an H200 host), far below what the encoder takes
-(ViT-B-16 bf16: about 7k/s). Here workers only read bytes; ``torchvision.io.decode_jpeg``
+(ViT-B-16 bf16: about 7k/s). Here threads only read bytes; ``torchvision.io.decode_jpeg``
 decodes a whole batch with nvJPEG on the GPU and the resize, centre crop and
 normalisation run there too, reproducing ``Backbone.preprocess`` (shorter side to
 ``image_size`` with antialiased bicubic, centre crop, ToTensor, Normalize).
@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import io
 import os
+import queue
+import threading
 import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
@@ -74,17 +77,31 @@ def preprocess_params(backbone: Any) -> tuple[int, tuple[float, ...], tuple[floa
     return int(backbone.image_size), tuple(float(m) for m in norm.mean), tuple(float(s) for s in norm.std)
 
 
-class _FileBytes(Dataset):
-    """Item i: the raw bytes of ``paths[i]`` as a 1-d uint8 tensor (DataLoader workers run this)."""
+def _read_bytes(path: str) -> torch.Tensor:
+    """The raw bytes of ``path`` as a 1-d uint8 tensor (no copy beyond the read)."""
+    return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
 
-    def __init__(self, paths: Sequence[str]) -> None:
-        self.paths = list(paths)
 
-    def __len__(self) -> int:
-        return len(self.paths)
+def prefetched_bytes(paths: Sequence[str], batch_size: int, workers: int,
+                     ahead: int = 4) -> Iterator[list[torch.Tensor]]:
+    """Batches of file bytes in ``paths`` order, read by ``workers`` threads up to ``ahead`` batches early.
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.frombuffer(bytearray(Path(self.paths[i]).read_bytes()), dtype=torch.uint8)
+    Threads, not DataLoader processes: a file read releases the GIL, and handing hundreds
+    of small tensors per batch from worker processes through shared memory cost more
+    than the GPU's decode (1.7k images/s on an H200 host, against 7k/s for the encoder).
+    """
+    if workers <= 0:
+        for start in range(0, len(paths), batch_size):
+            yield [_read_bytes(p) for p in paths[start:start + batch_size]]
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        queue: deque = deque()
+        submitted = 0
+        while submitted < len(paths) or queue:
+            while submitted < len(paths) and len(queue) < ahead * batch_size:
+                queue.append(pool.submit(_read_bytes, paths[submitted]))
+                submitted += 1
+            yield [queue.popleft().result() for _ in range(min(batch_size, len(queue)))]
 
 
 def _pil_decode(data: torch.Tensor) -> torch.Tensor:
@@ -155,11 +172,59 @@ def gpu_image_batches(paths: Sequence[str | Path], image_size: int, mean: Sequen
                       num_workers: int | None = None) -> Iterator[torch.Tensor]:
     """Yield (B, 3, S, S) float32 batches on ``device``, in the order of ``paths``.
 
-    Workers read bytes ahead (``prefetch_factor`` 4) while the GPU decodes the
-    current batch. ``device="cpu"`` runs the same pipeline on the CPU (tests).
+    Threads read bytes up to 4 batches ahead while the GPU decodes the current batch. ``device="cpu"`` runs the same pipeline on the CPU (tests).
     """
     workers = min(8, max(0, (os.cpu_count() or 1) - 1)) if num_workers is None else num_workers
-    loader = DataLoader(_FileBytes([str(p) for p in paths]), batch_size=batch_size, num_workers=workers,
-                        collate_fn=list, prefetch_factor=4 if workers else None, persistent_workers=False)
-    for datas in loader:
-        yield resize_normalize(decode_batch(datas, device), image_size, mean, std)
+    batches = (resize_normalize(decode_batch(datas, device), image_size, mean, std)
+               for datas in prefetched_bytes([str(p) for p in paths], batch_size, workers))
+    if torch.device(device).type != "cuda":
+        yield from batches
+        return
+    yield from _decoded_ahead(batches, torch.device(device))
+
+
+def _decoded_ahead(batches: Iterator[torch.Tensor], device: torch.device, depth: int = 2) -> Iterator[torch.Tensor]:
+    """Run ``batches`` in a thread on its own CUDA stream, ``depth`` batches ahead of the consumer.
+
+    The caller's encoder and the next batch's reading, decoding and resizing then overlap
+    instead of taking turns (H200, 4096 JPEGs: 3.0k -> 3.4k images/s end to end, encoder 7.0k/s).
+    """
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+    stream = torch.cuda.Stream(device)
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            with torch.cuda.stream(stream):
+                for batch in batches:
+                    stream.synchronize()  # ready before the consumer's stream reads it
+                    if not put(batch):
+                        return
+            put(done)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            put(exc)
+
+    worker = threading.Thread(target=produce, name="vlkit-gpu-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = out.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            item.record_stream(torch.cuda.current_stream(device))  # allocator: used on the consumer's stream
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
