@@ -20,23 +20,13 @@ from pathlib import Path
 import torch
 
 import vlkit
+from vlkit.data import first_per_class
 from vlkit.data.offline import load_offline
 from vlkit.pipeline import run_fewshot
 from vlkit.store import FeatureStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ["zero-shot", "coop", "cocoop", "kgcoop", "defo", "maple"]
-
-
-def first_per_class(dataset, n: int):
-    """The first ``n`` items of each class, in dataset order (a fixed test subset)."""
-    seen: dict[int, int] = {}
-    keep = []
-    for i, label in enumerate(dataset.labels):
-        if seen.get(label, 0) < n:
-            seen[label] = seen.get(label, 0) + 1
-            keep.append(i)
-    return dataset.subset(keep, f"first{n}")
 
 
 def cell_text(values: list[float]) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import vlkit
+from vlkit.data import first_per_class
 from vlkit.data.offline import load_offline
 from vlkit.methods import create_method, list_methods, method_class
 from vlkit.pipeline import run_fewshot
@@ -62,17 +63,6 @@ def plan(labels: list[str] | None, others: bool) -> list[tuple[str, str, dict]]:
     if others:
         chosen += [(n, n, {}) for n in list_methods() if method_class(n).family in OTHER_FAMILIES]
     return chosen
-
-
-def first_per_class(dataset, k: int):
-    """The first ``k`` items of every class (a fixed, class-balanced test subset)."""
-    seen: dict[int, int] = {}
-    keep = []
-    for i, label in enumerate(dataset.labels):
-        if seen.get(label, 0) < k:
-            seen[label] = seen.get(label, 0) + 1
-            keep.append(i)
-    return dataset.subset(keep, f"first{k}")
 
 
 def tuner_budget(label: str, name: str, args: argparse.Namespace) -> dict:

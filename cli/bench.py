@@ -27,6 +27,9 @@ def bench_command(
     schedule: str = typer.Option("quick", "--schedule", help="quick: short schedules for the tuners that run "
                                  "an encoder tower each step (as vlkit fewshot); paper: every method's own"),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first failing cell"),
+    test_per_class: Optional[int] = typer.Option(None, "--test-per-class",
+                                                 help="score on the first N test images of each class (a budget "
+                                                      "run; the datasets are then named NAME:testN)"),
     model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
     output: Optional[Path] = OutputOpt,
 ) -> None:
@@ -34,7 +37,8 @@ def bench_command(
     from vlkit.bench import run_bench
 
     result = run_bench(model, pretrained, parse_list(data), methods, parse_list(shots, int), parse_list(seeds, int),
-                       out_dir, protocol, compare_published, device, views, fail_fast=fail_fast, schedule=schedule)
+                       out_dir, protocol, compare_published, device, views, fail_fast=fail_fast, schedule=schedule,
+                       test_per_class=test_per_class)
     out.print(result["table"], markup=False, highlight=False, soft_wrap=True)
     err.print(f"{result['ran']} cells run, {result['skipped']} already done, {len(result['failed'])} failed "
               f"in {result['seconds']:.0f}s; reports in {result['out']}")

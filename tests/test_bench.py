@@ -257,3 +257,15 @@ def test_schedule_overrides_reach_the_method_and_key_the_cell(tmp_path, source, 
     assert "Schedule: quick; linear-probe: max_iter=7." in quick["table"]
     with pytest.raises(VlkitError, match="schedule"):
         bench(tmp_path, source, tiny_backbone, session_store, schedule="fast")
+
+
+def test_test_per_class_scores_a_class_balanced_subset_under_its_own_name(tmp_path, source, tiny_backbone,
+                                                                           session_store):
+    result = bench(tmp_path, source, tiny_backbone, session_store, methods="zero-shot", seeds=[1], test_per_class=3)
+    records = [json.loads(line) for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    assert [r["cell"]["data"] for r in records] == ["colours:test3"]
+    classes = len(source.split("test").classnames)
+    assert [r["result"]["test_size"] for r in records] == [3 * classes]
+    assert "colours:test3" in result["table"]
+    with pytest.raises(VlkitError, match="test-per-class"):
+        bench(tmp_path, source, tiny_backbone, session_store, test_per_class=0)

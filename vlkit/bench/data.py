@@ -96,3 +96,14 @@ def sources_from_specs(specs: Sequence[str]) -> list[DataSource]:
     if len({s.name for s in sources}) != len(sources):
         raise VlkitError(f"--data names the same dataset twice: {', '.join(s.name for s in sources)}")
     return sources
+
+
+def with_test_subset(source: DataSource, per_class: int) -> DataSource:
+    """``source`` scored on the first ``per_class`` test images of each class, named ``NAME:testN``."""
+    from vlkit.data.fewshot import first_per_class
+
+    def load(split: str) -> ImageDataset:
+        data = source.split(split)
+        return first_per_class(data, per_class) if split == "test" else data
+
+    return DataSource(f"{source.name}:test{per_class}", load)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vlkit.bench.cells import Cell, CellLog, grid
-from vlkit.bench.data import DataSource, sources_from_specs
+from vlkit.bench.data import DataSource, sources_from_specs, with_test_subset
 from vlkit.bench.progress import BenchProgress
 from vlkit.bench.protocols import get_protocol
 from vlkit.bench.writers import write_reports
@@ -83,7 +83,7 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
               shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] = DEFAULT_SEEDS,
               out: str | Path = "runs/bench", protocol: str = "fewshot", compare_published: bool = False,
               device: str | None = None, views: int | None = None, store: Any = None, backbone: Any = None,
-              fail_fast: bool = False, schedule: str = "quick") -> dict[str, Any]:
+              fail_fast: bool = False, schedule: str = "quick", test_per_class: int | None = None) -> dict[str, Any]:
     """Run every missing cell, store each as it finishes, and write the reports into ``out``.
 
     A cell already in ``out/cells.jsonl`` is skipped, so a re-run after a crash or
@@ -104,6 +104,8 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     sources = [d for d in data if isinstance(d, DataSource)] + (sources_from_specs(specs) if specs else [])
     if not sources:
         raise VlkitError("--data names no dataset")
+    if test_per_class is not None:
+        sources = [with_test_subset(s, _check_ints([test_per_class], "test-per-class", 1)[0]) for s in sources]
     if len({s.name for s in sources}) != len(sources):
         raise VlkitError(f"--data names a dataset twice: {', '.join(s.name for s in sources)}")
     from vlkit.pipeline import DEFAULT_VIEWS

@@ -51,3 +51,17 @@ def few_shot(dataset: ImageDataset, shots: int, seed: int, val_shots: int | None
         shots=shots,
         seed=seed,
     )
+
+
+def first_per_class(dataset: ImageDataset, n: int) -> ImageDataset:
+    """The first ``n`` items of each class, in dataset order: a fixed, class-balanced subset
+    (a smaller test set for a budget run). Its identity records the selection."""
+    if n < 1:
+        raise DataError(f"items per class must be >= 1, got {n}")
+    seen: dict[int, int] = {}
+    keep = []
+    for i, label in enumerate(dataset.labels):
+        if seen.get(label, 0) < n:
+            seen[label] = seen.get(label, 0) + 1
+            keep.append(i)
+    return dataset.subset(keep, f"first{n}")
