@@ -16,6 +16,7 @@ CPU_SCHEDULE = {"coop": {"epochs": 50}, "cocoop": {"epochs": 2}, "kgcoop": {}, "
 @pytest.fixture(scope="module")
 def mini_setup():
     import vlkit
+    from vlkit.data import first_per_class
     from vlkit.data.offline import load_offline
     from vlkit.errors import VlkitError
     from vlkit.pipeline import run_fewshot
@@ -26,13 +27,7 @@ def mini_setup():
         pool, test = load_offline("fashion-mnist", "train"), load_offline("fashion-mnist", "test")
     except VlkitError as exc:  # weights or data not available on this machine
         pytest.skip(str(exc))
-    seen: dict[int, int] = {}
-    keep = []
-    for i, label in enumerate(test.labels):
-        if seen.get(label, 0) < 50:
-            seen[label] = seen.get(label, 0) + 1
-            keep.append(i)
-    test = test.subset(keep, "first50")
+    test = first_per_class(test, 50)
     store = FeatureStore()
     zero = run_fewshot(backbone, pool, test, "zero-shot", 16, 1, store=store)["top1"]
     return backbone, pool, test, store, zero
