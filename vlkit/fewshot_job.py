@@ -21,19 +21,24 @@ DEFAULT_SHOTS = (1, 4, 16)
 # take seconds); prompt learners and tuners, which run an encoder tower at every step, get a
 # short one. Every row records the settings it ran with; ``--schedule paper`` runs the papers'.
 QUICK_SCHEDULES: dict[str, dict[str, Any]] = {
-    # 2 iterations per shot (32 at 16 shots; CLIP-LoRA runs 500 per shot), one validation check.
-    "tuner": {"iters_per_shot": 2, "val_checks": 1},
+    # 2 iterations of 16 images per shot (CLIP-LoRA: 500 of 32), one validation check.
+    "tuner": {"iters_per_shot": 2, "batch_size": 16, "val_checks": 1},
     # Prompt learners run the text tower every step; CoOp's 200 epochs at 16 shots take
     # ~1.5 minutes on 2 CPU cores with vlkit-mini's MiniLM text tower.
-    "prompt": {"epochs": 10},
+    "prompt": {"epochs": 5},
 }
+# So few tuner steps need larger learning rates: those of benchmarks/tuners_fewshot.py's
+# CPU budget, chosen there on the validation split (Fashion-MNIST, vlkit-mini, one seed).
+_QUICK_TUNER_LR = {"lora": 2e-3, "prefix-tuning": 1e-2, "bitfit": 1e-2, "ia3": 3e-2, "adapter": 1e-3,
+                   "vpt-shallow": 1e-1, "vpt-deep": 1e-1}
 # Methods whose quick schedule differs from their family's.
 QUICK_METHOD_SCHEDULES: dict[str, dict[str, Any]] = {
-    # MaPLe prompts both towers at every layer: 2 of its paper's 5 epochs.
-    "maple": {"epochs": 2},
+    # MaPLe prompts both towers at every layer and encodes images each step: 1 of its 5 epochs.
+    "maple": {"epochs": 1},
     # CoCoOp runs the text tower on every (image, class) pair at batch 1: its paper's 10 epochs
     # at 16 shots are 16,000 prompt passes (~90 s on 2 cores), so the quick run takes 1, unwarmed.
     "cocoop": {"epochs": 1, "warmup_epochs": 0},
+    **{name: {**QUICK_SCHEDULES["tuner"], "lr": lr} for name, lr in _QUICK_TUNER_LR.items()},
 }
 
 
