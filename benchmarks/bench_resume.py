@@ -67,12 +67,15 @@ def main() -> None:
     parser.add_argument("--shots", default="1,4,16")
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--kill-after", type=int, default=3, help="cells stored before the SIGKILL (0: no kill)")
+    parser.add_argument("--test-per-class", type=int, default=None, help="passed on to vlkit bench")
     parser.add_argument("--out", type=Path, default=None, help="bench folder (default: a temp folder)")
     parser.add_argument("--result", type=Path, default=ROOT / "benchmarks" / "results" / "bench_resume.json")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="vlkit-bench-"))
     argv = bench_argv() + ["--model", args.model, "--data", args.data, "--methods", args.methods,
                            "--shots", args.shots, "--seeds", args.seeds, "--out", str(out)]
+    if args.test_per_class:
+        argv += ["--test-per-class", str(args.test_per_class)]
     log = out / "cells.jsonl"
     killed_s, stored = 0.0, 0
     if args.kill_after:
