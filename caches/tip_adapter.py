@@ -102,12 +102,21 @@ class TipAdapter(Method):
             self.fit_info_ = {"alpha": self.alpha_, "beta": self.beta_, "searched": False}
             return
         x, y = val
-        betas = [cfg.beta] if cfg.beta is not None else linear_grid(cfg.search_scale[0], cfg.search_steps[0], 0.1)
-        alphas = [cfg.alpha] if cfg.alpha is not None else linear_grid(cfg.search_scale[1], cfg.search_steps[1], 0.1)
-        clip = zero_shot_logits(x, self.text_weights_, cfg.logit_scale)  # (M, C)
-        found = search_tip(clip, self._store.affinity(x), self._values, y, betas, alphas)
-        self.alpha_, self.beta_ = found["alpha"], found["beta"]
+        found = self._grid_search(x, self._store.affinity(x), y, fixed=(cfg.beta, cfg.alpha))
         self.fit_info_ = {**found, "searched": True}
+
+    def _grid_search(self, x: torch.Tensor, aff: Affinity, y: torch.Tensor,
+                     fixed: tuple[float | None, float | None] = (None, None)) -> dict:
+        """Tip-Adapter's (beta, alpha) grid on queries x (M, D) with labels y (M,); a value in
+        ``fixed`` (beta, alpha) replaces its grid. Sets ``alpha_``/``beta_``; returns the search."""
+        cfg = self.config
+        beta, alpha = fixed
+        betas = [beta] if beta is not None else linear_grid(cfg.search_scale[0], cfg.search_steps[0], 0.1)
+        alphas = [alpha] if alpha is not None else linear_grid(cfg.search_scale[1], cfg.search_steps[1], 0.1)
+        clip = zero_shot_logits(x, self.text_weights_, cfg.logit_scale)  # (M, C)
+        found = search_tip(clip, aff, self._values, y, betas, alphas)
+        self.alpha_, self.beta_ = found["alpha"], found["beta"]
+        return found
 
     def retune(self, max_entries: int = 20_000) -> dict:
         """Re-choose alpha/beta by leave-one-out on the cached examples themselves.
@@ -118,17 +127,12 @@ class TipAdapter(Method):
         unchanged. Skipped (returns {}) for caches over ``max_entries`` (O(N^2) work).
         """
         self._check_fitted()
-        cfg = self.config
         if not 1 < self.cache_size <= max_entries:
             return {}
         x = F.normalize(self.keys_, dim=-1)  # (N, D) the cached examples as queries
         scores = x @ self.keys_.T  # (N, N)
         scores.fill_diagonal_(-1e4)  # exp(-beta * (1 + 1e4)) = 0: each example leaves itself out
-        betas = linear_grid(cfg.search_scale[0], cfg.search_steps[0], 0.1)
-        alphas = linear_grid(cfg.search_scale[1], cfg.search_steps[1], 0.1)
-        clip = zero_shot_logits(x, self.text_weights_, cfg.logit_scale)  # (N, C)
-        found = search_tip(clip, Affinity(scores), self._values, self.labels_, betas, alphas)
-        self.alpha_, self.beta_ = found["alpha"], found["beta"]
+        found = self._grid_search(x, Affinity(scores), self.labels_)  # the full grid, whatever was fixed
         self.fit_info_ = {**found, "searched": "leave-one-out"}
         return found
 
