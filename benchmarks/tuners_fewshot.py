@@ -24,6 +24,7 @@ import torch
 import vlkit
 from vlkit.data import first_per_class
 from vlkit.data.offline import load_offline
+from vlkit.fewshot_job import FEW_STEP_TUNER_LR
 from vlkit.methods import create_method, list_methods, method_class
 from vlkit.pipeline import run_fewshot
 from vlkit.store import FeatureStore
@@ -42,16 +43,13 @@ OTHER_FAMILIES = ("prompt", "cache")
 # --cpu-budget: 64 iterations of 16 images at 16 shots (CLIP-LoRA: 8000 of 32), so a shared
 # 2-core CPU finishes; learning rates raised to match (found on the validation split of one
 # seed). VPT learns slowest and gets 4x the iterations.
+_STEP = {"iters_per_shot": 4, "batch_size": 16}
 CPU_BUDGET = {
-    "*": {"iters_per_shot": 4, "batch_size": 16},
-    "lora": {"iters_per_shot": 4, "batch_size": 16, "lr": 2e-3},
-    "prefix-tuning": {"iters_per_shot": 4, "batch_size": 16, "lr": 1e-2},
-    "bitfit": {"iters_per_shot": 4, "batch_size": 16, "lr": 1e-2},
-    "ia3": {"iters_per_shot": 4, "batch_size": 16, "lr": 3e-2},
-    "adapter-houlsby": {"iters_per_shot": 4, "batch_size": 16, "lr": 1e-3},
-    "adapter-adaptformer": {"iters_per_shot": 4, "batch_size": 16, "lr": 1e-2},
-    "vpt-shallow": {"iters_per_shot": 16, "batch_size": 16, "lr": 1e-1},
-    "vpt-deep": {"iters_per_shot": 16, "batch_size": 16, "lr": 1e-1},
+    "*": dict(_STEP),
+    **{name: {**_STEP, "lr": lr, **({"iters_per_shot": 16} if name.startswith("vpt") else {})}
+       for name, lr in FEW_STEP_TUNER_LR.items() if name != "adapter"},
+    "adapter-houlsby": {**_STEP, "lr": FEW_STEP_TUNER_LR["adapter"]},
+    "adapter-adaptformer": {**_STEP, "lr": 1e-2},
 }
 
 

@@ -27,9 +27,9 @@ QUICK_SCHEDULES: dict[str, dict[str, Any]] = {
     # ~1.5 minutes on 2 CPU cores with vlkit-mini's MiniLM text tower.
     "prompt": {"epochs": 5},
 }
-# So few tuner steps need larger learning rates: those of benchmarks/tuners_fewshot.py's
-# CPU budget, chosen there on the validation split (Fashion-MNIST, vlkit-mini, one seed).
-_QUICK_TUNER_LR = {"lora": 2e-3, "prefix-tuning": 1e-2, "bitfit": 1e-2, "ia3": 3e-2, "adapter": 1e-3,
+# So few tuner steps need larger learning rates: chosen on the validation split (Fashion-MNIST,
+# vlkit-mini, one seed) for benchmarks/tuners_fewshot.py's CPU budget, which reads them here.
+FEW_STEP_TUNER_LR = {"lora": 2e-3, "prefix-tuning": 1e-2, "bitfit": 1e-2, "ia3": 3e-2, "adapter": 1e-3,
                    "vpt-shallow": 1e-1, "vpt-deep": 1e-1}
 # Methods whose quick schedule differs from their family's.
 QUICK_METHOD_SCHEDULES: dict[str, dict[str, Any]] = {
@@ -38,7 +38,7 @@ QUICK_METHOD_SCHEDULES: dict[str, dict[str, Any]] = {
     # CoCoOp runs the text tower on every (image, class) pair at batch 1: its paper's 10 epochs
     # at 16 shots are 16,000 prompt passes (~90 s on 2 cores), so the quick run takes 1, unwarmed.
     "cocoop": {"epochs": 1, "warmup_epochs": 0},
-    **{name: {**QUICK_SCHEDULES["tuner"], "lr": lr} for name, lr in _QUICK_TUNER_LR.items()},
+    **{name: {**QUICK_SCHEDULES["tuner"], "lr": lr} for name, lr in FEW_STEP_TUNER_LR.items()},
 }
 
 
@@ -91,7 +91,8 @@ def run_fewshot_job(model: str = "vlkit-mini", pretrained: str | None = None, da
                     on_result(row)
     out_dir = Path(out_dir)
     result = {"model": model, "pretrained": pretrained, "data": data, "shots": list(shots), "seeds": list(seeds),
-              "schedule": schedule, "quick_schedules": {m: quick_settings(m) for m in methods} if schedule == "quick" else {},
+              "schedule": schedule,
+              "quick_schedules": {m: quick_settings(m) for m in methods} if schedule == "quick" else {},
               "rows": rows, "summary": summarise(rows), "failures": failures}
     atomic_write_json(out_dir / "results.json", result)
     result["plot"] = str(plot_accuracy_vs_shots(result["summary"], out_dir / "accuracy_vs_shots.png",

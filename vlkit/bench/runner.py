@@ -30,11 +30,8 @@ def schedule_overrides(methods: Sequence[str], schedule: str) -> dict[str, dict[
         raise VlkitError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if schedule == "paper":
         return {}
+    from vlkit.fewshot_job import quick_settings
 
-    try:
-        from vlkit.fewshot_job import quick_settings
-    except ImportError:
-        return {}
     return {m: settings for m in methods if (settings := quick_settings(m))}
 
 
