@@ -54,7 +54,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--views", type=int, default=10)
-    parser.add_argument("--test-per-class", type=int, default=0, help="score the first N test images per class (0: all)")
+    parser.add_argument("--test-per-class", type=int, default=0,
+                        help="score the first N test images per class (0: all)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()

@@ -95,13 +95,13 @@ def prefetched_bytes(paths: Sequence[str], batch_size: int, workers: int,
             yield [_read_bytes(p) for p in paths[start:start + batch_size]]
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        queue: deque = deque()
+        pending: deque = deque()  # futures of the reads in flight, in path order
         submitted = 0
-        while submitted < len(paths) or queue:
-            while submitted < len(paths) and len(queue) < ahead * batch_size:
-                queue.append(pool.submit(_read_bytes, paths[submitted]))
+        while submitted < len(paths) or pending:
+            while submitted < len(paths) and len(pending) < ahead * batch_size:
+                pending.append(pool.submit(_read_bytes, paths[submitted]))
                 submitted += 1
-            yield [queue.popleft().result() for _ in range(min(batch_size, len(queue)))]
+            yield [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
 
 
 def _pil_decode(data: torch.Tensor) -> torch.Tensor:
@@ -172,7 +172,9 @@ def gpu_image_batches(paths: Sequence[str | Path], image_size: int, mean: Sequen
                       num_workers: int | None = None) -> Iterator[torch.Tensor]:
     """Yield (B, 3, S, S) float32 batches on ``device``, in the order of ``paths``.
 
-    Threads read bytes up to 4 batches ahead while the GPU decodes the current batch. ``device="cpu"`` runs the same pipeline on the CPU (tests).
+    Threads read bytes up to 4 batches ahead while the GPU decodes the current batch; on
+    CUDA a second thread decodes ahead of the caller (:func:`_decoded_ahead`).
+    ``device="cpu"`` runs the same pipeline on the CPU (tests).
     """
     workers = min(8, max(0, (os.cpu_count() or 1) - 1)) if num_workers is None else num_workers
     batches = (resize_normalize(decode_batch(datas, device), image_size, mean, std)

@@ -22,9 +22,10 @@ LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 def method_style(methods: list[str], families: dict[str, str] | None = None) -> dict[str, dict]:
     """A fixed colour, marker and (per method family) line style, the same in every panel and plot."""
     cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
-    order = list(dict.fromkeys((families or {}).get(m, "") for m in methods))
+    family = {m: (families or {}).get(m, "") for m in methods}
+    order = list(dict.fromkeys(family.values()))
     return {m: {"color": cmap(i % cmap.N), "marker": MARKERS[i % len(MARKERS)],
-                "linestyle": LINESTYLES[order.index((families or {}).get(m, "")) % len(LINESTYLES)]}
+                "linestyle": LINESTYLES[order.index(family[m]) % len(LINESTYLES)]}
             for i, m in enumerate(methods)}
 
 
