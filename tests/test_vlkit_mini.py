@@ -32,6 +32,15 @@ def test_loads_offline_with_its_contract(backbone: vlkit.Backbone) -> None:
     assert mini.recipe()["weights"]["file"] == mini.IMAGE_WEIGHTS.name
 
 
+def test_stem_strides_set_the_token_grid() -> None:
+    # experiments (scripts/train_vlkit_mini.py --vision) change the grid through the stem's strides
+    assert mini.ConvStem(192)(torch.zeros(1, 3, 32, 32)).shape == (1, 192, 4, 4)  # shipped: stride 8
+    stem = mini.ConvStem(192, (32, 64, 128), (2, 2, 1))
+    assert stem.stride == 4 and stem(torch.zeros(1, 3, 32, 32)).shape == (1, 192, 8, 8)
+    with pytest.raises(vlkit.VlkitError, match="stem has stride 4; patch_size must match, got 8"):
+        mini.build_mini_model({"stem_strides": [2, 2, 1]})
+
+
 def test_text_tower_is_the_pretrained_minilm(backbone: vlkit.Backbone) -> None:
     # sentence-transformers' all-MiniLM-L6-v2 puts paraphrases close and unrelated text far
     a, b, c = backbone.encode_texts(["a photo of a dog.", "a picture of a puppy.", "a stock market report."])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,21 +47,24 @@ MINI_VISION: dict[str, Any] = {
 
 
 class ConvStem(nn.Module):
-    """Patch embedding as a small conv net: (B, 3, H, W) -> (B, width, H/8, W/8).
+    """Patch embedding as a small conv net: (B, 3, H, W) -> (B, width, H/s, W/s).
 
-    Three stages of [3x3 stride-2 conv, 3x3 conv] with GroupNorm + GELU (channels
-    ``channels``), then a 1x1 projection to the transformer width. GroupNorm keeps it
-    independent of the batch, so switching the tower to ``train()`` for tuning is safe.
+    One stage per entry of ``channels``: [3x3 conv with that stage's stride (2 unless
+    ``strides`` says otherwise), 3x3 conv], each with GroupNorm + GELU, then a 1x1
+    projection to the transformer width; ``s`` is the product of the strides (8 for
+    the shipped tower). GroupNorm keeps it independent of the batch, so switching the
+    tower to ``train()`` for tuning is safe.
     """
 
-    stride = 8
-
-    def __init__(self, width: int, channels: tuple[int, int, int] = (32, 64, 128)) -> None:
+    def __init__(self, width: int, channels: tuple[int, ...] = (32, 64, 128),
+                 strides: tuple[int, ...] | None = None) -> None:
         super().__init__()
+        strides = strides or (2,) * len(channels)
+        self.stride = math.prod(strides)  # each stage opens with one strided conv
         layers: list[nn.Module] = []
         c_in = 3
-        for c_out in channels:
-            for stride in (2, 1):
+        for c_out, first in zip(channels, strides):
+            for stride in (first, 1):
                 layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
                            nn.GroupNorm(8, c_out), nn.GELU()]
                 c_in = c_out
@@ -69,6 +73,25 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (B, width, H/8, W/8)
+
+
+class ConvTower(nn.Module):
+    """Experiments only (``--vision '{"tower": "cnn"}'``): an all-convolutional image tower.
+
+    :class:`ConvStem` with ``channels`` (stride 2 each), global average pooling,
+    LayerNorm and a linear map to ``embed_dim``: (B, 3, H, W) -> (B, embed_dim). It has
+    no patch tokens, so VPT and MaPLe cannot use it; it serves as a distillation teacher.
+    """
+
+    def __init__(self, embed_dim: int, channels: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        self.stem = ConvStem(channels[-1], channels)
+        self.norm = nn.LayerNorm(channels[-1])
+        self.proj = nn.Linear(channels[-1], embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.stem(x).mean(dim=(2, 3))  # (B, C)
+        return self.proj(self.norm(pooled))  # (B, embed_dim)
 
 
 def minilm_path() -> Path:
@@ -116,7 +139,13 @@ def build_mini_model(vision: dict[str, Any] | None = None) -> nn.Module:
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 
     cfg = {**MINI_VISION, **(vision or {})}
+    tower = cfg.pop("tower", "vit")
+    cnn_channels = tuple(cfg.pop("cnn_channels", (32, 64, 128, 256)))
     stem_channels = tuple(cfg.pop("stem_channels"))
+    stem_strides = tuple(cfg.pop("stem_strides", None) or (2,) * len(stem_channels))
+    if tower == "vit" and cfg["patch_size"] != math.prod(stem_strides):
+        raise VlkitError(f"vlkit-mini's stem has stride {math.prod(stem_strides)}; patch_size must match, "
+                         f"got {cfg['patch_size']}")
     path = minilm_path()
     text_cfg = CLIPTextCfg(
         hf_model_name=str(path), hf_model_pretrained=True, hf_pooler_type="mean_pooler",
@@ -125,11 +154,10 @@ def build_mini_model(vision: dict[str, Any] | None = None) -> nn.Module:
     vision_cfg = CLIPVisionCfg(image_size=MINI_IMAGE_SIZE, **cfg)
     with _offline_quiet():
         model = CustomTextCLIP(embed_dim=MINI_EMBED_DIM, vision_cfg=vision_cfg, text_cfg=text_cfg)
-    visual = model.visual
-    if cfg["patch_size"] != ConvStem.stride:
-        raise VlkitError(f"vlkit-mini's stem has stride {ConvStem.stride}; patch_size must match, "
-                         f"got {cfg['patch_size']}")
-    visual.conv1 = ConvStem(cfg["width"], stem_channels)  # same (B, width, grid, grid) output
+    if tower == "cnn":
+        model.visual = ConvTower(MINI_EMBED_DIM, cnn_channels)
+    else:
+        model.visual.conv1 = ConvStem(cfg["width"], stem_channels, stem_strides)  # (B, width, grid, grid)
     # open_clip reads max_position_embeddings (512); the tokenizer pads to this length.
     model.text.context_length = MINI_CONTEXT_LENGTH
     model.context_length = MINI_CONTEXT_LENGTH
