@@ -342,6 +342,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--clean-end", type=float, default=0.15, help="... falling linearly to this ...")
     ap.add_argument("--ramp", type=float, default=0.4, help="... at this fraction of the steps")
     ap.add_argument("--flag-weight", type=float, default=0.25, help="sampling weight of flag emoji")
+    ap.add_argument("--teacher", type=Path, default=None,
+                    help="a finished run's --out folder whose image embeddings the tower also matches")
+    ap.add_argument("--distill-weight", type=float, default=0.0,
+                    help="weight of the distillation loss 1 - cos(tower(x), teacher(x)) on the same batch")
     ap.add_argument("--no-holdout", action="store_true",
                     help="also train on the emoji datasets' test split (then emoji zero-shot is not held out)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (results are deterministic per value)")
@@ -358,6 +362,14 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
         return args.lr * (step + 1) / args.warmup
     t = (step - args.warmup) / max(1, args.steps - args.warmup)
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * t))
+
+
+def load_teacher(run: Path, device: torch.device) -> torch.nn.Module:
+    """A finished run's image tower, in the architecture its recipe recorded; frozen, eval mode."""
+    vision = json.loads(json.loads((run / mini.RECIPE_FILE.name).read_text())["recipe"].get("vision", "{}"))
+    model = mini.build_mini_model(vision)
+    mini.load_image_weights(model, run / mini.IMAGE_WEIGHTS.name)
+    return model.visual.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -434,6 +446,7 @@ def main(argv: list[str] | None = None) -> dict:
     mean = torch.tensor(mini.MINI_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(mini.MINI_STD, device=device).view(1, 3, 1, 1)
 
+    teacher = load_teacher(args.teacher, device) if args.teacher and args.distill_weight > 0 else None
     gen = torch.Generator().manual_seed(args.seed)
     t_train = time.perf_counter()
     history = []
@@ -467,6 +480,10 @@ def main(argv: list[str] | None = None) -> dict:
                                                         label_smoothing=args.label_smoothing)
         loss = loss + args.cat_weight * F.cross_entropy(scale * feats @ banks[2].T, cat_t[owner_t[idx]].to(device),
                                                         label_smoothing=args.label_smoothing)
+        if teacher is not None:  # distillation: match the teacher's embedding of the same views
+            with torch.no_grad():
+                taught = F.normalize(teacher(x).float(), dim=-1)  # (B, 384)
+            loss = loss + args.distill_weight * (1 - (feats * taught).sum(-1)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(visual.parameters(), 1.0)

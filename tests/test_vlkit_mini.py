@@ -41,6 +41,26 @@ def test_stem_strides_set_the_token_grid() -> None:
         mini.build_mini_model({"stem_strides": [2, 2, 1]})
 
 
+def test_cnn_tower_round_trips_through_the_weights_format(tmp_path) -> None:
+    # the all-convolutional experiment tower (mini_tower_search's "cnn" rows) saves and loads
+    # through the same image_state / load_image_weights as the shipped ViT
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = mini.build_mini_model({"tower": "cnn"})
+    assert isinstance(model.visual, mini.ConvTower)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model.visual(x)  # (2, 384)
+    save_file({k: v.contiguous() for k, v in mini.image_state(model).items()}, str(tmp_path / "w.safetensors"))
+    other = mini.build_mini_model({"tower": "cnn"})
+    mini.load_image_weights(other, tmp_path / "w.safetensors")
+    with torch.no_grad():
+        assert before.shape == (2, 384) and torch.equal(other.visual(x), before)
+    with pytest.raises(vlkit.VlkitError, match="does not match the vlkit-mini architecture"):
+        mini.load_image_weights(mini.build_mini_model(), tmp_path / "w.safetensors")
+
+
 def test_text_tower_is_the_pretrained_minilm(backbone: vlkit.Backbone) -> None:
     # sentence-transformers' all-MiniLM-L6-v2 puts paraphrases close and unrelated text far
     a, b, c = backbone.encode_texts(["a photo of a dog.", "a picture of a puppy.", "a stock market report."])
