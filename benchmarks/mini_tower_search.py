@@ -44,6 +44,7 @@ from vlkit.data.offline import load_offline  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "mini_tower_search.json"
 GRID_8X8 = {"stem_channels": [64, 128], "patch_size": 4}  # two stem stages: 32 px -> 8x8 tokens
+GRID_2X2 = {"stem_channels": [32, 64, 128, 256], "patch_size": 16}  # the cnn tower's stem: 2x2 tokens
 # name -> (training arguments, what the variant changes)
 CANDIDATES: dict[str, tuple[list[str], str]] = {
     "shipped": ([], "the shipped recipe: 4x4 tokens, width 192, 400 steps, soft targets"),
@@ -55,6 +56,15 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
     "p8x8-soft": (["--vision", json.dumps(GRID_8X8)], "8x8 tokens with the shipped soft targets"),
     "cnn": (["--steps", "1200", "--warmup", "100", "--vision", json.dumps({"tower": "cnn"})],
             "all-convolutional tower (1.3M, no patch tokens: not shippable, MaPLe/VPT need tokens), 1200 steps"),
+    "cnn-3600": (["--steps", "3600", "--warmup", "200", "--vision", json.dumps({"tower": "cnn"})],
+                 "the all-convolutional tower trained 3x longer (3600 steps)"),
+    "p8x8-distill-cnn": (["--soft-tau", "0", "--vision", json.dumps(GRID_8X8), "--teacher", "{runs}/cnn",
+                          "--distill-weight", "1"],
+                         "8x8 tokens distilled from the cnn run (weight 1 on 1 - cosine), the issue's suggestion"),
+    "p2x2-3600": (["--steps", "3600", "--warmup", "200", "--vision", json.dumps(GRID_2X2)],
+                  "the cnn's four-stage stem under 6 transformer layers over 2x2 patch tokens, 3600 steps"),
+    "p2x2-3layers-3600": (["--steps", "3600", "--warmup", "200", "--vision", json.dumps({**GRID_2X2, "layers": 3})],
+                          "the same with 3 transformer layers"),
     "p8x8-600": (["--soft-tau", "0", "--steps", "600", "--warmup", "60", "--vision", json.dumps(GRID_8X8)],
                  "8x8 tokens, 600 steps"),
     "p8x8-600-lr2e-3": (["--soft-tau", "0", "--steps", "600", "--warmup", "60", "--lr", "2e-3",
@@ -73,7 +83,10 @@ def recipe_matches(run: Path, args: list[str]) -> bool:
     if not (record.exists() and (run / mini.IMAGE_WEIGHTS.name).exists()):
         return False
     recorded = json.loads(record.read_text())["recipe"]
-    wanted = {k: v for k, v in vars(T.parse_args(args)).items() if k not in IGNORED}
+    wanted = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(T.parse_args(args)).items()
+              if k not in IGNORED}
+    if "teacher" not in recorded:  # a run from before --teacher existed: it had no teacher
+        recorded = {**recorded, "teacher": None, "distill_weight": 0.0}
     same_vision = json.loads(recorded.get("vision", "{}")) == json.loads(wanted.pop("vision"))
     return same_vision and recorded.get("augment") == T.AUG and all(recorded.get(k) == v for k, v in wanted.items())
 
@@ -140,6 +153,7 @@ def main() -> None:
     rows = []
     for name in args.only:
         train_args, change = CANDIDATES[name]
+        train_args = [a.replace("{runs}", str(args.runs)) for a in train_args]  # a teacher run's folder
         run = args.runs / name
         if not recipe_matches(run, train_args):
             train(run, train_args)
