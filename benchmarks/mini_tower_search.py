@@ -39,7 +39,6 @@ import eval_vlkit_mini as E  # noqa: E402
 import train_vlkit_mini as T  # noqa: E402
 from cache_search import provenance  # noqa: E402
 from vlkit.backbones import mini  # noqa: E402
-from vlkit.data import few_shot  # noqa: E402
 from vlkit.data.offline import load_offline  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "mini_tower_search.json"
@@ -97,37 +96,14 @@ def train(run: Path, args: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def score(backbone: E.Backbone, seeds: list[int], pixels: list[float]) -> dict:
+def score(backbone: E.Backbone, seeds: list[int], pixels: list[dict]) -> dict:
     """Validation zero-shot (per template set) and the few-shot probe, mean over seeds."""
-    val = load_offline("fashion-mnist", "val")
-    feats, labels = E.encode(backbone, val)
-    zero_shot = {k: round(E.top1(feats, labels, E.text_weights(backbone, val.classnames, t)), 4)
-                 for k, t in E.CANDIDATES.items()}
-    train_ds = load_offline("fashion-mnist", "train")
-    probes = []
-    for seed in seeds:
-        split = few_shot(train_ds, 16, seed)
-        (x, y), (vx, vy) = E.encode(backbone, split.train), E.encode(backbone, split.val)
-        probes.append(E.probe(x.numpy(), y.numpy(), vx.numpy(), vy.numpy(), feats.numpy(), labels.numpy())["top1"])
+    zero_shot = E.template_scores(backbone, load_offline("fashion-mnist", "val"))
+    probes = [r["top1"] for r in E.feature_probe(backbone, 16, seeds, "val")]
     return {"zero_shot_best": max(zero_shot.values()), "zero_shot_photo": zero_shot["photo"],
             "zero_shot_by_template_set": zero_shot, "probe_top1": round(float(np.mean(probes)), 4),
-            "probe_by_seed": [round(p, 4) for p in probes], "pixels_top1": round(float(np.mean(pixels)), 4)}
-
-
-def pixel_probe(seeds: list[int]) -> list[float]:
-    """The raw-pixel probe on the same few-shot samples and validation images."""
-    train_ds, val = load_offline("fashion-mnist", "train"), load_offline("fashion-mnist", "val")
-
-    def pixels(ds: E.ImageDataset) -> np.ndarray:  # (N, 784) in [0, 1]
-        return np.stack([np.asarray(ds.image(i).convert("L"), dtype=np.float32).ravel() / 255
-                         for i in range(len(ds))])
-
-    out = []
-    for seed in seeds:
-        split = few_shot(train_ds, 16, seed)
-        out.append(E.probe(pixels(split.train), np.array(split.train.labels), pixels(split.val),
-                           np.array(split.val.labels), pixels(val), np.array(val.labels))["top1"])
-    return out
+            "probe_by_seed": [round(p, 4) for p in probes],
+            "pixels_top1": round(float(np.mean([r["top1"] for r in pixels])), 4)}
 
 
 def claim(rows: list[dict]) -> str:
@@ -149,7 +125,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    pixels = pixel_probe(args.seeds)
+    pixels = E.pixel_probe(16, args.seeds, "val")  # once: it does not depend on the tower
     rows = []
     for name in args.only:
         train_args, change = CANDIDATES[name]

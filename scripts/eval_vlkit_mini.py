@@ -70,11 +70,7 @@ def load_mini(weights: Path | None) -> Backbone:
     if weights is None:
         return load_backbone("vlkit-mini", device="cpu")
     file = weights / mini.IMAGE_WEIGHTS.name if weights.is_dir() else weights
-    record = file.parent / mini.RECIPE_FILE.name
-    vision = json.loads(json.loads(record.read_text())["recipe"].get("vision", "{}")) if record.exists() else {}
-    model = mini.build_mini_model(vision)
-    mini.load_image_weights(model, file)
-    return Backbone(model, "vlkit-mini", str(file), mini.mini_tokenizer(), mini.MINI_IMAGE_SIZE,
+    return Backbone(mini.load_run(file), "vlkit-mini", str(file), mini.mini_tokenizer(), mini.MINI_IMAGE_SIZE,
                     mini.MINI_MEAN, mini.MINI_STD, torch.device("cpu"), None)
 
 
@@ -136,28 +132,49 @@ def probe(x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray, tx: np.n
     return {"C": best, "top1": float((fit(best).predict(tx) == ty).mean())}
 
 
-def linear_probe(backbone: Backbone, shots: int, seeds: list[int], test_split: str) -> dict:
-    """``shots``-shot probe on Fashion-MNIST features and on raw pixels, mean over ``seeds``."""
+def pixels(ds: ImageDataset) -> np.ndarray:
+    """(N, H*W) grayscale pixels in [0, 1]: the raw-pixel baseline's features."""
+    return np.stack([np.asarray(ds.image(i).convert("L"), dtype=np.float32).ravel() / 255 for i in range(len(ds))])
+
+
+def feature_probe(backbone: Backbone, shots: int, seeds: list[int], test_split: str) -> list[dict]:
+    """``shots``-shot probe on Fashion-MNIST image features, one result per seed."""
     train = load_offline("fashion-mnist", "train")
-    test = load_offline("fashion-mnist", test_split)
-    tfeat, tlab = encode(backbone, test)
-    tpix = np.stack([np.asarray(test.image(i).convert("L"), dtype=np.float32).ravel() / 255 for i in range(len(test))])
-    out: dict = {"shots": shots, "seeds": seeds, "test_split": test_split, "features": [], "pixels": []}
+    tfeat, tlab = encode(backbone, load_offline("fashion-mnist", test_split))
+    out = []
     for seed in seeds:
         split = few_shot(train, shots, seed)
-        fx, fy = encode(backbone, split.train)
-        vx, vy = encode(backbone, split.val)
-        out["features"].append(probe(fx.numpy(), fy.numpy(), vx.numpy(), vy.numpy(), tfeat.numpy(), tlab.numpy()))
+        (fx, fy), (vx, vy) = encode(backbone, split.train), encode(backbone, split.val)
+        out.append(probe(fx.numpy(), fy.numpy(), vx.numpy(), vy.numpy(), tfeat.numpy(), tlab.numpy()))
+    return out
 
-        def pixels(ds: ImageDataset) -> np.ndarray:
-            return np.stack([np.asarray(ds.image(i).convert("L"), dtype=np.float32).ravel() / 255
-                             for i in range(len(ds))])
 
-        out["pixels"].append(probe(pixels(split.train), fy.numpy(), pixels(split.val), vy.numpy(), tpix,
-                                   tlab.numpy()))
+def pixel_probe(shots: int, seeds: list[int], test_split: str) -> list[dict]:
+    """The same probe on raw pixels (same few-shot samples and test images), one result per seed."""
+    train, test = load_offline("fashion-mnist", "train"), load_offline("fashion-mnist", test_split)
+    tpix, tlab = pixels(test), np.array(test.labels)
+    out = []
+    for seed in seeds:
+        split = few_shot(train, shots, seed)
+        out.append(probe(pixels(split.train), np.array(split.train.labels), pixels(split.val),
+                         np.array(split.val.labels), tpix, tlab))
+    return out
+
+
+def linear_probe(backbone: Backbone, shots: int, seeds: list[int], test_split: str) -> dict:
+    """``shots``-shot probe on Fashion-MNIST features and on raw pixels, mean over ``seeds``."""
+    out: dict = {"shots": shots, "seeds": seeds, "test_split": test_split,
+                 "features": feature_probe(backbone, shots, seeds, test_split),
+                 "pixels": pixel_probe(shots, seeds, test_split)}
     out["features_top1_mean"] = round(float(np.mean([r["top1"] for r in out["features"]])), 4)
     out["pixels_top1_mean"] = round(float(np.mean([r["top1"] for r in out["pixels"]])), 4)
     return out
+
+
+def template_scores(backbone: Backbone, ds: ImageDataset) -> dict[str, float]:
+    """Zero-shot top-1 on ``ds`` for each candidate template set (name -> accuracy)."""
+    feats, labels = encode(backbone, ds)
+    return {k: round(top1(feats, labels, text_weights(backbone, ds.classnames, t)), 4) for k, t in CANDIDATES.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -184,9 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Fashion-MNIST: choose the template set on validation, then read test once.
     val = load_offline("fashion-mnist", "val")
-    vfeat, vlab = encode(backbone, val)
-    val_scores = {k: round(top1(vfeat, vlab, text_weights(backbone, val.classnames, t)), 4)
-                  for k, t in CANDIDATES.items()}
+    val_scores = template_scores(backbone, val)
     chosen = max(val_scores, key=val_scores.get)
     log.info("fashion-mnist val zero-shot by template set: %s -> %s", val_scores, chosen)
     fm = {"val_by_template_set": val_scores, "chosen_on_val": chosen,

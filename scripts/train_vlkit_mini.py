@@ -366,10 +366,7 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
 
 def load_teacher(run: Path, device: torch.device) -> torch.nn.Module:
     """A finished run's image tower, in the architecture its recipe recorded; frozen, eval mode."""
-    vision = json.loads(json.loads((run / mini.RECIPE_FILE.name).read_text())["recipe"].get("vision", "{}"))
-    model = mini.build_mini_model(vision)
-    mini.load_image_weights(model, run / mini.IMAGE_WEIGHTS.name)
-    return model.visual.to(device).eval().requires_grad_(False)
+    return mini.load_run(run).visual.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()

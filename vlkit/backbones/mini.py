@@ -59,7 +59,7 @@ class ConvStem(nn.Module):
     def __init__(self, width: int, channels: tuple[int, ...] = (32, 64, 128),
                  strides: tuple[int, ...] | None = None) -> None:
         super().__init__()
-        strides = strides or (2,) * len(channels)
+        strides = tuple(strides or (2,) * len(channels))
         self.stride = math.prod(strides)  # each stage opens with one strided conv
         layers: list[nn.Module] = []
         c_in = 3
@@ -72,7 +72,7 @@ class ConvStem(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (B, width, H/8, W/8)
+        return self.net(x)  # (B, width, H/stride, W/stride)
 
 
 class ConvTower(nn.Module):
@@ -141,11 +141,7 @@ def build_mini_model(vision: dict[str, Any] | None = None) -> nn.Module:
     cfg = {**MINI_VISION, **(vision or {})}
     tower = cfg.pop("tower", "vit")
     cnn_channels = tuple(cfg.pop("cnn_channels", (32, 64, 128, 256)))
-    stem_channels = tuple(cfg.pop("stem_channels"))
-    stem_strides = tuple(cfg.pop("stem_strides", None) or (2,) * len(stem_channels))
-    if tower == "vit" and cfg["patch_size"] != math.prod(stem_strides):
-        raise VlkitError(f"vlkit-mini's stem has stride {math.prod(stem_strides)}; patch_size must match, "
-                         f"got {cfg['patch_size']}")
+    stem_channels, stem_strides = tuple(cfg.pop("stem_channels")), cfg.pop("stem_strides", None)
     path = minilm_path()
     text_cfg = CLIPTextCfg(
         hf_model_name=str(path), hf_model_pretrained=True, hf_pooler_type="mean_pooler",
@@ -154,10 +150,16 @@ def build_mini_model(vision: dict[str, Any] | None = None) -> nn.Module:
     vision_cfg = CLIPVisionCfg(image_size=MINI_IMAGE_SIZE, **cfg)
     with _offline_quiet():
         model = CustomTextCLIP(embed_dim=MINI_EMBED_DIM, vision_cfg=vision_cfg, text_cfg=text_cfg)
+    # built after the CLIP model, as the shipped weights were: the stem's initial weights
+    # come from the seeded RNG in this order, which keeps training runs reproducible
     if tower == "cnn":
         model.visual = ConvTower(MINI_EMBED_DIM, cnn_channels)
     else:
-        model.visual.conv1 = ConvStem(cfg["width"], stem_channels, stem_strides)  # (B, width, grid, grid)
+        stem = ConvStem(cfg["width"], stem_channels, stem_strides)
+        if cfg["patch_size"] != stem.stride:
+            raise VlkitError(f"vlkit-mini's stem has stride {stem.stride}; patch_size must match, "
+                             f"got {cfg['patch_size']}")
+        model.visual.conv1 = stem  # (B, width, grid, grid), as open_clip's patch conv
     # open_clip reads max_position_embeddings (512); the tokenizer pads to this length.
     model.text.context_length = MINI_CONTEXT_LENGTH
     model.context_length = MINI_CONTEXT_LENGTH
@@ -195,6 +197,20 @@ def load_image_weights(model: nn.Module, path: Path = IMAGE_WEIGHTS) -> None:
         raise VlkitError(f"{path} does not match the vlkit-mini architecture (missing {missing[:3]}, "
                          f"unexpected {extra[:3]})")
     model.load_state_dict(state, strict=False)
+
+
+def load_run(weights: Path) -> nn.Module:
+    """A training run's model (``scripts/train_vlkit_mini.py --out`` folder, or its weights file).
+
+    The architecture is the one the run's recorded recipe names (its ``--vision`` overrides,
+    read from the ``vlkit_mini.json`` beside the weights; none when there is no record).
+    """
+    file = weights / IMAGE_WEIGHTS.name if weights.is_dir() else weights
+    record = file.parent / RECIPE_FILE.name
+    vision = json.loads(json.loads(record.read_text())["recipe"].get("vision", "{}")) if record.exists() else {}
+    model = build_mini_model(vision)
+    load_image_weights(model, file)
+    return model
 
 
 def recipe() -> dict[str, Any]:
