@@ -25,20 +25,34 @@ def test_zero_rounds_is_tip_adapter_exactly(colour_adapt_task, test_x):
     assert len(ours.pseudo_labels_[0]) == 0
 
 
-def plain_selection(probs: torch.Tensor, portion: float, floor: float) -> list[int]:
-    """Loop reference: per predicted class, the round(portion * n_c) (>= 1) most confident."""
+def plain_selection(probs: torch.Tensor, portion: float, floor: float, cap: int | None = None) -> list[int]:
+    """Loop reference: per predicted class, the round(portion * n_c) (>= 1, <= cap) most confident."""
     chosen = []
     for c in range(probs.shape[1]):
         rows = [i for i in range(len(probs)) if int(probs[i].argmax()) == c]
         rows.sort(key=lambda i: (-float(probs[i].max()), i))
-        chosen += rows[:max(1, round(portion * len(rows)))] if rows else []
+        k = max(1, round(portion * len(rows)))
+        chosen += rows[:k if cap is None else min(k, cap)] if rows else []
     return sorted(i for i in chosen if float(probs[i].max()) >= floor)
 
 
-@pytest.mark.parametrize("portion, floor", [(0.2, 0.0), (0.5, 0.0), (1.0, 0.0), (0.5, 0.4)])
-def test_class_balanced_selection(portion, floor):
+@pytest.mark.parametrize("portion, floor, cap", [(0.2, 0.0, None), (0.5, 0.0, None), (1.0, 0.0, None),
+                                                 (0.5, 0.4, None), (0.5, 0.0, 3), (1.0, 0.0, 1)])
+def test_class_balanced_selection(portion, floor, cap):
     probs = torch.randn(50, 5, generator=torch.Generator().manual_seed(1)).mul(2).softmax(dim=1)
-    assert class_balanced_selection(probs, portion, floor).tolist() == plain_selection(probs, portion, floor)
+    chosen = class_balanced_selection(probs, portion, floor, cap)
+    assert chosen.tolist() == plain_selection(probs, portion, floor, cap)
+    if cap is not None:  # no predicted class holds more than its cap
+        assert torch.bincount(probs[chosen].argmax(dim=1)).max() <= cap
+
+
+def test_the_cap_keeps_a_dominant_class_to_its_balanced_share():
+    # 80 of 100 images predicted as class 0: CBST's portion keeps 40 of them, the cap 12 (round(12.5))
+    probs = torch.full((100, 4), 0.1)
+    probs[:80, 0], probs[80:, 1:] = 0.7, torch.eye(3).repeat(7, 1)[:20] * 0.6 + 0.1
+    uncapped = class_balanced_selection(probs, 0.5)
+    capped = class_balanced_selection(probs, 0.5, cap=round(0.5 * 100 / 4))
+    assert (probs[uncapped].argmax(1) == 0).sum() == 40 and (probs[capped].argmax(1) == 0).sum() == 12
 
 
 def tip_logits(x, keys, labels, weights, alpha, beta, c):
@@ -62,7 +76,8 @@ def test_rounds_match_a_plain_reimplementation(colour_adapt_task, test_x, rounds
     base = logits.clone()
     for r in range(1, rounds + 1):
         portion = 0.3 if rounds == 1 else 0.3 + 0.3 * (r - 1) / (rounds - 1)
-        chosen = torch.tensor(plain_selection(logits.softmax(dim=1), portion, 0.0))
+        cap = max(1, round(portion * len(q) / c))  # each class's balanced share
+        chosen = torch.tensor(plain_selection(logits.softmax(dim=1), portion, 0.0, cap))
         labels = logits.argmax(dim=1)[chosen]
         cache = torch.zeros_like(base)
         for i in range(len(q)):  # leave-one-out: image i never votes for itself
