@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def main() -> None:
     from vlkit.bench.runner import machine_info
 
     result = {
-        "benchmark": "bench_resume", "command": " ".join(["python", *sys.argv]), "machine": machine_info(),
+        "benchmark": "bench_resume", "command": shlex.join(["python", *sys.argv]), "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d"),
         "claim": "killed midway, the re-run completes only the missing cells; a finished bench re-runs nothing",
         "bench_command": " ".join(argv[argv.index("--model"):]), "cells": total, "stored_at_kill": stored,

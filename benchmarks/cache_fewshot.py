@@ -4,8 +4,8 @@ Every cell is one ``vlkit.pipeline.run_fewshot`` call: sample ``shots`` per clas
 ``min(shots, 4)`` validation images per class) from the training split, choose every
 hyper-parameter and epoch on that validation sample, then score the test split once.
 Cells are appended to ``benchmarks/results/cache_fewshot-<model>-<data>.jsonl`` as they
-finish (a re-run skips the cells already there); the mean +- std table over seeds is
-printed and written next to it as Markdown and JSON.
+finish (a re-run skips the cells already there for the same weights); the mean +- std
+table over seeds is printed and written next to it as Markdown and JSON.
 
     python benchmarks/cache_fewshot.py --model vlkit-mini --data fashion-mnist
     python benchmarks/cache_fewshot.py --model test-tiny --data fashion-mnist-mini --shots 1,4 --seeds 1
@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -35,18 +36,21 @@ METHODS = "zero-shot,tip-adapter,tip-adapter-f,ape,ape-t,tip-x,gda"
 
 def provenance(threads: int) -> dict:
     """The result-file convention's keys: the command that ran, the machine, the date."""
-    return {"command": "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+    return {"command": "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
             "machine": f"{platform.machine()}, {threads} threads, load average {os.getloadavg()[0]:.1f}",
             "date": datetime.date.today().isoformat()}
 
 
-def load_cells(path: Path) -> dict[tuple, dict]:
-    """Finished cells keyed by (method, shots, seed)."""
+def load_cells(path: Path, fingerprint: str) -> dict[tuple, dict]:
+    """Finished cells of this backbone (its weights' ``fingerprint``), keyed by (method, shots, seed).
+
+    Cells of other weights (an older vlkit-mini, say) stay in the file but are not reused.
+    """
     cells = {}
     if path.is_file():
         for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
+            row = json.loads(line) if line.strip() else {}
+            if row.get("fingerprint") == fingerprint:
                 cells[(row["method"], row["shots"], row["seed"])] = row
     return cells
 
@@ -90,7 +94,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"cache_fewshot-{args.model}-{args.data}"
     log_path = stem.with_suffix(".jsonl")
-    cells = load_cells(log_path)
+    cells = load_cells(log_path, backbone.fingerprint)
     for seed in seeds:
         for s in shots:
             for m in methods:
@@ -98,7 +102,7 @@ def main() -> None:
                     continue
                 start = time.perf_counter()
                 row = run_fewshot(backbone, pool, test, m, shots=s, seed=seed, store=store, views=args.views)
-                row["wall_s"] = time.perf_counter() - start
+                row["wall_s"], row["fingerprint"] = time.perf_counter() - start, backbone.fingerprint
                 cells[(m, s, seed)] = row
                 with open(log_path, "a") as handle:
                     handle.write(json.dumps(row, default=str) + "\n")

@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def provenance(threads: int) -> dict:
     """The result-file convention's keys: the command that ran, the machine, the date."""
-    return {"command": "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+    return {"command": "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
             "machine": f"{platform.machine()}, {threads} threads, load average {os.getloadavg()[0]:.1f}",
             "date": datetime.date.today().isoformat()}
 

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -152,7 +153,7 @@ def main() -> None:
         "benchmark": "coop_speed" + (f"-{args.tag}" if args.tag else ""),
         "title": f"CoOp epoch time, reference design vs vlkit ({args.model}, {len(pool.classnames)} classes, "
                  f"{args.shots} shots, batch {cfg.batch_size})",
-        "command": " ".join(["python", *sys.argv]),
+        "command": shlex.join(["python", *sys.argv]),
         "machine": gpu or f"{platform.machine()}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
                           f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {os.getloadavg()[0]:.1f}",
         "claim": "target: reference over vlkit >= 10x per epoch on CPU (ViT-B-32, 10 classes); same accuracy",

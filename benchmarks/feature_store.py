@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -76,7 +77,7 @@ def main() -> None:
             hit_s.append(time.perf_counter() - start)
     agree = float(F.cosine_similarity(reference, stored).min())
     result = {
-        "benchmark": "feature_store", "command": " ".join(["python", *sys.argv]),
+        "benchmark": "feature_store", "command": shlex.join(["python", *sys.argv]),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}",
         "model": args.model, "images": args.images, "batch_size": args.batch_size,
         "plain_seconds": min(plain_s), "store_miss_seconds": min(miss_s), "store_hit_seconds": min(hit_s),

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -230,7 +231,7 @@ def main() -> None:
         sys.exit("no CUDA device: run with --device cpu --quick for a smoke test")
     workers = args.workers if args.workers is not None else max(1, min(15, (os.cpu_count() or 2) - 1))
     images, batch = (64, 16) if args.quick else (args.images, args.batch_size)
-    result: dict[str, Any] = {"benchmark": "gpu_check", "command": " ".join(["python", *sys.argv]),
+    result: dict[str, Any] = {"benchmark": "gpu_check", "command": shlex.join(["python", *sys.argv]),
                               "machine": (f"{torch.cuda.get_device_name(0)}, " if cuda else "")
                               + f"{os.cpu_count()} CPUs, {workers} loader workers, torch {torch.__version__}",
                               "date": time.strftime("%Y-%m-%d"), "model": args.model, "batch_size": batch}

@@ -23,6 +23,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ BETA = 5.5
 
 def provenance(threads: int) -> dict:
     """The result-file convention's keys: the command that ran, the machine, the date."""
-    return {"command": "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+    return {"command": "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
             "machine": f"{platform.machine()}, {threads} threads, load average {os.getloadavg()[0]:.1f}",
             "date": datetime.date.today().isoformat()}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -78,7 +79,7 @@ def main() -> None:
     result = {
         "benchmark": "prompts_fewshot" + (f"-{args.tag}" if args.tag else ""),
         "title": f"Prompt learners vs zero-shot: {args.model} on {args.data} ({len(test)} test images)",
-        "command": " ".join(["python", *sys.argv]),
+        "command": shlex.join(["python", *sys.argv]),
         "machine": torch.cuda.get_device_name() if backbone.device.type == "cuda"
         else f"{platform.machine()}, {torch.get_num_threads()} threads",
         "claim": "16-shot CoOp, CoCoOp, KgCoOp, DeFo and MaPLe each beat zero-shot",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -135,7 +136,7 @@ def main() -> None:
         "benchmark": "tuners_fewshot" + (f"-{args.tag}" if args.tag else ""),
         "title": f"Adapters and tuners vs zero-shot: {args.model} on {args.data}, {args.shots} shots "
                  f"({len(test)} test images)",
-        "command": " ".join(["python", *sys.argv]),
+        "command": shlex.join(["python", *sys.argv]),
         "machine": torch.cuda.get_device_name() if backbone.device.type == "cuda"
         else f"{platform.machine()}, {torch.get_num_threads()} threads",
         "claim": f"each feature adapter and tuner beats zero-shot at {args.shots} shots (margin in top-1 points)",

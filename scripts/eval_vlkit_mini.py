@@ -27,6 +27,7 @@ import datetime
 import json
 import logging
 import platform
+import shlex
 import sys
 import time
 import warnings
@@ -231,7 +232,7 @@ def provenance(args: argparse.Namespace, lp: dict, fm: dict) -> dict:
     """benchmarks/README.md's keys: name, command, machine, date, the claim and its ratios."""
     chosen, probe, pixels = fm["chosen_templates"]["top1"], lp["features_top1_mean"], lp["pixels_top1_mean"]
     return {"benchmark": "vlkit_mini_eval",
-            "command": "python " + " ".join(["scripts/eval_vlkit_mini.py", *sys.argv[1:]]),
+            "command": "python " + shlex.join(["scripts/eval_vlkit_mini.py", *sys.argv[1:]]),
             "machine": f"{platform.machine()}, {args.threads} threads, cpu",
             "date": datetime.date.today().isoformat(),
             "title": "vlkit-mini against issue 3's claims (Fashion-MNIST test unless --quick)",
