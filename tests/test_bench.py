@@ -1,6 +1,7 @@
 """vlkit bench: resumable cells, mean ± std tables, Pareto front, reports, published numbers."""
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 
@@ -45,6 +46,33 @@ def bench(out, source, backbone, store, **kw):
     args = dict(data=[source], methods=METHODS, shots=[1], seeds=[1, 2], out=out, views=1, backbone=backbone,
                 store=store, fail_fast=True)
     return run_bench(**{**args, **kw})
+
+
+def test_cells_of_other_weights_under_the_same_name_are_run_again(tmp_path, source, tiny_backbone, session_store,
+                                                                   fits):
+    # a bench folder reused after the model's weights changed must not serve the old weights' cells
+    first = bench(tmp_path, source, tiny_backbone, session_store)
+    retrained = copy.copy(tiny_backbone)
+    retrained._fingerprint = "test-tiny-retrained"  # same name, other weights
+    again = bench(tmp_path, source, retrained, session_store)
+    assert (first["ran"], again["ran"], again["skipped"], fits.calls) == (4, 4, 0, 8)
+    assert bench(tmp_path, source, retrained, session_store)["ran"] == 0
+
+
+def test_weights_identity_follows_the_files(tmp_path, monkeypatch):
+    from vlkit.backbones import registry
+    from vlkit.bench.runner import weights_identity
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"one")
+    monkeypatch.setitem(registry._WEIGHT_FILES, "fake-mini", (weights,))
+    before = weights_identity("fake-mini", "")
+    weights.write_bytes(b"two")
+    assert before and weights_identity("fake-mini", "") not in ("", before)
+    assert weights_identity("ViT-B-32", "openai") == ""  # the tag names the weights
+    checkpoint = tmp_path / "ckpt.pt"
+    checkpoint.write_bytes(b"x" * 10)
+    assert weights_identity("ViT-B-32", str(checkpoint)).startswith("10-")
 
 
 def test_bench_writes_every_report_and_rerun_does_no_work(tmp_path, source, tiny_backbone, session_store, fits):

@@ -234,6 +234,7 @@ def recipe() -> dict[str, Any]:
 @register_offline_model(
     "vlkit-mini",
     "ViT (conv stem, 6x192, 2x2 tokens, 32 px) LiT-trained on emoji against frozen all-MiniLM-L6-v2 (384-d)",
+    weights=(IMAGE_WEIGHTS,),
 )
 def build_vlkit_mini() -> OfflineModel:
     """Build vlkit-mini with its shipped weights; needs no network."""

@@ -1,8 +1,10 @@
 """Offline models that ship with vlkit, created by name like open_clip's own configs."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 from torch import nn
 
@@ -23,16 +25,35 @@ class OfflineModel:
 
 OfflineBuilder = Callable[[], OfflineModel]
 _OFFLINE: dict[str, tuple[OfflineBuilder, str]] = {}
+_WEIGHT_FILES: dict[str, tuple[Path, ...]] = {}
 
 
-def register_offline_model(name: str, description: str) -> Callable[[OfflineBuilder], OfflineBuilder]:
-    """Decorator: make ``load_backbone(name)`` build this model with no network."""
+def register_offline_model(name: str, description: str,
+                           weights: Sequence[Path] = ()) -> Callable[[OfflineBuilder], OfflineBuilder]:
+    """Decorator: make ``load_backbone(name)`` build this model with no network.
+
+    ``weights``: the files its trained weights come from (none for a seeded random model).
+    """
 
     def wrap(builder: OfflineBuilder) -> OfflineBuilder:
         _OFFLINE[name] = (builder, description)
+        _WEIGHT_FILES[name] = tuple(Path(w) for w in weights)
         return builder
 
     return wrap
+
+
+def offline_weights_digest(name: str) -> str:
+    """A short digest of an offline model's weight files ("" when it has none or is unknown).
+
+    Cheap enough to call without building the model: it names the weights a bench cell used.
+    """
+    _import_builtin()
+    digest = hashlib.blake2b(digest_size=8)
+    files = [f for f in _WEIGHT_FILES.get(name, ()) if f.is_file()]
+    for file in files:
+        digest.update(file.read_bytes())
+    return digest.hexdigest() if files else ""
 
 
 def offline_models() -> dict[str, str]:

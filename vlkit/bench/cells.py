@@ -34,12 +34,14 @@ class Cell:
     pretrained: str = ""
     views: int = 10
     config: str = ""  # method option overrides as sorted JSON ("" = the method's defaults)
+    weights: str = ""  # which weights the model name stood for (a digest; "" when the name says it all)
 
     @property
     def key(self) -> str:
         """A stable string naming the cell (the resume key): a change of any field is another cell."""
-        return "|".join(str(v) for v in (self.protocol, self.model, self.pretrained, self.data, self.method,
-                                          self.shots, self.seed, f"views={self.views}", self.config))
+        fields = (self.protocol, self.model, self.pretrained, self.data, self.method, self.shots, self.seed,
+                  f"views={self.views}", self.config) + ((f"weights={self.weights}",) if self.weights else ())
+        return "|".join(str(v) for v in fields)
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -55,20 +57,22 @@ class Cell:
         """The cell a log record belongs to."""
         c = record["cell"]
         return cls(c["data"], c["method"], int(c["shots"]), int(c["seed"]), c.get("protocol", "fewshot"),
-                   c.get("model", ""), c.get("pretrained", ""), int(c.get("views", 10)), c.get("config", ""))
+                   c.get("model", ""), c.get("pretrained", ""), int(c.get("views", 10)), c.get("config", ""),
+                   c.get("weights", ""))
 
 
 def grid(data: Iterable[str], methods: Iterable[str], shots: Iterable[int], seeds: Iterable[int],
          protocol: str = "fewshot", model: str = "", pretrained: str = "", views: int = 10,
-         overrides: dict[str, dict[str, Any]] | None = None) -> list[Cell]:
+         overrides: dict[str, dict[str, Any]] | None = None, weights: str = "") -> list[Cell]:
     """Every cell, dataset-major so one dataset's features are encoded and reused together.
 
-    ``overrides`` maps a method to the options its cells set (a schedule, say).
+    ``overrides`` maps a method to the options its cells set (a schedule, say); ``weights``
+    names the model's weights, so cells of other weights under the same name are not reused.
     """
     methods, shots, seeds = list(methods), list(shots), list(seeds)
     configs = {m: json.dumps((overrides or {}).get(m) or {}, sort_keys=True) for m in methods}
-    return [Cell(d, m, k, s, protocol, model, pretrained or "", views, "" if configs[m] == "{}" else configs[m])
-            for d in data for k in shots for s in seeds for m in methods]
+    return [Cell(d, m, k, s, protocol, model, pretrained or "", views, "" if configs[m] == "{}" else configs[m],
+                 weights) for d in data for k in shots for s in seeds for m in methods]
 
 
 class CellLog:

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from vlkit.backbones.registry import offline_weights_digest
 from vlkit.bench.cells import Cell, CellLog, grid
 from vlkit.bench.data import DataSource, sources_from_specs, with_test_subset
 from vlkit.bench.progress import BenchProgress
@@ -75,6 +76,24 @@ def machine_info(device: Any = None) -> str:
             f"({torch.get_num_threads()} threads), {accel}, device {device or 'cpu'}")
 
 
+def weights_identity(model: str, pretrained: str, backbone: Any = None) -> str:
+    """Which weights ``model``/``pretrained`` stand for, without loading them (part of each cell's key).
+
+    An offline model: a digest of its weight files. A checkpoint file: its size and modification
+    time. A given backbone with neither: its fingerprint. An open_clip name with a pretrained
+    tag: "" (the tag names the weights).
+    """
+    identity = offline_weights_digest(model)
+    for spec in (model, pretrained):
+        path = Path(spec).expanduser() if spec and not identity else None
+        if path is not None and path.is_file():
+            stat = path.stat()
+            identity = f"{stat.st_size}-{stat.st_mtime_ns}"
+    if not identity and backbone is not None and not pretrained:
+        identity = backbone.fingerprint
+    return identity
+
+
 def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
               data: Sequence[str | DataSource] = ("fashion-mnist-mini",), methods: str | Sequence[str] = "all",
               shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] = DEFAULT_SEEDS,
@@ -90,7 +109,7 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     backbone or dataset that cannot be loaded stops the bench at once. ``schedule``
     ``quick`` (default) shortens only the tuners that run an encoder tower at every
     step; ``paper`` runs every method's published schedule. The options a cell ran
-    with are part of its key and of its record.
+    with, and which weights the model name stood for, are part of its key and record.
     Returns counts, the output files, the summary and, with ``compare_published``,
     the published numbers that match the model and protocol.
     """
@@ -112,7 +131,7 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     tag = getattr(backbone, "pretrained", pretrained) or ""
     overrides = schedule_overrides(method_names, schedule)
     cells = grid([s.name for s in sources], method_names, shots, seeds, proto.name, model_name, tag, views,
-                 overrides)
+                 overrides, weights_identity(model_name, tag, backbone))
     out = Path(out).expanduser()
     cell_log = CellLog(out / "cells.jsonl")
     started = time.perf_counter()
