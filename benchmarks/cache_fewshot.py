@@ -13,18 +13,14 @@ table over seeds is printed and written next to it as Markdown and JSON.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from cache_search import provenance  # the one copy of the result-file keys (run as a script)
 from vlkit.backbones import load_backbone
 from vlkit.data.offline import load_offline
 from vlkit.pipeline import run_fewshot
@@ -32,13 +28,6 @@ from vlkit.store import FeatureStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = "zero-shot,tip-adapter,tip-adapter-f,ape,ape-t,tip-x,gda"
-
-
-def provenance(threads: int) -> dict:
-    """The result-file convention's keys: the command that ran, the machine, the date."""
-    return {"command": "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
-            "machine": f"{platform.machine()}, {threads} threads, load average {os.getloadavg()[0]:.1f}",
-            "date": datetime.date.today().isoformat()}
 
 
 def load_cells(path: Path, fingerprint: str) -> dict[tuple, dict]:

@@ -18,13 +18,8 @@ benchmarks/results/index_scaling.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
-import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -32,19 +27,13 @@ import faiss
 import numpy as np
 import torch
 
+from cache_search import provenance  # the one copy of the result-file keys (run as a script)
 from vlkit.caches.common import Affinity, LabelValues, cache_logits
 from vlkit.evaluate import _rss_bytes
 from vlkit.index import VectorIndex
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BETA = 5.5
-
-
-def provenance(threads: int) -> dict:
-    """The result-file convention's keys: the command that ran, the machine, the date."""
-    return {"command": "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
-            "machine": f"{platform.machine()}, {threads} threads, load average {os.getloadavg()[0]:.1f}",
-            "date": datetime.date.today().isoformat()}
 
 
 def data(n: int, dim: int, clusters: int, queries: int, seed: int = 0):

@@ -14,14 +14,9 @@ benchmarks/results/upgrade_loop-<model>-<data>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import random
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,18 +25,12 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from cache_search import provenance  # the one copy of the result-file keys (run as a script)
 from vlkit.caches import upgrade
 from vlkit.cli.upgrade import predict_command, upgrade_app
 from vlkit.data.offline import load_offline
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def provenance(threads: int) -> dict:
-    """The result-file convention's keys: the command that ran, the machine, the date."""
-    return {"command": "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
-            "machine": f"{platform.machine()}, {threads} threads, load average {os.getloadavg()[0]:.1f}",
-            "date": datetime.date.today().isoformat()}
 
 
 def cli_app() -> typer.Typer:
