@@ -56,8 +56,7 @@ class ConvStem(nn.Module):
     tower to ``train()`` for tuning is safe.
     """
 
-    def __init__(self, width: int, channels: tuple[int, ...] = (32, 64, 128),
-                 strides: tuple[int, ...] | None = None) -> None:
+    def __init__(self, width: int, channels: tuple[int, ...], strides: tuple[int, ...] | None = None) -> None:
         super().__init__()
         strides = tuple(strides or (2,) * len(channels))
         self.stride = math.prod(strides)  # each stage opens with one strided conv

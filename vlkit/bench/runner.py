@@ -83,15 +83,13 @@ def weights_identity(model: str, pretrained: str, backbone: Any = None) -> str:
     time. A given backbone with neither: its fingerprint. An open_clip name with a pretrained
     tag: "" (the tag names the weights).
     """
-    identity = offline_weights_digest(model)
-    for spec in (model, pretrained):
-        path = Path(spec).expanduser() if spec and not identity else None
-        if path is not None and path.is_file():
-            stat = path.stat()
-            identity = f"{stat.st_size}-{stat.st_mtime_ns}"
-    if not identity and backbone is not None and not pretrained:
-        identity = backbone.fingerprint
-    return identity
+    if identity := offline_weights_digest(model):
+        return identity
+    checkpoint = next((p for p in (Path(s).expanduser() for s in (model, pretrained) if s) if p.is_file()), None)
+    if checkpoint is not None:
+        stat = checkpoint.stat()
+        return f"{stat.st_size}-{stat.st_mtime_ns}"
+    return backbone.fingerprint if backbone is not None and not pretrained else ""
 
 
 def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
