@@ -178,20 +178,20 @@ def test_user_errors() -> None:
         load_offline("fashion-mnist-mini", "dev")
     with pytest.raises(DataError, match="style"):
         offline.emoji_package_dir("apple")
-    assert set(offline.OFFLINE_DATASETS) == {"emoji-google", "emoji-twitter", "fashion-mnist",
-                                             "digits-mnist", "digits-uci"}
+    assert set(offline.OFFLINE_DATASETS) == {"emoji-google", "emoji-twitter", "emoji-google-heldout",
+                                             "emoji-twitter-heldout", "fashion-mnist", "digits-mnist", "digits-uci"}
     assert all({"description", "licence", "source"} <= set(v) for v in offline.OFFLINE_DATASETS.values())
 
 
-def _fake_emoji_package(cache: Path, style: str) -> None:
-    """A tiny emoji-datasource-<style> package: 3 subcategories x n emoji, one missing image."""
+def _fake_emoji_package(cache: Path, style: str, sizes: tuple[int, int, int] = (6, 6, 2)) -> None:
+    """A tiny emoji-datasource-<style> package: 3 subcategories x ``sizes`` emoji."""
     folder = cache / "npm" / "node_modules" / f"emoji-datasource-{style}"
     img = folder / "img" / style / "64"
     img.mkdir(parents=True)
     entries = []
-    for k, (cat, sub, n) in enumerate([("Smileys & Emotion", "face-smiling", 6),
-                                       ("Animals & Nature", "animal-bird", 6),
-                                       ("Objects", "lock", 2)]):
+    for k, (cat, sub, n) in enumerate([("Smileys & Emotion", "face-smiling", sizes[0]),
+                                       ("Animals & Nature", "animal-bird", sizes[1]),
+                                       ("Objects", "lock", sizes[2])]):
         for j in range(n):
             code = f"1F{k}{j:02d}"
             rgba = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
@@ -229,6 +229,50 @@ def test_emoji_styles_share_labels_and_splits(cache: Path, monkeypatch: pytest.M
     assert "CC-BY-4.0" in info["licence"] and "emoji-datasource-twitter" in info["source"]
 
 
+def _codes(name: str, split: str) -> list[str]:
+    """The code point of each image of one split, in order."""
+    data = load_offline(name, split)
+    return [str(np.load(data.meta["folder"] + "/unified.npy")[src.index]) for src, _ in data.items]
+
+
+def test_heldout_emoji_are_the_parent_test_emoji_split_again(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for style in emoji.STYLES:
+        _fake_emoji_package(cache, style, sizes=(20, 20, 2))
+    monkeypatch.setattr(emoji, "MIN_PER_CLASS", 5)
+    parent_test = {s: _codes(f"emoji-{s}", "test") for s in emoji.STYLES}
+    parent_seen = {c for s in ("train", "val") for c in _codes("emoji-google", s)}  # vlkit-mini's training emoji
+    splits = {s: {p: _codes(f"emoji-{s}-heldout", p) for p in ("train", "val", "test")} for s in emoji.STYLES}
+    for style in emoji.STYLES:
+        held = splits[style]
+        assert sorted(c for p in held.values() for c in p) == sorted(parent_test[style])
+        assert not parent_seen & {c for p in held.values() for c in p}
+        assert [len(held[p]) for p in ("train", "val", "test")] == [6, 2, 4]  # per class 6: 3 train, 1 val, 2 test
+        assert not set(held["train"]) & set(held["test"]) and not set(held["val"]) & set(held["test"])
+    assert splits["google"] == splits["twitter"]  # one code point, one split, in both styles
+    google, twitter = load_offline("emoji-google-heldout", "test"), load_offline("emoji-twitter-heldout", "test")
+    assert google.classnames == twitter.classnames == load_offline("emoji-google", "test").classnames
+    assert google.labels == twitter.labels and google.domain == "google emoji"
+    parent = load_offline("emoji-google", "test")
+    by_code = dict(zip(_codes("emoji-google", "test"), parent.labels))
+    assert google.labels == [by_code[c] for c in splits["google"]["test"]]  # labels travel with their emoji
+    assert np.array_equal(np.asarray(google.image(0)), np.asarray(parent.image(
+        _codes("emoji-google", "test").index(splits["google"]["test"][0]))))
+    info = json.loads((cache / "datasets" / "emoji-google-heldout" / "info.json").read_text())
+    assert "Apache-2.0" in info["licence"] and "test split of emoji-google" in info["source"]
+
+
+def test_heldout_emoji_follow_a_rebuilt_parent(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for style in emoji.STYLES:
+        _fake_emoji_package(cache, style, sizes=(20, 20, 2))
+    monkeypatch.setattr(emoji, "MIN_PER_CLASS", 5)
+    before = load_offline("emoji-google-heldout", "test").identity
+    assert load_offline("emoji-google-heldout", "test").identity == before  # a cache hit
+    monkeypatch.setattr(emoji, "_composite", lambda png: np.zeros((64, 64, 3), np.uint8))  # other artwork
+    build_dataset("emoji-google", force=True)
+    after = load_offline("emoji-google-heldout", "test")
+    assert after.identity != before and not np.asarray(after.image(0)).any()
+
+
 def test_readable_subcategories() -> None:
     assert emoji.readable_subcategory("face-smiling") == "smiling face"
     assert emoji.readable_subcategory("face-hat") == "hat face"
@@ -236,11 +280,14 @@ def test_readable_subcategories() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["emoji-google", "emoji-twitter"])
-def test_full_build(name: str) -> None:
-    """The real npm packages (network or npm cache): 31 subcategories shared by both styles."""
-    train, test = load_offline(name, "train"), load_offline(name, "test")
-    assert train.classnames == test.classnames and len(train) > 0 and len(test) > 0
-    assert len(set(train.classnames)) == len(train.classnames)
+@pytest.mark.parametrize(("name", "min_train"), [("emoji-google", 5), ("emoji-twitter", 5),
+                                              ("emoji-google-heldout", 3), ("emoji-twitter-heldout", 3)])
+def test_full_build(name: str, min_train: int) -> None:
+    """The real npm packages (network or npm cache): 31 subcategories shared by both styles,
+    each in every split (the held-out sets hold 30 % of the emoji, so fewer per class)."""
+    splits = [load_offline(name, s) for s in ("train", "val", "test")]
+    train, test = splits[0], splits[2]
+    assert all(d.classnames == train.classnames for d in splits) and len(set(train.classnames)) == len(train.classnames)
     test.image(len(test) - 1)
-    assert len(train.classnames) >= 20 and min(train.class_counts()) >= 5
+    assert len(train.classnames) >= 20 and min(train.class_counts()) >= min_train
+    assert all(min(d.class_counts()) >= 1 for d in splits)

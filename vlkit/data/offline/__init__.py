@@ -32,6 +32,17 @@ OFFLINE_DATASETS: dict[str, dict[str, str]] = {
         "licence": "images CC-BY-4.0 (Twemoji); emoji.json MIT (Cal Henderson)",
         "source": "npm emoji-datasource-twitter@16 (installed with npm into the cache)",
     },
+    "emoji-google-heldout": {
+        "description": "the emoji of emoji-google's test split (never in vlkit-mini's training), split again "
+                       "into train / val / test; for selection and adaptation on emoji vlkit-mini never saw",
+        "licence": "images Apache-2.0 (Google Noto Emoji); emoji.json MIT (Cal Henderson)",
+        "source": "built from emoji-google",
+    },
+    "emoji-twitter-heldout": {
+        "description": "Twitter artwork of the same held-out emoji, same labels and splits as emoji-google-heldout",
+        "licence": "images CC-BY-4.0 (Twemoji); emoji.json MIT (Cal Henderson)",
+        "source": "built from emoji-twitter",
+    },
     "fashion-mnist": {
         "description": "Fashion-MNIST, 10 clothing classes, 28x28 gray; 55k train / 5k val / 10k test",
         "licence": fashion.LICENCE,
@@ -56,13 +67,21 @@ VENDORED_DATASETS: dict[str, dict[str, str]] = {
         "source": "official Fashion-MNIST files via vlkit/data/offline/make_mini_slice.py",
     },
 }
+HELDOUT_PARENTS = {"emoji-google-heldout": "emoji-google", "emoji-twitter-heldout": "emoji-twitter"}
 _BUILDERS: dict[str, Callable[[Path], dict]] = {
     "emoji-google": partial(emoji.build_emoji, "google"),
     "emoji-twitter": partial(emoji.build_emoji, "twitter"),
+    "emoji-google-heldout": lambda folder: _build_heldout("google", folder),
+    "emoji-twitter-heldout": lambda folder: _build_heldout("twitter", folder),
     "fashion-mnist": fashion.build_fashion,
     "digits-mnist": digits.build_mnist,
     "digits-uci": digits.build_uci,
 }
+
+
+def _build_heldout(style: str, folder: Path) -> dict:
+    """emoji-<style>-heldout from the built emoji-<style> in the same datasets root."""
+    return emoji.build_emoji_heldout(style, build_dataset(f"emoji-{style}", folder.parent), folder)
 
 
 def _check_name(name: str) -> str:
@@ -82,6 +101,9 @@ def build_dataset(name: str, root: str | Path | None = None, force: bool = False
     if _check_name(name) in VENDORED_DATASETS:
         return fashion.MINI_FILE.parent
     folder = datasets_root(root) / name
+    if name in HELDOUT_PARENTS and is_built(folder) and not force:
+        parent = read_info(build_dataset(HELDOUT_PARENTS[name], root))["digest"]
+        force = read_info(folder).get("parent_digest") != parent  # the parent was rebuilt: follow it
     if is_built(folder) and not force:
         log.debug("offline dataset %s already built in %s", name, folder)
         return folder

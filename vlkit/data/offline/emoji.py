@@ -199,3 +199,40 @@ def build_emoji(style: str, folder: Path) -> dict:
         "recipe": f"64 px PNGs on white; classes with >= {MIN_PER_CLASS} images in both styles; "
                   f"split per subcategory by SHA-256 of the code point, val {VAL_FRACTION}, test {TEST_FRACTION}",
     })
+
+
+# --- the emoji-google-heldout / emoji-twitter-heldout datasets ----------------------------
+
+HELDOUT_VERSION = "1"
+HELDOUT_VAL_FRACTION, HELDOUT_TEST_FRACTION = 0.2, 0.4
+HELDOUT_SALT = "emoji-heldout"
+
+
+def build_emoji_heldout(style: str, parent: Path, folder: Path) -> dict:
+    """Write emoji-``style``-heldout into ``folder``: the test-split emoji of ``parent`` (the built
+    emoji-``style`` folder), split again by code point into train / val / test.
+
+    vlkit-mini's tower trained on every train and val emoji of the parent datasets and on
+    none of their test emoji (``scripts/train_vlkit_mini.py``), so every split here, the
+    one a method selects on included, is an emoji that tower never saw. Both styles use the
+    same code points per split, so a target test emoji is never a source training emoji.
+    """
+    info = json.loads((parent / "info.json").read_text())
+    rows = np.flatnonzero(np.load(parent / "split.npy") == 2)  # (M,) the parent's held-out rows
+    codes = np.load(parent / "unified.npy")[rows]
+    labels = {level: np.load(parent / f"labels-{level}.npy")[rows] for level in info["classnames"]}
+    split = stratified_split([str(c) for c in codes], labels["subcategory"].tolist(), HELDOUT_VAL_FRACTION,
+                             HELDOUT_TEST_FRACTION, HELDOUT_SALT)
+    shutil.copy(parent / "LICENSE", folder / "LICENSE")
+    np.save(folder / "unified.npy", codes)
+    images = np.load(parent / "images.npy", mmap_mode="r")[rows]
+    return write_arrays(folder, np.ascontiguousarray(images), split, {
+        level: (lab, info["classnames"][level]) for level, lab in labels.items()
+    }, {
+        "name": f"emoji-{style}-heldout", "version": HELDOUT_VERSION, "domain": info["domain"],
+        "templates": info["templates"], "licence": info["licence"],
+        "source": f"the test split of {info['name']} v{info['version']} (digest {info['digest']}); {info['source']}",
+        "recipe": f"{info['name']}'s test-split emoji only (held out of vlkit-mini's training), split per "
+                  f"subcategory by SHA-256 of the code point, val {HELDOUT_VAL_FRACTION}, test {HELDOUT_TEST_FRACTION}",
+        "parent_digest": info["digest"],
+    })
