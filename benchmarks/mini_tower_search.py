@@ -7,13 +7,15 @@ shipped before this search (most variants change one thing of it). A run already
 ``--runs/NAME`` is reused only when the recipe and architecture it recorded equal the
 candidate's; otherwise it is trained there.
 
-Every candidate is scored on Fashion-MNIST *validation* only (this is model development:
-the test split stays for the shipped model's report, ``scripts/eval_vlkit_mini.py``):
+Every candidate is scored on *validation* splits only (this is model development: the
+test splits stay for the shipped model's report, ``scripts/eval_vlkit_mini.py``):
 
 - zero-shot top-1 with the best template set (chosen on the same split, so optimistic)
   and with "a photo of a {}.";
 - the 16-shot logistic-regression probe of ``eval_vlkit_mini.py`` (C chosen on the
-  few-shot validation sample), seeds 1-3, against the same probe on raw pixels.
+  few-shot validation sample), seeds 1-3, against the same probe on raw pixels;
+- zero-shot top-1 on digits-mnist and digits-uci validation (the dataset templates): the
+  digit adaptation pairs' pseudo-labels come from it.
 
 The headline ratios are each candidate's probe accuracy over the raw-pixel probe's
 (above 1 is the issue's must). Writes benchmarks/results/mini_tower_search.json.
@@ -73,6 +75,8 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
     "p8x8-distill-cnn": (first("--soft-tau", "0", "--teacher", "{runs}/cnn", "--distill-weight", "1",
                                vision=GRID_8X8),
                          "8x8 tokens distilled from the cnn run (weight 1 on 1 - cosine), the issue's suggestion"),
+    "glyphs": (["--glyphs"], "the shipped recipe plus digits 0-9 typeset in 21 of matplotlib's fonts, captioned "
+               "'digit seven', 'seven', 'number seven' (for the digit adaptation pairs' zero-shot pseudo-labels)"),
     "p2x2-3layers-3600": (["--vision", json.dumps({"layers": 3})], "the shipped recipe with 3 transformer layers"),
     "p8x8-600": (first("--soft-tau", "0", "--steps", "600", "--warmup", "60", vision=GRID_8X8),
                  "8x8 tokens, 600 steps"),
@@ -92,7 +96,7 @@ def recipe_matches(run: Path, args: list[str]) -> bool:
     if not (record.exists() and (run / mini.IMAGE_WEIGHTS.name).exists()):
         return False
     full = json.loads(record.read_text())
-    recorded = {"teacher": None, "distill_weight": 0.0, **full["recipe"]}  # runs from before --teacher
+    recorded = {"teacher": None, "distill_weight": 0.0, "glyphs": False, **full["recipe"]}  # runs before those flags
     wanted = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(T.parse_args(args)).items()
               if k not in IGNORED}
     # the architecture in full, not the --vision string: the defaults it overrides have changed
@@ -113,7 +117,9 @@ def score(backbone: E.Backbone, seeds: list[int], pixels: list[dict]) -> dict:
     """Validation zero-shot (per template set) and the few-shot probe, mean over seeds."""
     zero_shot = E.template_scores(backbone, load_offline("fashion-mnist", "val"))
     probes = [r["top1"] for r in E.feature_probe(backbone, 16, seeds, "val")]
+    digits = {name: E.zero_shot(backbone, name, "val")["top1"] for name in ("digits-mnist", "digits-uci")}
     return {"zero_shot_best": max(zero_shot.values()), "zero_shot_photo": zero_shot["photo"],
+            "digits_val_zero_shot": digits,
             "zero_shot_by_template_set": zero_shot, "probe_top1": round(float(np.mean(probes)), 4),
             "probe_by_seed": [round(p, 4) for p in probes],
             "pixels_top1": round(float(np.mean([r["top1"] for r in pixels])), 4)}

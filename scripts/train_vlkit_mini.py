@@ -10,7 +10,9 @@ training; a step costs only the image tower.
 Data: the Google and Twitter emoji artwork (npm ``emoji-datasource-*``), every skin-tone
 variant, minus the emoji in the test split of vlkit's ``emoji-google``/``emoji-twitter``
 datasets (so zero-shot on emoji subcategories stays a held-out measurement). Never
-Fashion-MNIST, digits or any other evaluation data.
+Fashion-MNIST, digits or any other evaluation data. ``--glyphs`` (an experiment, not the
+shipped recipe) adds the digits 0-9 typeset in 21 of matplotlib's bundled fonts, as ten
+more "emoji" named "digit seven" and so on.
 
 Loss, per image: softmax cross-entropy of its cosine similarity (times the learned
 scale) against the caption prototypes of *every* training emoji (the normalised mean
@@ -118,6 +120,42 @@ def load_emoji(holdout: bool, size: int = 64) -> tuple[np.ndarray, list[dict], n
     summary = {"images": len(images), "emoji": len(metas), "held_out_images": skipped,
                "held_out_emoji": len(excluded)}
     return np.stack(images), metas, np.array(owner), summary
+
+
+GLYPH_FONTS = [
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
+    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
+    "cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmti10.ttf", "cmtt10.ttf",
+]
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+GLYPH_STROKES = (0, 1, 3)
+
+
+def load_glyphs(size: int = 64) -> tuple[np.ndarray, list[dict], np.ndarray, dict]:
+    """Typeset digits 0-9 in matplotlib's bundled fonts (DejaVu, STIX, Computer Modern), three
+    stroke widths each, black on transparent: (N, 4, 64, 64) uint8 RGBA, one meta per digit
+    (``name`` "digit seven", short names "seven" and "number seven"), each image's digit."""
+    import matplotlib
+    from PIL import ImageDraw, ImageFont
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    metas = [{"name": f"digit {w}", "short_names": [w, f"number {w}"], "subcategory": "numeral",
+              "category": "Symbols", "code": f"glyph-{d}"} for d, w in enumerate(DIGIT_WORDS)]
+    images, owner = [], []
+    for name in GLYPH_FONTS:
+        font = ImageFont.truetype(str(folder / name), 44)
+        for stroke in GLYPH_STROKES:
+            for d in range(10):
+                alpha = Image.new("L", (size, size), 0)
+                ImageDraw.Draw(alpha).text((size / 2, size / 2), str(d), font=font, fill=255, anchor="mm",
+                                           stroke_width=stroke, stroke_fill=255)
+                rgba = np.zeros((4, size, size), np.uint8)
+                rgba[3] = np.asarray(alpha)
+                images.append(rgba)
+                owner.append(d)
+    return np.stack(images), metas, np.array(owner), {"glyph_images": len(images), "glyph_fonts": len(GLYPH_FONTS)}
 
 
 def _names(meta: dict) -> list[str]:
@@ -348,6 +386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="weight of the distillation loss 1 - cos(tower(x), teacher(x)) on the same batch")
     ap.add_argument("--no-holdout", action="store_true",
                     help="also train on the emoji datasets' test split (then emoji zero-shot is not held out)")
+    ap.add_argument("--glyphs", action="store_true",
+                    help="also train on digits 0-9 typeset in matplotlib's fonts, captioned with their names")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (results are deterministic per value)")
     ap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     ap.add_argument("--vision", default="{}", help="JSON overrides of mini.MINI_VISION (experiments)")
@@ -395,6 +435,10 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
 
     images, metas, owner, data_summary = load_emoji(holdout=not args.no_holdout)
+    if args.glyphs:  # typeset digits as ten more "emoji"
+        g_images, g_metas, g_owner, g_summary = load_glyphs()
+        images, owner = np.concatenate([images, g_images]), np.concatenate([owner, g_owner + len(metas)])
+        metas, data_summary = metas + g_metas, data_summary | g_summary
     captions, per_emoji, subs, per_sub, sub_of, cats, per_cat, cat_of = build_captions(metas)
     log.info("emoji: %s; %d captions", data_summary, len(captions))
 

@@ -103,3 +103,24 @@ def test_zero_shot_fashion_mnist_slice_is_well_above_chance(backbone: vlkit.Back
     weights = F.normalize(backbone.encode_texts([f"a photo of a {c}." for c in test.classnames]), dim=-1)
     acc = float(((feats @ weights.T).argmax(1) == torch.tensor(test.labels)).float().mean())
     assert acc >= 0.2, f"zero-shot top-1 {acc:.3f} on the Fashion-MNIST slice (chance 0.1)"
+
+
+def test_typeset_digits_are_ten_distinct_inked_glyphs_per_font_and_stroke() -> None:
+    # scripts/train_vlkit_mini.py --glyphs (mini_tower_search's "glyphs" row): every listed font
+    # must exist in matplotlib and draw ten different digits, labelled in order
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_vlkit_mini.py"
+    spec = importlib.util.spec_from_file_location("train_vlkit_mini", script)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    images, metas, owner, summary = train.load_glyphs()
+    per_font = len(train.GLYPH_STROKES) * 10
+    assert images.shape == (len(train.GLYPH_FONTS) * per_font, 4, 64, 64) and summary["glyph_images"] == len(images)
+    assert [m["name"] for m in metas] == [f"digit {w}" for w in train.DIGIT_WORDS]
+    assert owner.tolist() == list(range(10)) * (len(images) // 10)
+    for start in range(0, len(images), 10):
+        alpha = images[start:start + 10, 3]  # (10, 64, 64): one font and stroke, digits 0-9
+        assert (alpha.reshape(10, -1).max(1) == 255).all() and len({a.tobytes() for a in alpha}) == 10
+        assert not images[start:start + 10, :3].any()  # black ink; the alpha channel carries the glyph
