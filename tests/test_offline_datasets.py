@@ -232,7 +232,8 @@ def test_emoji_styles_share_labels_and_splits(cache: Path, monkeypatch: pytest.M
 def _codes(name: str, split: str) -> list[str]:
     """The code point of each image of one split, in order."""
     data = load_offline(name, split)
-    return [str(np.load(data.meta["folder"] + "/unified.npy")[src.index]) for src, _ in data.items]
+    codes = np.load(Path(data.meta["folder"]) / "unified.npy")
+    return [str(codes[src.index]) for src, _ in data.items]
 
 
 def test_heldout_emoji_are_the_parent_test_emoji_split_again(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

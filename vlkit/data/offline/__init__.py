@@ -71,17 +71,18 @@ HELDOUT_PARENTS = {"emoji-google-heldout": "emoji-google", "emoji-twitter-heldou
 _BUILDERS: dict[str, Callable[[Path], dict]] = {
     "emoji-google": partial(emoji.build_emoji, "google"),
     "emoji-twitter": partial(emoji.build_emoji, "twitter"),
-    "emoji-google-heldout": lambda folder: _build_heldout("google", folder),
-    "emoji-twitter-heldout": lambda folder: _build_heldout("twitter", folder),
     "fashion-mnist": fashion.build_fashion,
     "digits-mnist": digits.build_mnist,
     "digits-uci": digits.build_uci,
 }
 
 
-def _build_heldout(style: str, folder: Path) -> dict:
-    """emoji-<style>-heldout from the built emoji-<style> in the same datasets root."""
-    return emoji.build_emoji_heldout(style, build_dataset(f"emoji-{style}", folder.parent), folder)
+def _build_heldout(parent: str, folder: Path) -> dict:
+    """A held-out emoji set from its built ``parent`` in the same datasets root."""
+    return emoji.build_emoji_heldout(build_dataset(parent, folder.parent), folder)
+
+
+_BUILDERS.update({name: partial(_build_heldout, parent) for name, parent in HELDOUT_PARENTS.items()})
 
 
 def _check_name(name: str) -> str:

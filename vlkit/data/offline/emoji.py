@@ -208,9 +208,9 @@ HELDOUT_VAL_FRACTION, HELDOUT_TEST_FRACTION = 0.2, 0.4
 HELDOUT_SALT = "emoji-heldout"
 
 
-def build_emoji_heldout(style: str, parent: Path, folder: Path) -> dict:
-    """Write emoji-``style``-heldout into ``folder``: the test-split emoji of ``parent`` (the built
-    emoji-``style`` folder), split again by code point into train / val / test.
+def build_emoji_heldout(parent: Path, folder: Path) -> dict:
+    """Write ``<parent name>-heldout`` into ``folder``: the test-split emoji of ``parent`` (a
+    built emoji-google or emoji-twitter folder), split again by code point into train / val / test.
 
     vlkit-mini's tower trained on every train and val emoji of the parent datasets and on
     none of their test emoji (``scripts/train_vlkit_mini.py``), so every split here, the
@@ -229,7 +229,7 @@ def build_emoji_heldout(style: str, parent: Path, folder: Path) -> dict:
     return write_arrays(folder, np.ascontiguousarray(images), split, {
         level: (lab, info["classnames"][level]) for level, lab in labels.items()
     }, {
-        "name": f"emoji-{style}-heldout", "version": HELDOUT_VERSION, "domain": info["domain"],
+        "name": f"{info['name']}-heldout", "version": HELDOUT_VERSION, "domain": info["domain"],
         "templates": info["templates"], "licence": info["licence"],
         "source": f"the test split of {info['name']} v{info['version']} (digest {info['digest']}); {info['source']}",
         "recipe": f"{info['name']}'s test-split emoji only (held out of vlkit-mini's training), split per "
