@@ -1,6 +1,6 @@
 """Domain adaptation on the offline pairs: every method, target accuracy, pseudo-label quality.
 
-Each cell is ``vlkit.adapt.run_adapt``: fit on the source's labelled train split (selection
+Each cell is ``vlkit.protocols.adaptation.run_adapt``: fit on the source's labelled train split (selection
 on the source's val split), the target's train split as unlabelled images, then the target
 test split scored once. Target labels are hidden until then; nothing selects on them.
 
@@ -34,9 +34,9 @@ from typing import Any
 import torch
 
 import vlkit
-from vlkit.adapt import run_adapt
+from vlkit.protocols.adaptation import run_adapt
 from vlkit.data.offline import load_offline
-from vlkit.store import FeatureStore
+from vlkit.features.store import FeatureStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAIRS = [("digits-mnist", "digits-uci"), ("digits-uci", "digits-mnist"),

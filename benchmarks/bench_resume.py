@@ -87,7 +87,7 @@ def main() -> None:
     rerun_s, rerun, _ = run(argv, None, log)
     print(f"phase 3: {rerun['ran']} cells run in {rerun_s:.1f}s", flush=True)
     total = resumed["cells"]
-    from vlkit.bench.runner import machine_info
+    from vlkit.protocols.runner import machine_info
 
     result = {
         "benchmark": "bench_resume", "command": shlex.join(["python", *sys.argv]), "machine": machine_info(),

@@ -1,6 +1,6 @@
 """Few-shot accuracy of the cache family: 1/2/4/8/16 shots x seeds, against zero-shot.
 
-Every cell is one ``vlkit.pipeline.run_fewshot`` call: sample ``shots`` per class (and
+Every cell is one ``vlkit.protocols.fewshot.run_fewshot`` call: sample ``shots`` per class (and
 ``min(shots, 4)`` validation images per class) from the training split, choose every
 hyper-parameter and epoch on that validation sample, then score the test split once.
 Cells are appended to ``benchmarks/results/cache_fewshot-<model>-<data>.jsonl`` as they
@@ -23,8 +23,8 @@ import torch
 from cache_search import provenance  # the one copy of the result-file keys (run as a script)
 from vlkit.backbones import load_backbone
 from vlkit.data.offline import load_offline
-from vlkit.pipeline import run_fewshot
-from vlkit.store import FeatureStore
+from vlkit.protocols.fewshot import run_fewshot
+from vlkit.features.store import FeatureStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = "zero-shot,tip-adapter,tip-adapter-f,ape,ape-t,tip-x,gda"

@@ -35,13 +35,13 @@ import torch.nn.functional as F
 import vlkit
 from vlkit.data import ImageDataset, few_shot
 from vlkit.data.offline import load_offline
-from vlkit.evaluate import accuracy
+from vlkit.protocols.scoring import accuracy
 from vlkit.methods import create_method
-from vlkit.pipeline import method_logits
+from vlkit.protocols.fewshot import method_logits
 from vlkit.prompts.encoder import PromptedTextEncoder
-from vlkit.store import FeatureStore
-from vlkit.task import Task
-from vlkit.train import TrainConfig, train
+from vlkit.features.store import FeatureStore
+from vlkit.methods.task import Task
+from vlkit.methods.training import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

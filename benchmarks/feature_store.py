@@ -26,7 +26,7 @@ from PIL import Image
 
 import vlkit
 from vlkit.data import load_image_folder
-from vlkit.store import FeatureStore
+from vlkit.features.store import FeatureStore
 
 
 def make_images(root: Path, count: int, size: int = 256) -> Path:

@@ -133,8 +133,8 @@ def make_jpegs(folder: Path, count: int, workers: int) -> list[str]:
 def jpeg_paths_check(backbone: Any, paths: list[str], batch: int, workers: int, sync: bool) -> dict[str, Any]:
     """PIL DataLoader (the store today), GPU decode alone, GPU decode + encode, and feature agreement."""
     from vlkit.data import ImageDataset
-    from vlkit.gpu_decode import gpu_image_batches, preprocess_params
-    from vlkit.store import FeatureStore, _ImageTensors
+    from vlkit.features.gpu_decode import gpu_image_batches, preprocess_params
+    from vlkit.features.store import FeatureStore, _ImageTensors
     from torch.utils.data import DataLoader
 
     n, device = len(paths), backbone.device
@@ -152,7 +152,7 @@ def jpeg_paths_check(backbone: Any, paths: list[str], batch: int, workers: int, 
 
     pil_e2e_s, pil_feats = store_pass(gpu=False)
     store_s, _ = store_pass(gpu=True)
-    from vlkit.gpu_decode import prefetched_bytes
+    from vlkit.features.gpu_decode import prefetched_bytes
 
     read_s, _ = timed(lambda: sum(len(b) for b in prefetched_bytes(paths, batch, workers)), sync)
     batches = lambda: gpu_image_batches(paths, size, mean, std, batch, device=device, num_workers=workers)  # noqa: E731
@@ -163,10 +163,10 @@ def jpeg_paths_check(backbone: Any, paths: list[str], batch: int, workers: int, 
     cos = torch.nn.functional.cosine_similarity(gpu_feats.float(), pil_feats.float())
     import inspect
 
-    import vlkit.store
+    import vlkit.features.store
 
     return {"images": n, "pil_decode_per_s": n / pil_decode_s, "pil_store_per_s": n / pil_e2e_s,
-            "store_per_s": n / store_s, "store_has_gpu_hook": "gpu_decode" in inspect.getsource(vlkit.store),
+            "store_per_s": n / store_s, "store_has_gpu_hook": "gpu_decode" in inspect.getsource(vlkit.features.store),
             "read_bytes_per_s": n / read_s, "gpu_decode_per_s": n / gpu_decode_s, "gpu_e2e_per_s": n / gpu_e2e_s,
             "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
 
@@ -179,8 +179,8 @@ def step_times(backbone: Any, methods: list[str], budget: float) -> dict[str, An
     """
     from vlkit.data import ImageDataset
     from vlkit.methods import create_method, list_methods
-    from vlkit.pipeline import build_task
-    from vlkit.store import FeatureStore
+    from vlkit.protocols.fewshot import build_task
+    from vlkit.features.store import FeatureStore
     from PIL import Image
 
     rng = np.random.default_rng(0)

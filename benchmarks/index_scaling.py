@@ -1,7 +1,7 @@
 """Cache inference at 10k / 100k (/ 1M) entries: exact search against IVF and HNSW, side by side.
 
 For each cache size the same keys (clustered, normalised, ``--dim`` wide, labelled by
-cluster like a large few-shot or upgrade cache) go into three ``vlkit.index.VectorIndex``
+cluster like a large few-shot or upgrade cache) go into three ``vlkit.features.index.VectorIndex``
 kinds: exact (flat inner product), IVF (nlist = 4 sqrt(N), nprobe 32) and HNSW (M 32,
 efSearch 128). For each it reports build seconds, search latency per query (a batch of
 ``--queries`` and single queries), index memory (estimate) and the process memory growth
@@ -29,8 +29,8 @@ import torch
 
 from cache_search import provenance  # the one copy of the result-file keys (run as a script)
 from vlkit.caches.common import Affinity, LabelValues, cache_logits
-from vlkit.evaluate import _rss_bytes
-from vlkit.index import VectorIndex
+from vlkit.protocols.scoring import _rss_bytes
+from vlkit.features.index import VectorIndex
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BETA = 5.5
@@ -143,7 +143,7 @@ def main() -> None:
                 ratios[f"exact_over_{kind}_single_query_{n}"] = exact_ms / approx_ms
                 ratios[f"{kind}_recall_at_{args.k}_{n}"] = by[kind]["recall_at_k"]
     out = {"benchmark": "index_scaling", **provenance(args.threads),
-           "title": f"Cache inference over {args.dim}-d keys: exact vs IVF vs HNSW (vlkit.index.VectorIndex)",
+           "title": f"Cache inference over {args.dim}-d keys: exact vs IVF vs HNSW (vlkit.features.index.VectorIndex)",
            "claim": "approximate indexes answer a single query many times faster than exact search at 100k+ "
                     "entries while keeping recall (reported against exact) and the cache's top-1",
            "ratios": ratios, "faiss": faiss.__version__, "args": vars(args), "rows": rows}

@@ -1,6 +1,6 @@
 """Few-shot accuracy of the prompt learners against zero-shot, with fit time and parameters.
 
-Every cell is ``vlkit.pipeline.run_fewshot`` (selection on the validation split only,
+Every cell is ``vlkit.protocols.fewshot.run_fewshot`` (selection on the validation split only,
 the test split read once after fitting). Prints a markdown table (mean +- std of top-1
 over seeds) and writes benchmarks/results/prompts_fewshot[-<tag>].json.
 
@@ -23,8 +23,8 @@ import torch
 import vlkit
 from vlkit.data import first_per_class
 from vlkit.data.offline import load_offline
-from vlkit.pipeline import run_fewshot
-from vlkit.store import FeatureStore
+from vlkit.protocols.fewshot import run_fewshot
+from vlkit.features.store import FeatureStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ["zero-shot", "coop", "cocoop", "kgcoop", "defo", "maple"]

@@ -1,6 +1,6 @@
 """Few-shot accuracy and cost of the feature adapters and tuners against zero-shot.
 
-Every cell is ``vlkit.pipeline.run_fewshot`` (selection on the validation split only,
+Every cell is ``vlkit.protocols.fewshot.run_fewshot`` (selection on the validation split only,
 the test split read once after fitting): top-1, trainable parameters, fit seconds and
 peak memory side by side. ``--iters-per-shot`` shortens the tuners' CLIP-LoRA budget
 (500 iterations per shot) for a CPU run; the value used is recorded. ``--others`` adds
@@ -25,10 +25,10 @@ import torch
 import vlkit
 from vlkit.data import first_per_class
 from vlkit.data.offline import load_offline
-from vlkit.fewshot_job import FEW_STEP_TUNER_LR
+from vlkit.protocols.presets import FEW_STEP_TUNER_LR
 from vlkit.methods import create_method, list_methods, method_class
-from vlkit.pipeline import run_fewshot
-from vlkit.store import FeatureStore
+from vlkit.protocols.fewshot import run_fewshot
+from vlkit.features.store import FeatureStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (label, registered name, options)

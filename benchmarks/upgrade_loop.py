@@ -26,8 +26,8 @@ import typer
 from typer.testing import CliRunner
 
 from cache_search import provenance  # the one copy of the result-file keys (run as a script)
-from vlkit.caches import upgrade
-from vlkit.cli.upgrade import predict_command, upgrade_app
+from vlkit.apps import upgrade
+from vlkit.cli.upgrade_commands import predict_command, upgrade_app
 from vlkit.data.offline import load_offline
 
 RESULTS = Path(__file__).resolve().parent / "results"

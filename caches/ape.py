@@ -30,7 +30,7 @@ from vlkit.caches.common import (Affinity, KeyStore, LabelValues, cache_keys, ca
 from vlkit.caches.search import search_ape
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method
-from vlkit.task import Task
+from vlkit.methods.task import Task
 
 
 def channel_criterion(text: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor,

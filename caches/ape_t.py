@@ -26,8 +26,8 @@ from vlkit.caches.ape import channel_criterion, select_channels
 from vlkit.caches.common import KeyStore, LabelValues, normalized_val, owned
 from vlkit.caches.tip_adapter import TipAdapter, TipAdapterConfig
 from vlkit.methods.registry import register_method
-from vlkit.task import Task
-from vlkit.train import TrainConfig, feature_batches, train
+from vlkit.methods.task import Task
+from vlkit.methods.training import TrainConfig, feature_batches, train
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 A cache is ``N`` keys (L2-normalised image features) with values (N, C). Affinities
 between queries and keys are exact and dense for small caches, and top-k sparse from
-a :class:`vlkit.index.VectorIndex` for large ones (``sparse_above`` entries); with
+a :class:`vlkit.features.index.VectorIndex` for large ones (``sparse_above`` entries); with
 ``top_k >= N`` the two agree to floating-point tolerance.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from vlkit.errors import ShapeError
-from vlkit.index import VectorIndex
-from vlkit.task import Task
+from vlkit.features.index import VectorIndex
+from vlkit.methods.task import Task
 
 
 def cache_keys(train_features: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from vlkit.caches.common import check_text_weights, normalized_val, owned, zero_
 from vlkit.caches.search import search_linear
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method
-from vlkit.task import Task
+from vlkit.methods.task import Task
 
 
 def gda_classifier(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,7 +41,7 @@ from vlkit.caches.common import cache_keys, one_hot
 from vlkit.caches.tip_adapter import TipAdapter, TipAdapterConfig
 from vlkit.errors import VlkitError
 from vlkit.methods.registry import register_method
-from vlkit.task import Task
+from vlkit.methods.task import Task
 
 
 def class_balanced_selection(probs: torch.Tensor, portion: float, min_confidence: float = 0.0,
@@ -107,7 +107,7 @@ class SelfTrainingCache(TipAdapter):
     def _fit(self, task: Task) -> None:
         if task.unlabeled_features is None:
             raise VlkitError("self-training-cache adapts to an unlabelled target domain: build the task with "
-                             "vlkit.adapt.build_adaptation_task (task.unlabeled_features is missing)")
+                             "vlkit.protocols.adaptation.build_adaptation_task (task.unlabeled_features is missing)")
         super()._fit(task)  # source cache, alpha/beta on source validation
         views = task.extras.get("target_views")
         views = views if views is not None else task.unlabeled_features[:, None]  # (Nt, 1 + V, D)

@@ -3,7 +3,7 @@
 Name-only retrieval is the offline form of SuS-X's SuS-LC (Udandarao et al., ICCV
 2023, Sec. 3.1): for each class, the ``per_class`` images of an unlabelled pool whose
 features are nearest (inner product) to the class's text weight, found through a
-:class:`vlkit.index.VectorIndex`, are labelled with that class. An image may serve
+:class:`vlkit.features.index.VectorIndex`, are labelled with that class. An image may serve
 several classes, as in SuS-LC where each class runs its own search.
 """
 from __future__ import annotations
@@ -18,20 +18,20 @@ import torch.nn.functional as F
 from vlkit.data import ImageDataset, load_image_folder
 from vlkit.data.loaders import IMAGE_SUFFIXES
 from vlkit.errors import DataError, ShapeError, VlkitError
-from vlkit.index import VectorIndex
-from vlkit.task import Task
+from vlkit.features.index import VectorIndex
+from vlkit.methods.task import Task
 
 log = logging.getLogger("vlkit.caches")
 
 
 def _backbone(task: Task, what: str):
     if task.backbone is None:
-        raise VlkitError(f"{what} must be encoded: build the task with a backbone (vlkit.pipeline.build_task)")
+        raise VlkitError(f"{what} must be encoded: build the task with a backbone (vlkit.protocols.fewshot.build_task)")
     return task.backbone
 
 
 def _encode(task: Task, dataset: ImageDataset) -> torch.Tensor:
-    from vlkit.store import FeatureStore
+    from vlkit.features.store import FeatureStore
 
     return FeatureStore().image_features(_backbone(task, f"images of {dataset.name}"), dataset)  # (n, D)
 

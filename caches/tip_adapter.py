@@ -27,7 +27,7 @@ from vlkit.caches.search import search_tip
 from vlkit.errors import ShapeError
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method
-from vlkit.task import Task, as_tensor
+from vlkit.methods.task import Task, as_tensor
 
 
 @dataclass

@@ -19,8 +19,8 @@ from torch import nn
 from vlkit.caches.common import KeyStore, normalized_val
 from vlkit.caches.tip_adapter import TipAdapter, TipAdapterConfig
 from vlkit.methods.registry import register_method
-from vlkit.task import Task
-from vlkit.train import TrainConfig, feature_batches, train
+from vlkit.methods.task import Task
+from vlkit.methods.training import TrainConfig, feature_batches, train
 
 
 @dataclass

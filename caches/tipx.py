@@ -29,7 +29,7 @@ from vlkit.caches.search import search_tipx
 from vlkit.caches.support import support_set
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method
-from vlkit.task import Task
+from vlkit.methods.task import Task
 
 
 def kl_distances(query_sig: torch.Tensor, query_logsig: torch.Tensor, support_logsig: torch.Tensor) -> torch.Tensor:

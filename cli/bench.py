@@ -1,4 +1,4 @@
-"""``vlkit bench``: thin over :func:`vlkit.bench.run_bench` (parse, call, print)."""
+"""``vlkit bench``: thin over :func:`vlkit.protocols.run_bench` (parse, call, print)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,7 +34,7 @@ def bench_command(
     output: Optional[Path] = OutputOpt,
 ) -> None:
     """Every method x shots x seed on each dataset, accuracy and cost, resumable; Markdown, PNG and HTML reports."""
-    from vlkit.bench import run_bench
+    from vlkit.protocols import run_bench
 
     result = run_bench(model, pretrained, parse_list(data), methods, parse_list(shots, int), parse_list(seeds, int),
                        out_dir, protocol, compare_published, device, views, fail_fast=fail_fast, schedule=schedule,

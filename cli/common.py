@@ -46,7 +46,7 @@ def write_json(path: Optional[Path], result: Any) -> None:
     """Write ``result`` as JSON to ``path`` (atomically) if given."""
     if path is None:
         return
-    from vlkit.store import atomic_write_bytes
+    from vlkit.features.store import atomic_write_bytes
 
     atomic_write_bytes(Path(path), json.dumps(result, indent=1, default=str).encode())
     err.print(f"wrote {path}")

@@ -20,7 +20,7 @@ app.add_typer(datasets_app, name="datasets")
 def _register_family_commands() -> None:
     """Commands written next to their library code: upgrade/predict (caches), bench."""
     from vlkit.cli.bench import bench_command
-    from vlkit.cli.upgrade import predict_command, upgrade_app
+    from vlkit.cli.upgrade_commands import predict_command, upgrade_app
 
     for command in upgrade_app.registered_commands:
         command.callback = user_errors(command.callback)
@@ -46,7 +46,7 @@ def features_extract(
     output: Optional[Path] = OutputOpt,
 ) -> None:
     """Encode a dataset once into the feature store (a second run is a cache hit)."""
-    from vlkit.jobs import extract_features
+    from vlkit.apps.commands import extract_features
 
     result = extract_features(model, pretrained, data, split, views, device, skip_corrupt)
     table([result], ["images", "views", "seconds", "images_per_second", "cache_hits", "cache_misses"],
@@ -64,7 +64,7 @@ def zeroshot_command(
     output: Optional[Path] = OutputOpt,
 ) -> None:
     """Zero-shot accuracy of a CLIP model from class names and templates."""
-    from vlkit.jobs import zeroshot
+    from vlkit.apps.commands import zeroshot
 
     result = zeroshot(model, pretrained, data, split, template or None, device, skip_corrupt)
     table([result], COST_COLUMNS, title=f"zero-shot {model} on {data}/{result['split']}")
@@ -89,13 +89,13 @@ def fit_command(
     """Fit one method on a few-shot sample; select on validation; score once on test."""
     settings = parse_settings(setting or [])
     if base_to_novel:
-        from vlkit.jobs import fit_base_to_novel
+        from vlkit.apps.commands import fit_base_to_novel
 
         result = fit_base_to_novel(method, model, pretrained, data, shots, seed, settings, views, device)
         table([result], ["base_top1", "novel_top1", "harmonic_mean", "trainable_parameters", "fit_seconds"],
               title=f"{method} base-to-novel, {shots} shots")
     else:
-        from vlkit.jobs import fit
+        from vlkit.apps.commands import fit
 
         result = fit(method, model, pretrained, data, shots, seed, settings, run_dir, views, device, skip_corrupt)
         table([result], COST_COLUMNS, title=f"{method}, {shots} shots, seed {seed}")
@@ -111,7 +111,7 @@ def eval_command(
     output: Optional[Path] = OutputOpt,
 ) -> None:
     """Score a saved run on a split of its data (or other data with the same classes)."""
-    from vlkit.jobs import evaluate_run
+    from vlkit.apps.commands import evaluate_run
 
     result = evaluate_run(run_dir, data, split, device)
     table([result], ["test_size", "top1", "mean_per_class", "trainable_parameters", "artifact_bytes"],
@@ -127,7 +127,7 @@ def methods_command(
     output: Optional[Path] = OutputOpt,
 ) -> None:
     """List the registered methods with their family and trainable parameters."""
-    from vlkit.jobs import methods_info
+    from vlkit.apps.commands import methods_info
 
     rows = methods_info(classes, dim)
     table(rows, ["name", "family", "input", "trainable_parameters", "paper"],
@@ -175,7 +175,7 @@ def fewshot_command(
     output: Optional[Path] = OutputOpt,
 ) -> None:
     """The main job: every few-shot method at 1, 4 and 16 shots, accuracy and cost side by side."""
-    from vlkit.fewshot_job import by_method, run_fewshot_job
+    from vlkit.protocols.presets import by_method, run_fewshot_job
 
     chosen = None if methods == "all" else parse_list(methods)
     result = run_fewshot_job(model, pretrained, data, chosen, parse_list(shots, int), parse_list(seeds, int),
@@ -208,7 +208,7 @@ def adapt_command(
     output: Optional[Path] = OutputOpt,
 ) -> None:
     """Adapt from a labelled source to an unlabelled target; target labels are read only to score."""
-    from vlkit.jobs import adapt
+    from vlkit.apps.commands import adapt
 
     result = adapt(parse_list(method), model, pretrained, source, target, seed, parse_settings(setting or []),
                    views, device)

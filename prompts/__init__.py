@@ -1,6 +1,5 @@
 """Prompt learners (CoOp, CoCoOp, DeFo, KgCoOp, MaPLe, DAPrompt) and prompt templates."""
 from vlkit.prompts.base import PromptConfig, PromptMethod
-from vlkit.prompts.base_to_novel import base_to_novel
 from vlkit.prompts.cocoop import CoCoOp
 from vlkit.prompts.coop import CoOp
 from vlkit.prompts.daprompt import DAPrompt
@@ -10,4 +9,4 @@ from vlkit.prompts.kgcoop import KgCoOp
 from vlkit.prompts.maple import MaPLe
 
 __all__ = ["CoCoOp", "CoOp", "DAPrompt", "DeFo", "KgCoOp", "MaPLe", "PromptConfig", "PromptMethod",
-           "PromptedTextEncoder", "base_to_novel"]
+           "PromptedTextEncoder"]

@@ -3,7 +3,7 @@
 A prompt learner owns one ``nn.Module`` (``net_``) holding only its learned tensors
 (context vectors, meta-net, heads); the frozen text tower is reached through
 :class:`~vlkit.prompts.encoder.PromptedTextEncoder`. Training goes through
-``vlkit.train.train`` (SGD, constant warm-up then cosine, epoch selection on the
+``vlkit.methods.training.train`` (SGD, constant warm-up then cosine, epoch selection on the
 validation split). Image features come from the feature store: one cached augmented
 view per image per epoch, so the image tower never runs while training.
 """
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlkit.methods.base import Method, MethodConfig
-from vlkit.task import Task
-from vlkit.train import TrainConfig, feature_batches, train
+from vlkit.methods.task import Task
+from vlkit.methods.training import TrainConfig, feature_batches, train
 
 
 @dataclass

@@ -51,8 +51,8 @@ from vlkit.methods.registry import register_method
 from vlkit.prompts.base import PromptConfig, PromptMethod
 from vlkit.prompts.encoder import PromptedTextEncoder
 from vlkit.prompts.layout import PLACEHOLDER, content_length
-from vlkit.task import Task
-from vlkit.train import TrainConfig, feature_batches, train
+from vlkit.methods.task import Task
+from vlkit.methods.training import TrainConfig, feature_batches, train
 
 SELECTIONS = ("source-val", "target-entropy", "last")
 PSEUDO_MODES = ("eval", "view")
@@ -208,7 +208,7 @@ class DAPrompt(PromptMethod):
     def _fit(self, task: Task) -> None:
         if task.unlabeled_features is None:
             raise VlkitError("daprompt adapts to an unlabelled target domain: build the task with "
-                             "vlkit.adapt.build_adaptation_task (task.unlabeled_features is missing)")
+                             "vlkit.protocols.adaptation.build_adaptation_task (task.unlabeled_features is missing)")
         self.domains_ = [str(task.extras.get("source_domain", "source")), str(task.extras.get("target_domain",
                                                                                               "target"))]
         views = task.extras.get("target_views")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vlkit.prompts.layout import PromptLayout, build_layout
-from vlkit.prompts.prefix import SharedPrefixEncoder
+from vlkit.prompts.shared_prefix import SharedPrefixEncoder
 from vlkit.errors import ShapeError
 
 

@@ -29,8 +29,8 @@ from vlkit.prompts.base import PromptConfig, PromptMethod, shots_of
 from vlkit.prompts.cocoop import seeded_linear
 from vlkit.prompts.deep import text_blocks, text_deep_prompts, vision_blocks, vision_deep_prompts
 from vlkit.prompts.encoder import PromptedTextEncoder
-from vlkit.task import Task
-from vlkit.train import TrainConfig, train
+from vlkit.methods.task import Task
+from vlkit.methods.training import TrainConfig, train
 
 
 class MultiModalPrompts(nn.Module):
@@ -117,7 +117,7 @@ class MaPLe(PromptMethod):
     def _fit(self, task: Task) -> None:
         if task.train_images is None:
             raise VlkitError("maple encodes images while training: build the task with images "
-                             "(vlkit.pipeline.build_task(..., with_images=True))")
+                             "(vlkit.protocols.fewshot.build_task(..., with_images=True))")
         super()._fit(task)
         self.fit_info_["prompt_depth"] = self.net_.depth
 

@@ -16,8 +16,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 import vlkit  # noqa: E402
 from vlkit.data import ImageDataset  # noqa: E402
-from vlkit.pipeline import build_task  # noqa: E402
-from vlkit.store import FeatureStore  # noqa: E402
+from vlkit.protocols.fewshot import build_task  # noqa: E402
+from vlkit.features.store import FeatureStore  # noqa: E402
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 200), "yellow": (220, 210, 40)}
 
@@ -67,7 +67,7 @@ def colour_task(tiny_backbone, colour_pool, session_store):
 @pytest.fixture(scope="session")
 def colour_adapt_task(tiny_backbone, session_store):
     """Source: colour squares (labelled); target: differently noised squares (unlabelled)."""
-    from vlkit.adapt import build_adaptation_task
+    from vlkit.protocols.adaptation import build_adaptation_task
     from vlkit.data.guard import HiddenLabelDataset
 
     source = colour_dataset(8, seed=0, name="colours-src")

@@ -6,9 +6,9 @@ import torch
 
 from contract_overrides import CONTRACT_OVERRIDES
 from conftest import colour_dataset
-from vlkit.adapt import run_adapt
+from vlkit.protocols.adaptation import run_adapt
 from vlkit.data.guard import HiddenLabelDataset, LabelLeakError
-from vlkit.jobs import ADAPT_BASELINES
+from vlkit.apps.commands import ADAPT_BASELINES
 from vlkit.methods import list_methods, method_class
 
 ADAPT_METHODS = [m for m in list_methods() if method_class(m).task_kind == "adaptation"]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vlkit.methods import create_method
-from vlkit.task import Task
+from vlkit.methods.task import Task
 
 C, D = 5, 24
 

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from vlkit.methods import create_method
-from vlkit.pipeline import method_logits, run_fewshot
-from vlkit.zeroshot import zero_shot_weights
+from vlkit.protocols.fewshot import method_logits, run_fewshot
+from vlkit.features.text_weights import zero_shot_weights
 
 
 def test_zero_shot_weights_are_the_template_ensemble(tiny_backbone):

@@ -8,9 +8,9 @@ import statistics
 import pytest
 
 from conftest import colour_dataset
-from vlkit.bench import Cell, CellLog, DataSource, pareto_front, resolve_methods, run_bench
-from vlkit.bench.published import compare, load_published
-from vlkit.bench.report import build_summary, to_markdown
+from vlkit.protocols import Cell, CellLog, DataSource, pareto_front, resolve_methods, run_bench
+from vlkit.report.published import compare, load_published
+from vlkit.report.tables import build_summary, to_markdown
 from vlkit.errors import VlkitError
 from vlkit.methods import Method
 
@@ -61,7 +61,7 @@ def test_cells_of_other_weights_under_the_same_name_are_run_again(tmp_path, sour
 
 def test_weights_identity_follows_the_files(tmp_path, monkeypatch):
     from vlkit.backbones import registry
-    from vlkit.bench.runner import weights_identity
+    from vlkit.protocols.runner import weights_identity
 
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"one")
@@ -207,13 +207,13 @@ def test_published_numbers_are_sourced_and_compare_by_model():
 
 
 def fake_base_to_novel(backbone, train, test, method, shots, seed, store=None, views=0, **config):
-    """Stands in for vlkit.prompts.base_to_novel.base_to_novel (CLI-style key names; method options pass through)."""
+    """Stands in for vlkit.protocols.base_to_novel.base_to_novel (CLI-style key names; method options pass through)."""
     base, novel = 80.0 + seed, 60.0 - seed
     return {"method": method, "base_top1": base, "novel_top1": novel, "trainable_parameters": 8, "fit_seconds": 0.1}
 
 
 def test_base2novel_protocol_reports_base_novel_and_harmonic_mean(tmp_path, source, monkeypatch):
-    from vlkit.bench import protocols
+    from vlkit.protocols import catalog as protocols
 
     monkeypatch.setattr(protocols, "BASE2NOVEL_FUNCTION", ("test_bench", "fake_base_to_novel"))
     result = run_bench(model="test-tiny", data=[source], methods="coop", shots=[16], seeds=[1, 2], out=tmp_path,
@@ -269,10 +269,10 @@ def test_a_dataset_that_cannot_load_stops_the_bench(tmp_path, tiny_backbone, ses
 
 def test_schedule_overrides_reach_the_method_and_key_the_cell(tmp_path, source, tiny_backbone, session_store,
                                                              monkeypatch):
-    import vlkit.fewshot_job
+    import vlkit.protocols.presets
     from vlkit.methods.linear_probe import LinearProbe
 
-    monkeypatch.setattr(vlkit.fewshot_job, "QUICK_SCHEDULES", {"baseline": {"max_iter": 7}})
+    monkeypatch.setattr(vlkit.protocols.presets, "QUICK_SCHEDULES", {"baseline": {"max_iter": 7}})
     seen = []
     original = LinearProbe._fit
     monkeypatch.setattr(LinearProbe, "_fit",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlkit.data.benchmarks import BENCHMARKS, COOP_DATASETS_GUIDE, benchmark_info, load_benchmark
+from vlkit.data.coop_suite import BENCHMARKS, COOP_DATASETS_GUIDE, benchmark_info, load_benchmark
 from vlkit.errors import DataError, VlkitError
 
 NUM_CLASSES = {

@@ -30,8 +30,8 @@ def mini_and_data():
 
 
 def test_16_shot_caches_beat_zero_shot_and_finetuning_helps(mini_and_data):
-    from vlkit.pipeline import run_fewshot
-    from vlkit.store import FeatureStore
+    from vlkit.protocols.fewshot import run_fewshot
+    from vlkit.features.store import FeatureStore
 
     backbone, pool, test = mini_and_data
     store = FeatureStore()

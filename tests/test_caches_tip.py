@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from vlkit.caches import TipAdapter, TipAdapterF
 from vlkit.errors import NotFittedError, ShapeError, VlkitError
-from vlkit.task import Task
+from vlkit.methods.task import Task
 
 
 def random_problem(seed: int = 0, c: int = 5, d: int = 24, shots: int = 4, views: int = 4, m: int = 30):

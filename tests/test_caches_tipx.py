@@ -12,7 +12,7 @@ from test_caches_tip import random_problem
 from vlkit.caches import TipX
 from vlkit.caches.support import name_only_support
 from vlkit.errors import DataError, VlkitError
-from vlkit.task import Task
+from vlkit.methods.task import Task
 
 
 def kl_matrix(queries, support, text, temperature=0.5):

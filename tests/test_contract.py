@@ -9,7 +9,7 @@ import torch
 from contract_overrides import CONTRACT_OVERRIDES
 from vlkit.errors import NotFittedError, ShapeError, VlkitError
 from vlkit.methods import Method, create_method, list_methods, method_class
-from vlkit.pipeline import method_logits
+from vlkit.protocols.fewshot import method_logits
 
 
 def weights_digest(backbone) -> str:

@@ -6,7 +6,7 @@ import json
 from typer.testing import CliRunner
 
 from vlkit.cli.main import app
-from vlkit.fewshot_job import QUICK_SCHEDULES, run_fewshot_job
+from vlkit.protocols.presets import QUICK_SCHEDULES, run_fewshot_job
 
 
 def test_fewshot_job_writes_results_and_plot(tmp_path):
@@ -32,7 +32,7 @@ def test_fewshot_cli_unknown_method_is_one_line():
 
 
 def test_quick_schedule_never_lengthens_a_paper_schedule():
-    from vlkit.fewshot_job import fewshot_methods, quick_settings
+    from vlkit.protocols.presets import fewshot_methods, quick_settings
     from vlkit.methods import method_class
 
     for name in fewshot_methods():
@@ -46,7 +46,7 @@ def test_quick_schedule_never_lengthens_a_paper_schedule():
 
 
 def test_terminal_table_has_one_row_per_method_with_quick_marked():
-    from vlkit.fewshot_job import by_method
+    from vlkit.protocols.presets import by_method
 
     summary = [{"method": m, "shots": k, "top1": 10.0 * k, "top1_std": 1.0, "seeds": seeds, "schedule": sched,
                 "trainable_parameters": 5, "fit_seconds": float(k), "latency_ms_per_image": 0.5}

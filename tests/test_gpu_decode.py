@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from vlkit.data import ImageDataset
-from vlkit.gpu_decode import gpu_image_batches, is_jpeg, jpeg_paths, preprocess_params, resized_size
+from vlkit.features.gpu_decode import gpu_image_batches, is_jpeg, jpeg_paths, preprocess_params, resized_size
 
 SIZES = [(40, 30), (30, 40), (64, 64), (40, 30), (23, 57), (16, 12)]  # (width, height), repeats batch together
 
@@ -87,7 +87,7 @@ def test_cuda_decode_matches_pil_path(tmp_path):
 def test_gpu_path_applies_only_to_view0_jpegs_on_cuda(tmp_path, tiny_backbone, monkeypatch):
     from types import SimpleNamespace
 
-    from vlkit.gpu_decode import gpu_paths_for
+    from vlkit.features.gpu_decode import gpu_paths_for
 
     paths = _jpegs(tmp_path, SIZES[:2])
     ds = ImageDataset([(p, 0) for p in paths], ["a"])
@@ -99,7 +99,7 @@ def test_gpu_path_applies_only_to_view0_jpegs_on_cuda(tmp_path, tiny_backbone, m
 
 
 def test_prefetched_bytes_keeps_path_order_with_threads(tmp_path):
-    from vlkit.gpu_decode import prefetched_bytes
+    from vlkit.features.gpu_decode import prefetched_bytes
 
     paths = []
     for i in range(23):

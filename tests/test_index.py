@@ -1,4 +1,4 @@
-"""vlkit.index.VectorIndex: exact search, IVF/HNSW recall, auto switching, checks, save/load."""
+"""vlkit.features.index.VectorIndex: exact search, IVF/HNSW recall, auto switching, checks, save/load."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import vlkit.index as index_module
+import vlkit.features.index as index_module
 from vlkit.errors import ShapeError, VlkitError
-from vlkit.index import VectorIndex
+from vlkit.features.index import VectorIndex
 
 
 def clustered(n: int, d: int = 32, clusters: int = 50, seed: int = 0) -> np.ndarray:

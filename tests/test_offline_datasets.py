@@ -12,7 +12,7 @@ from PIL import Image
 
 from vlkit.data import ImageDataset
 from vlkit.data import offline
-from vlkit.data.offline import build_dataset, emoji, fashion, load_offline, store
+from vlkit.data.offline import build_dataset, emoji, fashion, load_offline, arrays
 from vlkit.errors import DataError
 
 
@@ -121,13 +121,13 @@ def test_killed_build_is_not_reported_built_and_is_cleaned(cache: Path) -> None:
     pid = os.fork()
     if pid == 0:  # child
         try:
-            store.build_atomic(folder, killed)
+            arrays.build_atomic(folder, killed)
         finally:
             os._exit(1)
     os.waitpid(pid, 0)
     leftovers = list(folder.parent.iterdir())
-    assert not folder.exists() and not store.is_built(folder) and len(leftovers) == 1
-    assert build_dataset("digits-uci") == folder and store.is_built(folder)
+    assert not folder.exists() and not arrays.is_built(folder) and len(leftovers) == 1
+    assert build_dataset("digits-uci") == folder and arrays.is_built(folder)
     assert [p.name for p in folder.parent.iterdir()] == ["digits-uci"]  # stale temp removed
     assert len(load_offline("digits-uci", "val")) > 0
 

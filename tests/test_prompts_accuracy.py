@@ -19,8 +19,8 @@ def mini_setup():
     from vlkit.data import first_per_class
     from vlkit.data.offline import load_offline
     from vlkit.errors import VlkitError
-    from vlkit.pipeline import run_fewshot
-    from vlkit.store import FeatureStore
+    from vlkit.protocols.fewshot import run_fewshot
+    from vlkit.features.store import FeatureStore
 
     try:
         backbone = vlkit.load_backbone("vlkit-mini", device="cpu")
@@ -35,7 +35,7 @@ def mini_setup():
 
 @pytest.mark.parametrize("name", sorted(CPU_SCHEDULE))
 def test_16_shot_beats_zero_shot(name, mini_setup):
-    from vlkit.pipeline import run_fewshot
+    from vlkit.protocols.fewshot import run_fewshot
 
     backbone, pool, test, store, zero = mini_setup
     result = run_fewshot(backbone, pool, test, name, 16, 1, store=store, **CPU_SCHEDULE[name])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vlkit.methods import Method, create_method
-from vlkit.pipeline import method_logits
+from vlkit.protocols.fewshot import method_logits
 from vlkit.prompts.deep import text_blocks, text_deep_prompts, vision_deep_prompts
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vlkit.errors import BackboneMismatchError
-from vlkit.store import FeatureStore
+from vlkit.features.store import FeatureStore
 from conftest import colour_dataset
 
 
@@ -105,9 +105,9 @@ def test_gpu_jpeg_route_agrees_with_the_pil_route(tmp_path, tiny_backbone, monke
     import numpy as np
     from PIL import Image
 
-    import vlkit.store as store_module
+    import vlkit.features.store as store_module
     from vlkit.data import load_image_folder
-    from vlkit.gpu_decode import jpeg_paths
+    from vlkit.features.gpu_decode import jpeg_paths
 
     rng = np.random.default_rng(0)
     for c in range(2):

@@ -14,7 +14,7 @@ import torch
 import vlkit
 from vlkit.errors import VlkitError
 from vlkit.methods import create_method
-from vlkit.pipeline import run_fewshot
+from vlkit.protocols.fewshot import run_fewshot
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ CELLS = [m for m in bench.METHODS if m[0] not in ("zero-shot", "linear-probe")]
 @pytest.fixture(scope="module")
 def mini():
     from vlkit.data.offline import load_offline
-    from vlkit.store import FeatureStore
+    from vlkit.features.store import FeatureStore
 
     try:
         backbone = vlkit.load_backbone("vlkit-mini", device="cpu")

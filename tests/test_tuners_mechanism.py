@@ -8,10 +8,10 @@ from open_clip.transformer import Transformer
 from tuner_helpers import bert_text_backbone
 from vlkit.errors import VlkitError
 from vlkit.methods import create_method
-from vlkit.tuners.attention import TunableAttention
-from vlkit.tuners.inject import prepare_tower, shared_copy
-from vlkit.tuners.model import TunedCLIP
-from vlkit.tuners.wrappers import TunerDropout
+from vlkit.methods.tuners.attention import TunableAttention
+from vlkit.methods.tuners.inject import prepare_tower, shared_copy
+from vlkit.methods.tuners.model import TunedCLIP
+from vlkit.methods.tuners.wrappers import TunerDropout
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_text_only_tuner_trains_from_cached_features(colour_task, colour_test, t
     torch.manual_seed(0)
     method = create_method("lora", tower="text", iters_per_shot=2, val_checks=2, batch_size=8).fit(colour_task)
     assert method.input_kind == "features"
-    from vlkit.pipeline import method_logits
+    from vlkit.protocols.fewshot import method_logits
 
     logits = method_logits(method, tiny_backbone, colour_test, session_store)
     assert logits.shape == (len(colour_test), colour_task.num_classes)
@@ -117,7 +117,7 @@ def test_layer_selection(tiny_backbone):
 
 def test_untrained_tuner_is_kept_when_no_chunk_beats_it(colour_task, monkeypatch):
     """Selection on validation includes the identity start: a useless run falls back to it."""
-    import vlkit.tuners.base as base
+    import vlkit.methods.tuners.base as base
 
     def ruin(params, *args, **kwargs):
         with torch.no_grad():

@@ -8,7 +8,7 @@ import torch
 from tuner_helpers import IDENTITY_CONFIGS, TRAINABLE_CONFIGS, method_name
 from vlkit.backbones import Backbone
 from vlkit.methods import create_method
-from vlkit.tuners.model import TunedCLIP
+from vlkit.methods.tuners.model import TunedCLIP
 
 pytestmark = pytest.mark.slow
 

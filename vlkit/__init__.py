@@ -4,9 +4,9 @@ from vlkit.data import ImageDataset, few_shot, load_image_folder, load_split_fil
 from vlkit.data.resolve import load_data
 from vlkit.errors import DataError, NotFittedError, VlkitError
 from vlkit.methods import Method, MethodConfig, create_method, list_methods, method_class, register_method
-from vlkit.pipeline import build_task, run_fewshot
-from vlkit.store import FeatureStore
-from vlkit.task import Task
+from vlkit.protocols.fewshot import build_task, run_fewshot
+from vlkit.features.store import FeatureStore
+from vlkit.methods.task import Task
 
 __version__ = "0.1.0"
 __all__ = ["Backbone", "DataError", "FeatureStore", "ImageDataset", "Method", "MethodConfig", "NotFittedError",

@@ -8,14 +8,14 @@ def dataset_catalog() -> list[dict[str, Any]]:
     """One row per dataset: name, kind, status, description."""
     from vlkit.data.offline import OFFLINE_DATASETS, VENDORED_DATASETS
     from vlkit.data.offline.paths import datasets_root
-    from vlkit.data.offline.store import is_built
+    from vlkit.data.offline.arrays import is_built
 
     rows = [{"name": n, "kind": "vendored", "status": "ready", "description": d["description"]}
             for n, d in VENDORED_DATASETS.items()]
     rows += [{"name": n, "kind": "offline", "status": "built" if is_built(datasets_root() / n) else "not built "
               f"(vlkit datasets build {n})", "description": d["description"]} for n, d in OFFLINE_DATASETS.items()]
     try:
-        from vlkit.data.benchmarks import BENCHMARKS
+        from vlkit.data.coop_suite import BENCHMARKS
     except ImportError:  # pragma: no cover
         BENCHMARKS = {}
     rows += [{"name": n, "kind": "benchmark", "status": "bring your own (CoOp layout)",

@@ -57,7 +57,7 @@ def load_data(spec: str, split: str = "test", skip_corrupt: bool = False, **opti
             raise DataError(f"{spec} has fixed splits: use --split train, val or test")
         return load_offline(spec, split, **options)
     if "@" in spec and not Path(spec).exists():
-        from vlkit.data.benchmarks import load_benchmark
+        from vlkit.data.coop_suite import load_benchmark
 
         name, data_root = spec.split("@", 1)
         return load_benchmark(name, data_root, split)
@@ -68,7 +68,7 @@ def load_data(spec: str, split: str = "test", skip_corrupt: bool = False, **opti
         )
     split_files = sorted(root.glob("split_zhou_*.json"))
     if split_files:
-        from vlkit.data.benchmarks import BENCHMARKS, load_benchmark
+        from vlkit.data.coop_suite import BENCHMARKS, load_benchmark
 
         match = [b.name for b in BENCHMARKS.values() if b.split_file == split_files[0].name]
         if not match:

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlkit.errors import BackboneMismatchError, NotFittedError, ShapeError, VlkitError
-from vlkit.task import Task, as_tensor
+from vlkit.methods.task import Task, as_tensor
 
 
 @dataclasses.dataclass

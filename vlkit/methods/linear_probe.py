@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method
-from vlkit.task import Task
+from vlkit.methods.task import Task
 
 
 @dataclass

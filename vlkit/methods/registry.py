@@ -15,8 +15,8 @@ FAMILY_MODULES = [
     "vlkit.methods.linear_probe",
     "vlkit.caches",
     "vlkit.prompts",
-    "vlkit.adapters",
-    "vlkit.tuners",
+    "vlkit.methods.adapters",
+    "vlkit.methods.tuners",
 ]
 
 

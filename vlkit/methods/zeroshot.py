@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method
-from vlkit.task import Task
+from vlkit.methods.task import Task
 
 
 @dataclass

@@ -1,1 +1,1 @@
-"""Data files of the 11 few-shot benchmarks (one JSON per dataset), read by ``vlkit.data.benchmarks``."""
+"""Data files of the 11 few-shot benchmarks (one JSON per dataset), read by ``vlkit.data.coop_suite``."""

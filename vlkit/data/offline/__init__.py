@@ -16,7 +16,7 @@ from vlkit.data.dataset import ImageDataset
 from vlkit.data.offline import digits, emoji, fashion
 from vlkit.data.offline.emoji import emoji_package_dir, emoji_records
 from vlkit.data.offline.paths import cache_root, datasets_root
-from vlkit.data.offline.store import build_atomic, is_built, load_built, read_info
+from vlkit.data.offline.arrays import build_atomic, is_built, load_built, read_info
 from vlkit.errors import DataError
 
 log = logging.getLogger("vlkit.data")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlkit.data.offline.store import stratified_split, write_arrays
+from vlkit.data.offline.arrays import stratified_split, write_arrays
 from vlkit.errors import DataError
 
 VERSION = "1"

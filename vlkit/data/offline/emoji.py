@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from vlkit.data.offline.paths import cache_root
-from vlkit.data.offline.store import stratified_split, write_arrays
+from vlkit.data.offline.arrays import stratified_split, write_arrays
 from vlkit.errors import DataError
 
 log = logging.getLogger("vlkit.data")

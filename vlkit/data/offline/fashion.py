@@ -13,7 +13,7 @@ from PIL import Image
 
 from vlkit.data.dataset import ImageDataset
 from vlkit.data.offline.paths import cache_root
-from vlkit.data.offline.store import SPLITS, stable_order, write_arrays
+from vlkit.data.offline.arrays import SPLITS, stable_order, write_arrays
 from vlkit.errors import DataError
 
 log = logging.getLogger("vlkit.data")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vlkit.data.offline.fashion import DEBIAN_DIR, MINI_FILE, load_split_arrays
-from vlkit.data.offline.store import digest_array
+from vlkit.data.offline.arrays import digest_array
 
 log = logging.getLogger("vlkit.data")
 

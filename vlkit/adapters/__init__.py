@@ -1,6 +1,0 @@
-"""Feature-level adapters trained from the feature store (CLIP-Adapter, ZS-LP/CLAP, LP++)."""
-from vlkit.adapters.clip_adapter import ClipAdapter
-from vlkit.adapters.lp_plus_plus import LPPlusPlus
-from vlkit.adapters.zs_lp import Clap, ZSLinearProbe
-
-__all__ = ["Clap", "ClipAdapter", "LPPlusPlus", "ZSLinearProbe"]

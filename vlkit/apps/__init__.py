@@ -1,0 +1,1 @@
+"""Applications over the library: the CLI commands' functions and the zero-to-few-shot upgrade."""

@@ -1,0 +1,147 @@
+"""The library functions behind each CLI command; each returns a JSON-ready dict."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlkit.backbones import Backbone, load_backbone
+from vlkit.data.resolve import has_splits, load_data
+from vlkit.errors import VlkitError
+from vlkit.protocols.scoring import accuracy, artifact_bytes, latency_per_image, measure
+from vlkit.methods import Method, create_method, list_methods, method_class
+from vlkit.protocols.fewshot import method_logits, run_fewshot, templates_for, _sample_images
+from vlkit.features.store import FeatureStore, atomic_write_json
+
+
+def extract_features(model: str, pretrained: str | None, data: str, split: str, views: int = 0,
+                     device: str | None = None, skip_corrupt: bool = False) -> dict[str, Any]:
+    """Encode ``split`` of ``data`` (plus ``views`` augmented views) into the store."""
+    backbone = load_backbone(model, pretrained, device)
+    dataset = load_data(data, split, skip_corrupt=skip_corrupt)
+    store = FeatureStore()
+    start = time.perf_counter()
+    feats = store.view_features(backbone, dataset, views) if views else store.image_features(backbone, dataset)
+    seconds = time.perf_counter() - start
+    return {"model": model, "pretrained": pretrained, "data": data, "split": split, "images": len(dataset),
+            "views": 1 + views, "shape": list(feats.shape), "seconds": seconds, "cache_hits": store.hits,
+            "cache_misses": store.misses, "images_per_second": len(dataset) * (1 + views) / max(seconds, 1e-9),
+            "store": str(store.root)}
+
+
+def zeroshot(model: str, pretrained: str | None, data: str, split: str | None = None,
+             templates: list[str] | None = None, device: str | None = None,
+             skip_corrupt: bool = False) -> dict[str, Any]:
+    """Zero-shot accuracy and cost of ``model`` on ``data`` (whole folder if it has no splits)."""
+    backbone = load_backbone(model, pretrained, device)
+    split = split or ("test" if has_splits(data) else "all")
+    dataset = load_data(data, split, skip_corrupt=skip_corrupt)
+    store = FeatureStore()
+    from vlkit.methods.task import Task
+    from vlkit.features.text_weights import zero_shot_weights
+
+    with measure(backbone.device) as cost:
+        weights = zero_shot_weights(backbone, dataset.classnames, templates_for(dataset, templates), store)
+        method = create_method("zero-shot", logit_scale=backbone.logit_scale)
+        method.fit(Task(classnames=dataset.classnames, text_weights=weights,
+                        train_features=torch.zeros(0, 1, backbone.embed_dim), train_labels=torch.zeros(0)))
+    logits = method_logits(method, backbone, dataset, store)
+    return {"method": "zero-shot", "model": model, "pretrained": pretrained, "data": data, "split": split,
+            "test_size": len(dataset), "templates": templates_for(dataset, templates),
+            **accuracy(logits, torch.tensor(dataset.labels)), "trainable_parameters": 0,
+            "artifact_bytes": artifact_bytes(method, backbone.fingerprint), "fit_seconds": cost["seconds"],
+            "peak_memory_bytes": cost["peak_memory_bytes"], "memory_kind": cost["memory_kind"],
+            "latency_ms_per_image": 1000 * latency_per_image(method, backbone, _sample_images(backbone, dataset))}
+
+
+def fit(method: str, model: str, pretrained: str | None, data: str, shots: int, seed: int,
+        settings: dict[str, Any] | None = None, run_dir: Path | None = None, views: int = 10,
+        device: str | None = None, skip_corrupt: bool = False) -> dict[str, Any]:
+    """Fit ``method`` on ``shots`` per class of the train split; score once on the test split."""
+    method_class(method)  # unknown names fail before any loading
+    backbone = load_backbone(model, pretrained, device)
+    pool, test = load_data(data, "train", skip_corrupt), load_data(data, "test", skip_corrupt)
+    result = run_fewshot(backbone, pool, test, method, shots, seed, views=views,
+                         save_dir=Path(run_dir) / "method" if run_dir else None, **(settings or {}))
+    result.update(data=data)
+    if run_dir:
+        atomic_write_json(Path(run_dir) / "run.json", {"model": model, "pretrained": pretrained, "data": data,
+                                                        "method": method, "shots": shots, "seed": seed,
+                                                        "settings": settings or {}, "result": result})
+    return result
+
+
+def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
+                 device: str | None = None) -> dict[str, Any]:
+    """Load a saved run (``vlkit fit --run-dir``) and score it on ``split`` of its data."""
+    run_file = Path(run_dir) / "run.json"
+    if not run_file.is_file():
+        raise VlkitError(f"{run_dir} is not a run folder (no run.json): create one with `vlkit fit ... --run-dir`")
+    run = json.loads(run_file.read_text())
+    backbone = load_backbone(run["model"], run["pretrained"], device)
+    method = Method.load(Path(run_dir) / "method", backbone)
+    dataset = load_data(data or run["data"], split)
+    if dataset.classnames != method.classnames_:
+        raise VlkitError(f"{data} has other classes than the run was fitted on ({len(method.classnames_)} classes)")
+    logits = method_logits(method, backbone, dataset, FeatureStore())
+    return {"run": str(run_dir), "method": method.name, "data": data or run["data"], "split": split,
+            "test_size": len(dataset), **accuracy(logits, torch.tensor(dataset.labels)),
+            "trainable_parameters": int(method.trainable_parameters),
+            "artifact_bytes": artifact_bytes(method, backbone.fingerprint)}
+
+
+def methods_info(num_classes: int = 10, dim: int = 512) -> list[dict[str, Any]]:
+    """Name, family, input kind, paper, and trainable parameters for a reference task."""
+    rows = []
+    for name in list_methods():
+        klass = method_class(name)
+        count = klass.count_parameters(num_classes, dim) if hasattr(klass, "count_parameters") else None
+        rows.append({"name": name, "family": klass.family, "input": klass.input_kind,
+                     "trainable_parameters": count, "paper": klass.paper})
+    return rows
+
+
+def backbone_summary(backbone: Backbone) -> dict[str, Any]:
+    """What a result records about the encoder."""
+    return {"model": backbone.name, "pretrained": backbone.pretrained, "fingerprint": backbone.fingerprint,
+            "embed_dim": backbone.embed_dim, "device": backbone.device.type}
+
+
+ADAPT_BASELINES = ["zero-shot", "coop", "tip-adapter"]
+
+
+def adapt(methods: list[str], model: str, pretrained: str | None, source: str, target: str, seed: int = 1,
+          settings: dict[str, Any] | None = None, views: int = 10, device: str | None = None) -> dict[str, Any]:
+    """``vlkit adapt``: each method on labelled ``source`` + unlabelled ``target``; target accuracy."""
+    from vlkit.protocols.adaptation import run_adapt
+
+    if methods == ["all"]:
+        methods = [m for m in ADAPT_BASELINES if m in list_methods()]
+        methods += [m for m in list_methods() if method_class(m).task_kind == "adaptation"]
+    for name in methods:
+        method_class(name)
+    backbone = load_backbone(model, pretrained, device)
+    src = (load_data(source, "train"), load_data(source, "val"))
+    tgt = (load_data(target, "train"), load_data(target, "test"))
+    store = FeatureStore()
+    rows = [run_adapt(backbone, src, tgt, name, seed, store, views, **(settings or {})) for name in methods]
+    return {"source": source, "target": target, "model": model, "pretrained": pretrained, "seed": seed,
+            "rows": rows}
+
+
+def fit_base_to_novel(method: str, model: str, pretrained: str | None, data: str, shots: int, seed: int,
+                      settings: dict[str, Any] | None = None, views: int = 10,
+                      device: str | None = None) -> dict[str, Any]:
+    """``vlkit fit --base-to-novel``: train on the first half of the classes, score base and novel."""
+    from vlkit.protocols.base_to_novel import base_to_novel
+
+    method_class(method)
+    backbone = load_backbone(model, pretrained, device)
+    pool, test = load_data(data, "train"), load_data(data, "test")
+    result = base_to_novel(backbone, pool, test, method, shots, seed, views=views, **(settings or {}))
+    result.update(data=data, method=method, base_top1=result["base"], novel_top1=result["novel"],
+                  harmonic_mean=result["hm"])
+    return result

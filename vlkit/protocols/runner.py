@@ -1,0 +1,211 @@
+"""``run_bench``: every cell (dataset x method x shots x seed) of one model, resumable, then the reports."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from vlkit.backbones.registry import offline_weights_digest
+from vlkit.protocols.cells import Cell, CellLog, grid
+from vlkit.protocols.sources import DataSource, sources_from_specs, with_test_subset
+from vlkit.protocols.bench_progress import BenchProgress
+from vlkit.protocols.catalog import get_protocol
+from vlkit.report.writers import write_reports
+from vlkit.errors import VlkitError
+
+log = logging.getLogger("vlkit.protocols")
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = (1, 2, 3)
+SCHEDULES = ("quick", "paper")
+
+
+def schedule_overrides(methods: Sequence[str], schedule: str) -> dict[str, dict[str, Any]]:
+    """Per-method options of a schedule: ``paper`` sets none; ``quick`` shortens the encoder-running
+    tuners and prompt learners as ``vlkit fewshot`` does (``vlkit.protocols.presets.quick_settings``)."""
+    if schedule not in SCHEDULES:
+        raise VlkitError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if schedule == "paper":
+        return {}
+    from vlkit.protocols.presets import quick_settings
+
+    return {m: settings for m in methods if (settings := quick_settings(m))}
+
+
+def resolve_methods(spec: str | Sequence[str], protocol: str = "fewshot") -> list[str]:
+    """``"all"`` (every registered method the protocol accepts), ``"a,b"``, or ``"all,-maple"`` (all but some)."""
+    from vlkit.methods import list_methods, method_class
+
+    accepts = get_protocol(protocol).accepts
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    items = [s for s in items if s]
+    chosen: list[str] = []
+    for item in items:
+        if item == "all":
+            chosen += [m for m in list_methods() if accepts(m)]
+        elif not item.startswith("-"):
+            method_class(item)  # an unknown name raises, listing the known ones
+            chosen.append(item)
+    for item in items:
+        if item.startswith("-"):
+            method_class(item[1:])
+            chosen = [m for m in chosen if m != item[1:]]
+    chosen = list(dict.fromkeys(chosen))
+    if not chosen:
+        raise VlkitError(f"--methods {','.join(items)!r} selects no method")
+    return chosen
+
+
+def _check_ints(values: Sequence[int], what: str, minimum: int) -> list[int]:
+    values = list(dict.fromkeys(int(v) for v in values))
+    if not values or any(v < minimum for v in values):
+        raise VlkitError(f"--{what} needs integers >= {minimum}, got {values}")
+    return values
+
+
+def machine_info(device: Any = None) -> str:
+    """One line: OS, CPU count, torch threads and the accelerator if any."""
+    import torch
+
+    accel = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {accel}, device {device or 'cpu'}")
+
+
+def weights_identity(model: str, pretrained: str, backbone: Any = None) -> str:
+    """Which weights ``model``/``pretrained`` stand for, without loading them (part of each cell's key).
+
+    An offline model: a digest of its weight files. A checkpoint file: its size and modification
+    time. A given backbone with neither: its fingerprint. An open_clip name with a pretrained
+    tag: "" (the tag names the weights).
+    """
+    if identity := offline_weights_digest(model):
+        return identity
+    checkpoint = next((p for p in (Path(s).expanduser() for s in (model, pretrained) if s) if p.is_file()), None)
+    if checkpoint is not None:
+        stat = checkpoint.stat()
+        return f"{stat.st_size}-{stat.st_mtime_ns}"
+    return backbone.fingerprint if backbone is not None and not pretrained else ""
+
+
+def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
+              data: Sequence[str | DataSource] = ("fashion-mnist-mini",), methods: str | Sequence[str] = "all",
+              shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] = DEFAULT_SEEDS,
+              out: str | Path = "runs/bench", protocol: str = "fewshot", compare_published: bool = False,
+              device: str | None = None, views: int | None = None, store: Any = None, backbone: Any = None,
+              fail_fast: bool = False, schedule: str = "quick", test_per_class: int | None = None) -> dict[str, Any]:
+    """Run every missing cell, store each as it finishes, and write the reports into ``out``.
+
+    A cell already in ``out/cells.jsonl`` is skipped, so a re-run after a crash or
+    Ctrl-C completes only the missing cells and a finished bench does no work (the
+    backbone is not even loaded). A failing cell is logged in ``failed.jsonl``, left
+    out of the reports and retried by the next run (``fail_fast`` raises instead); a
+    backbone or dataset that cannot be loaded stops the bench at once. ``schedule``
+    ``quick`` (default) shortens only the tuners that run an encoder tower at every
+    step; ``paper`` runs every method's published schedule. The options a cell ran
+    with, and which weights the model name stood for, are part of its key and record.
+    Returns counts, the output files, the summary and, with ``compare_published``,
+    the published numbers that match the model and protocol.
+    """
+    proto = get_protocol(protocol)
+    shots, seeds = _check_ints(shots, "shots", 1), _check_ints(seeds, "seeds", 0)
+    method_names = resolve_methods(methods, proto.name)
+    specs = [d for d in data if isinstance(d, str)]
+    sources = [d for d in data if isinstance(d, DataSource)] + (sources_from_specs(specs) if specs else [])
+    if not sources:
+        raise VlkitError("--data names no dataset")
+    if test_per_class is not None:
+        sources = [with_test_subset(s, _check_ints([test_per_class], "test-per-class", 1)[0]) for s in sources]
+    if len({s.name for s in sources}) != len(sources):
+        raise VlkitError(f"--data names a dataset twice: {', '.join(s.name for s in sources)}")
+    from vlkit.protocols.fewshot import DEFAULT_VIEWS
+
+    views = DEFAULT_VIEWS if views is None else int(views)
+    model_name = getattr(backbone, "name", model)
+    tag = getattr(backbone, "pretrained", pretrained) or ""
+    overrides = schedule_overrides(method_names, schedule)
+    cells = grid([s.name for s in sources], method_names, shots, seeds, proto.name, model_name, tag, views,
+                 overrides, weights_identity(model_name, tag, backbone))
+    out = Path(out).expanduser()
+    cell_log = CellLog(out / "cells.jsonl")
+    started = time.perf_counter()
+    ran, failed = 0, []
+    with cell_log:
+        done = cell_log.done()
+        todo = [c for c in cells if c.key not in done]
+        log.info("bench: %d cells, %d done, %d to run, output in %s", len(cells), len(cells) - len(todo),
+                 len(todo), out)
+        context = _Context(model, pretrained, device, views, store, backbone, {s.name: s for s in sources})
+        with BenchProgress(len(cells), len(cells) - len(todo), todo, done.values()) as bar:
+            for cell in todo:
+                bar.start(cell)
+                t0 = time.perf_counter()
+                context.prepare(cell)  # the backbone and the data: a failure here stops the bench
+                try:
+                    result = context.run(proto, cell)
+                except Exception as exc:  # noqa: BLE001 - one broken method must not stop a long bench
+                    if fail_fast:
+                        raise
+                    failed.append(_record_failure(out, cell, exc))
+                    bar.finish(cell, time.perf_counter() - t0, ok=False)
+                    continue
+                result["wall_seconds"] = time.perf_counter() - t0
+                cell_log.append(cell, result)
+                ran += 1
+                bar.finish(cell, result["wall_seconds"])
+        done = cell_log.done()
+    records = [done[c.key] for c in cells if c.key in done]
+    info = {"model": model_name, "pretrained": tag, "protocol": proto.name, "device": context.device_name(),
+            "schedule": schedule + "".join(f"; {m}: " + ", ".join(f"{k}={v}" for k, v in o.items())
+                                           for m, o in overrides.items()),
+            "machine": machine_info(context.device_name()),
+            "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    reports = write_reports(out, records, [s.name for s in sources], method_names, shots, seeds,
+                            list(proto.metrics), info, compare_published, failed)
+    return {"out": str(out), "cells": len(cells), "ran": ran, "skipped": len(cells) - len(todo),
+            "failed": failed, "missing": len(cells) - len(records), "seconds": time.perf_counter() - started,
+            **reports}
+
+
+class _Context:
+    """Loads the backbone and the feature store on first use, so a finished bench loads nothing."""
+
+    def __init__(self, model: str, pretrained: str | None, device: str | None, views: int, store: Any,
+                 backbone: Any, sources: dict[str, DataSource]) -> None:
+        self.model, self.pretrained, self.device, self.views = model, pretrained, device, views
+        self.store, self.backbone, self.sources = store, backbone, sources
+
+    def device_name(self) -> str:
+        """The backbone's device if loaded, else the requested one."""
+        return str(self.backbone.device) if self.backbone is not None else (self.device or "")
+
+    def prepare(self, cell: Cell) -> None:
+        """Load what ``cell`` needs and every cell shares (backbone, store, its dataset's splits)."""
+        from vlkit.features.store import FeatureStore
+
+        if self.backbone is None:
+            from vlkit.backbones import load_backbone
+
+            self.backbone = load_backbone(self.model, self.pretrained, self.device)
+        if self.store is None:
+            self.store = FeatureStore()
+        for split in ("train", "test"):
+            self.sources[cell.data].split(split)
+
+    def run(self, proto: Any, cell: Cell) -> dict[str, Any]:
+        """Run one cell with the shared backbone and store (after :meth:`prepare`)."""
+        return proto.run(self.backbone, self.sources[cell.data], cell.method, cell.shots, cell.seed, self.store,
+                         self.views, **cell.overrides)
+
+
+def _record_failure(out: Path, cell: Cell, exc: Exception) -> dict[str, str]:
+    failure = {"cell": cell.label(), "key": cell.key, "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+               "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    log.error("cell %s failed: %s", cell.label(), failure["error"], exc_info=not isinstance(exc, VlkitError))
+    with (out / "failed.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(failure) + "\n")
+    return failure

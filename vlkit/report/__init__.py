@@ -1,0 +1,1 @@
+"""One result, tables, mean and sample std, plots and the HTML report."""
