@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vlkit.errors import VlkitError
+from vlkit.io import atomic_write_json
 
 out = Console()
 err = Console(stderr=True)
@@ -46,9 +47,7 @@ def write_json(path: Optional[Path], result: Any) -> None:
     """Write ``result`` as JSON to ``path`` (atomically) if given."""
     if path is None:
         return
-    from vlkit.features.store import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), json.dumps(result, indent=1, default=str).encode())
+    atomic_write_json(Path(path), result, sort_keys=False, default=str)
     err.print(f"wrote {path}")
 
 

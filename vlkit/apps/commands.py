@@ -14,7 +14,8 @@ from vlkit.errors import VlkitError
 from vlkit.protocols.scoring import accuracy, artifact_bytes, latency_per_image, measure
 from vlkit.methods import Method, create_method, list_methods, method_class
 from vlkit.protocols.fewshot import method_logits, run_fewshot, templates_for, _sample_images
-from vlkit.features.store import FeatureStore, atomic_write_json
+from vlkit.features.store import FeatureStore
+from vlkit.io import atomic_write_json
 
 
 def extract_features(model: str, pretrained: str | None, data: str, split: str, views: int = 0,

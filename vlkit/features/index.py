@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from vlkit.errors import ShapeError, VlkitError
+from vlkit.io import atomic_file
 
 log = logging.getLogger("vlkit.features.index")
 LARGE = 100_000  # "auto" switches from exact to approximate search at this many entries
@@ -172,16 +171,9 @@ class VectorIndex:
         if self._index is None:
             raise VlkitError("the index is empty: add vectors before saving it")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         cpu = faiss.index_gpu_to_cpu(self._index) if self._gpu_res is not None else self._index
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            faiss.write_index(cpu, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as tmp:
+            faiss.write_index(cpu, str(tmp))
         return path
 
     @classmethod

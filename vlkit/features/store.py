@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -23,33 +22,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlkit.backbones import Backbone
 from vlkit.data.dataset import ImageDataset
-from vlkit.data.offline.paths import cache_root
 from vlkit.errors import BackboneMismatchError, DataError
 from vlkit.features.gpu_decode import gpu_image_batches, gpu_paths_for, preprocess_params
+from vlkit.io import atomic_write_bytes, atomic_write_json, cache_root
 from vlkit.progress import progress
 
 log = logging.getLogger("vlkit.features.store")
 STORE_VERSION = 1
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file + rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: dict) -> None:
-    """JSON through :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

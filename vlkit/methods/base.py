@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlkit.errors import BackboneMismatchError, NotFittedError, ShapeError, VlkitError
+from vlkit.io import atomic_dir
 from vlkit.methods.task import Task, as_tensor
 
 
@@ -128,23 +126,15 @@ class Method:
             raise NotFittedError(f"{self.name} is not fitted yet: call fit(...) before logits/predict/save")
 
     def save(self, directory: str | Path, backbone_fingerprint: str | None = None) -> Path:
-        """Write ``config.json`` + ``state.safetensors`` atomically (temp folder, then rename)."""
+        """Write ``config.json`` + ``state.safetensors`` atomically (:func:`vlkit.io.atomic_dir`)."""
         self._check_fitted()
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        try:
+        with atomic_dir(directory) as tmp:
             header = {"method": self.name, "config": dataclasses.asdict(self.config), "meta": self.meta(),
                       "backbone": backbone_fingerprint, "format": 1}
             (tmp / "config.json").write_text(json.dumps(header, indent=1, default=str))
             state = {k: v.detach().cpu().contiguous() for k, v in self.state().items()}
             save_file(state, str(tmp / "state.safetensors"))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     @classmethod

@@ -11,7 +11,8 @@ from vlkit.data.resolve import load_data
 from vlkit.errors import VlkitError
 from vlkit.methods import list_methods, method_class
 from vlkit.protocols.fewshot import run_fewshot
-from vlkit.features.store import FeatureStore, atomic_write_json
+from vlkit.features.store import FeatureStore
+from vlkit.io import atomic_write_json
 
 log = logging.getLogger("vlkit.fewshot")
 DEFAULT_SHOTS = (1, 4, 16)

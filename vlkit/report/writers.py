@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vlkit.report.tables import build_summary, to_markdown
-from vlkit.features.store import atomic_write_bytes
+from vlkit.io import atomic_write_bytes
 
 FILES = {"markdown": "results.md", "summary": "summary.json", "shots_plot": "accuracy_vs_shots.png",
          "cost_plot": "accuracy_vs_cost.png", "html": "report.html"}

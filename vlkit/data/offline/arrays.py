@@ -11,10 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -24,6 +21,7 @@ from PIL import Image
 
 from vlkit.data.dataset import ImageDataset
 from vlkit.errors import DataError
+from vlkit.io import publish_dir, temp_dir_beside
 
 log = logging.getLogger("vlkit.data")
 
@@ -38,48 +36,27 @@ def is_built(folder: Path) -> bool:
 
 
 def build_atomic(folder: Path, write: Callable[[Path], dict], force: bool = False) -> Path:
-    """Run ``write(tmp_dir) -> info`` in a temp folder next to ``folder`` and rename it into place."""
+    """Run ``write(tmp_dir) -> info`` in a temp folder next to ``folder`` and publish it in one rename.
+
+    Temp folders left by killed builds are deleted first (:func:`vlkit.io.temp_dir_beside`).
+    """
     if is_built(folder) and not force:
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-{os.getpid()}-", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a cache may be shared
+    tmp = temp_dir_beside(folder)
     try:
         start = time.perf_counter()
         info = write(tmp)
         info["build_seconds"] = round(time.perf_counter() - start, 2)
         (tmp / INFO).write_text(json.dumps(info, indent=1))  # written last: marks the folder complete
-        old = None
-        if folder.exists():
-            if is_built(folder) and not force:  # another process finished first
-                shutil.rmtree(tmp)
-                return folder
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            folder.rename(old)
-        tmp.rename(folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if is_built(folder) and not force:  # another process finished first: keep its folder
+            shutil.rmtree(tmp)
+            return folder
+        publish_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("built %s in %.1f s", folder, info["build_seconds"])
     return folder
-
-
-def _remove_stale_partials(folder: Path) -> None:
-    """Delete temp folders left by builds whose process is gone (killed mid-build)."""
-    pattern = re.compile(rf"\.{re.escape(folder.name)}\.(?:partial|old)-(\d+)")
-    for partial in folder.parent.glob(f".{folder.name}.*"):
-        match = pattern.match(partial.name)
-        if match is None:
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
-            shutil.rmtree(partial, ignore_errors=True)
-        except OSError:  # e.g. PermissionError: the process exists
-            continue
 
 
 def digest_array(array: np.ndarray) -> str:
