@@ -56,7 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vlkit.backbones import mini  # noqa: E402
-from vlkit.data.offline import build_dataset, cache_root, emoji_records  # noqa: E402
+from vlkit.data.offline import build_dataset, emoji_records  # noqa: E402
+from vlkit.io import cache_root  # noqa: E402
 from vlkit.data.offline.emoji import CATEGORY_NAMES, STYLES, readable_subcategory  # noqa: E402
 
 log = logging.getLogger("train_vlkit_mini")

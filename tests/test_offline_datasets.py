@@ -24,10 +24,8 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def test_cache_root_follows_env(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert offline.cache_root() == cache
-    monkeypatch.delenv("VLKIT_CACHE")
-    assert offline.cache_root() == Path.home() / ".cache" / "vlkit"
+def test_datasets_root_is_under_the_cache_root(cache: Path) -> None:
+    assert offline.datasets_root() == cache / "datasets"
 
 
 def test_vendored_slice_needs_no_apt_or_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

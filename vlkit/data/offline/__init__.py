@@ -15,7 +15,7 @@ from typing import Callable
 from vlkit.data.dataset import ImageDataset
 from vlkit.data.offline import digits, emoji, fashion
 from vlkit.data.offline.emoji import emoji_package_dir, emoji_records
-from vlkit.data.offline.paths import cache_root, datasets_root
+from vlkit.data.offline.paths import datasets_root
 from vlkit.data.offline.arrays import build_atomic, is_built, load_built, read_info
 from vlkit.errors import DataError
 
@@ -128,5 +128,5 @@ def load_offline(name: str, split: str = "train", root: str | Path | None = None
     return load_built(folder, split, label_level)
 
 
-__all__ = ["OFFLINE_DATASETS", "VENDORED_DATASETS", "build_dataset", "cache_root", "emoji_package_dir",
-           "emoji_records", "load_offline"]
+__all__ = ["OFFLINE_DATASETS", "VENDORED_DATASETS", "build_dataset", "emoji_package_dir", "emoji_records",
+           "load_offline"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlkit.data.offline.paths import cache_root
+from vlkit.io import cache_root
 from vlkit.data.offline.arrays import stratified_split, write_arrays
 from vlkit.errors import DataError
 

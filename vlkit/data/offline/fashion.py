@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from vlkit.data.dataset import ImageDataset
-from vlkit.data.offline.paths import cache_root
+from vlkit.io import cache_root
 from vlkit.data.offline.arrays import SPLITS, stable_order, write_arrays
 from vlkit.errors import DataError
 

@@ -1,14 +1,9 @@
-"""Where vlkit keeps what it builds or downloads: the cache root."""
+"""Where offline datasets are built: ``<cache root>/datasets`` (the cache root is :func:`vlkit.io.cache_root`)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-
-def cache_root() -> Path:
-    """The cache root: ``$VLKIT_CACHE`` if set, else ``~/.cache/vlkit`` (not created here)."""
-    env = os.environ.get("VLKIT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "vlkit"
+from vlkit.io import cache_root
 
 
 def datasets_root(root: str | Path | None = None) -> Path:
