@@ -19,22 +19,20 @@ unreadable image, features from another backbone) raises before anything is writ
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from vlkit.caches.tip_adapter import TipAdapter
 from vlkit.data import open_image
 from vlkit.errors import BackboneMismatchError, DataError, VlkitError
+from vlkit.io import FileLock, atomic_write_json
 from vlkit.methods.base import Method
-from vlkit.features.store import atomic_write_json
 from vlkit.methods.task import Task
 from vlkit.features.text_weights import zero_shot_weights
 
@@ -79,15 +77,10 @@ def read_meta(run: str | Path) -> dict:
     return meta
 
 
-@contextlib.contextmanager
-def _locked(run: Path) -> Iterator[None]:
+def _locked(run: Path) -> FileLock:
+    """The run's lock (``RUN/.lock``): one change at a time; a second writer waits for the first."""
     run.mkdir(parents=True, exist_ok=True)
-    with open(run / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(run / ".lock")
 
 
 def _commit(run: Path, meta: dict, method: TipAdapter) -> None:

@@ -7,7 +7,6 @@ it off. A cell whose record is in the log is done and is never run again.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from vlkit.errors import VlkitError
+from vlkit.io import FileLock
 
 log = logging.getLogger("vlkit.protocols")
 RECORD_VERSION = 1
@@ -80,7 +80,7 @@ class CellLog:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._lock_fd: int | None = None
+        self._lock: FileLock | None = None
 
     # ---- reading -------------------------------------------------------------------
     def records(self) -> Iterator[dict[str, Any]]:
@@ -107,22 +107,16 @@ class CellLog:
     # ---- writing -------------------------------------------------------------------
     def __enter__(self) -> "CellLog":
         """Take the folder's lock (a second bench on the same folder fails) and repair a torn tail."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise VlkitError(f"another vlkit bench is writing {self.path.parent}: wait for it or use another --out")
-        self._lock_fd = fd
+        lock = FileLock(self.path.with_name(self.path.name + ".lock"),
+                        busy=f"another vlkit bench is writing {self.path.parent}: wait for it or use another --out")
+        self._lock = lock.acquire(wait=False)
         self._cut_torn_tail()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _cut_torn_tail(self) -> None:
         if not self.path.is_file() or self.path.stat().st_size == 0:
@@ -138,11 +132,11 @@ class CellLog:
 
     def append(self, cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
         """Write one finished cell as one line (single write, O_APPEND, fsync); return the record."""
-        if self._lock_fd is None:
+        if self._lock is None:
             raise RuntimeError("CellLog.append outside 'with CellLog(...)'")
         record = {"version": RECORD_VERSION, "cell": asdict(cell), "key": cell.key, "result": result}
         line = (json.dumps(record, default=_jsonable, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
         try:
             written = os.write(fd, line)
             if written != len(line):  # a short write would leave a torn line; fail loudly
