@@ -1,32 +1,23 @@
-"""Bench progress on stderr: cells done of all, the running cell, and an estimate of the time left.
+"""Bench progress: cells done of all, the running cell, and an estimate of the time left.
 
 The estimate sums, over the cells still to run, the mean wall time of finished cells
 of the same method (from this run and from earlier runs in the log), else the mean
-of all finished cells. Silent when stderr is not a terminal, under pytest, or with
-``VLKIT_QUIET=1``; every finished cell is also logged (logger ``vlkit.protocols``).
+of all finished cells. The bar is a :func:`vlkit.progress.tally`, which decides whether it
+shows and silences the store's and the training loop's bars while it runs; every
+finished cell is also logged (logger ``vlkit.protocols``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import statistics
-import sys
 from collections import defaultdict
 from typing import Any, Iterable
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+from vlkit.progress import Bar, format_seconds, tally
 from vlkit.protocols.cells import Cell
 
 log = logging.getLogger("vlkit.protocols")
-
-
-def _fmt(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class BenchProgress:
@@ -40,13 +31,8 @@ class BenchProgress:
             wall = record.get("result", {}).get("wall_seconds")
             if wall is not None:
                 self.seconds[record["cell"]["method"]].append(float(wall))
-        console = Console(stderr=True)
-        enabled = console.is_terminal and os.environ.get("VLKIT_QUIET") != "1" and "pytest" not in sys.modules
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("cells"), TimeElapsedColumn(), TextColumn("left ~{task.fields[eta]}"),
-                             console=console, transient=False) if enabled else None
-        self._task: Any = None
-        self._quiet: str | None = None
+        self._stack = contextlib.ExitStack()
+        self._bar = Bar()
 
     def eta(self) -> float | None:
         """Estimated seconds for the cells not yet finished (None before any timing is known)."""
@@ -60,27 +46,17 @@ class BenchProgress:
                    for c in self.todo)
 
     def __enter__(self) -> "BenchProgress":
-        if self._bar is not None:
-            # one live display: the store's and the training loop's own bars would interleave with this one
-            self._quiet = os.environ.get("VLKIT_QUIET")
-            os.environ["VLKIT_QUIET"] = "1"
-            self._bar.start()
-            self._task = self._bar.add_task("bench", total=self.total, completed=self.done, eta=_fmt(self.eta()))
+        self._bar = self._stack.enter_context(tally(self.total, self.done, "bench", unit="cells",
+                                                    eta=format_seconds(self.eta())))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, description="bench " + ("done" if self.done == self.total else "stopped"))
-            self._bar.stop()
-            if self._quiet is None:
-                os.environ.pop("VLKIT_QUIET", None)
-            else:
-                os.environ["VLKIT_QUIET"] = self._quiet
+        self._bar.update(description="bench " + ("done" if self.done == self.total else "stopped"))
+        self._stack.close()
 
     def start(self, cell: Cell) -> None:
         """Show ``cell`` as running."""
-        if self._bar is not None:
-            self._bar.update(self._task, description=cell.label(), eta=_fmt(self.eta()))
+        self._bar.update(description=cell.label(), eta=format_seconds(self.eta()))
 
     def finish(self, cell: Cell, seconds: float, ok: bool = True) -> None:
         """Count ``cell`` as finished (or failed) after ``seconds`` of wall time."""
@@ -90,6 +66,5 @@ class BenchProgress:
             self.done += 1
         left = self.eta()
         log.info("%s %s in %.1fs (%d/%d cells, about %s left)", "finished" if ok else "failed", cell.label(),
-                 seconds, self.done, self.total, _fmt(left))
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.done, eta=_fmt(left))
+                 seconds, self.done, self.total, format_seconds(left))
+        self._bar.update(completed=self.done, eta=format_seconds(left))
