@@ -1,8 +1,10 @@
 """``vlkit upgrade init|add`` and ``vlkit predict``: thin over :mod:`vlkit.apps.upgrade`.
 
 Each command parses, calls one library function that returns a dict, and prints a
-table (or JSON with ``--json``; ``--output FILE`` also writes the JSON). User errors
-are :class:`vlkit.errors.VlkitError` and propagate to the main app's handler.
+table (or JSON with ``--json``; ``--output FILE`` also writes the JSON, atomically).
+The model, pretrained, device and output options are the shared ones of
+:mod:`vlkit.cli.common`. User errors are :class:`vlkit.errors.VlkitError` and propagate
+to the main app's handler.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vlkit.apps import upgrade as lib
+from vlkit.cli.common import DeviceOpt, ModelOpt, OutputOpt, PretrainedOpt, write_json
 
 upgrade_app = typer.Typer(help="A classifier that starts zero-shot and improves as labelled images arrive.",
                           no_args_is_help=True, add_completion=False)
@@ -22,14 +25,10 @@ _out = Console()
 
 RunArg = typer.Argument(..., help="Run folder (created by `vlkit upgrade init`).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
-OutputOpt = typer.Option(None, "--output", "-o", help="Also write the result as JSON to this file.")
-DeviceOpt = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
 
 
 def _emit(result: dict, as_json: bool, output: Optional[Path], table: Table) -> None:
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=1))
+    write_json(output, result)
     if as_json:
         typer.echo(json.dumps(result, indent=1))
     else:
@@ -46,9 +45,9 @@ def _pairs(title: str, result: dict, keys: List[str]) -> Table:
 @upgrade_app.command("init")
 def init_command(
     run: Path = RunArg,
-    model: str = typer.Option(..., "--model", help="open_clip name, checkpoint path, or vlkit-mini."),
+    model: str = ModelOpt,
     classes: Path = typer.Option(..., "--classes", help="Text file with one class name per line."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip pretrained tag."),
+    pretrained: Optional[str] = PretrainedOpt,
     template: Optional[List[str]] = typer.Option(None, "--template", help="Prompt template with '{}' (repeatable)."),
     alpha: float = typer.Option(lib.DEFAULT_ALPHA, "--alpha", help="Weight of the cache (Tip-Adapter alpha)."),
     beta: float = typer.Option(lib.DEFAULT_BETA, "--beta", help="Sharpness of the cache affinities."),

@@ -1,6 +1,7 @@
 """The zero-to-few-shot upgrade run: library and CLI, atomic state, clear errors that change nothing."""
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -130,6 +131,26 @@ def test_commands_are_plain_typer_functions():
     result = CliRunner().invoke(app, ["upgrade", "--help"])
     assert result.exit_code == 0 and "init" in result.output and "add" in result.output
 
+
+
+def test_cli_output_is_the_shared_option_written_atomically(tmp_path):
+    from vlkit.cli import common
+    from vlkit.cli.main import app
+    from vlkit.cli.upgrade_commands import add_command, init_command
+
+    for command in (init_command, add_command, predict_command):
+        defaults = {name: p.default for name, p in inspect.signature(command).parameters.items()}
+        assert defaults["output"] is common.OutputOpt and defaults["device"] is common.DeviceOpt
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(CLASSES))
+    out = tmp_path / "new" / "init.json"  # the folder is created
+    result = CliRunner().invoke(app, ["upgrade", "init", str(tmp_path / "run"), "-m", "test-tiny", "--classes",
+                                      str(classes), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["classes"] == 4 and saved["model"] == "test-tiny"
+    assert out.read_text() == json.dumps(saved, indent=1)  # the format the command always wrote
+    assert [p.name for p in out.parent.iterdir()] == ["init.json"]  # no temp file left
 
 @pytest.mark.parametrize("retune", [True, False])
 def test_alpha_beta_retuned_once_every_class_has_enough_examples(tmp_path, tiny_backbone, retune):
