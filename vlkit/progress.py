@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-__all__ = ["bars_enabled", "quiet", "progress", "tally", "format_seconds"]
+__all__ = ["Bar", "bars_enabled", "quiet", "progress", "tally", "format_seconds"]
 
 _silenced = 0  # how many quiet() blocks are open, in any thread
 _silenced_lock = threading.Lock()
