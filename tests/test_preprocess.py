@@ -183,3 +183,17 @@ def test_full_size_models_match_open_clip(name, tag, size):
     theirs = open_clip_preprocess(name, tag)
     for image in sample_images():
         assert torch.equal(backbone.preprocess(image), theirs(image))
+
+
+def test_a_model_without_a_config_is_refused(tiny_backbone):
+    from torch import nn
+
+    from vlkit.backbones import Backbone
+    from vlkit.errors import VlkitError
+
+    model = tiny_backbone.model
+    bare = nn.Module()
+    bare.visual = nn.Identity()  # no preprocess_cfg, no image_size
+    bare.logit_scale = model.logit_scale
+    with pytest.raises(VlkitError, match="set_model_preprocess_cfg"):
+        Backbone(bare, "bare", None, tiny_backbone.tokenizer, torch.device("cpu"), None)

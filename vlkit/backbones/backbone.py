@@ -220,6 +220,8 @@ def load_backbone(
     ``load_backbone("ViT-B-16", "openai")``, ``load_backbone("ViT-B-32", "/ckpt.pt")``,
     ``load_backbone("vlkit-mini")``, ``load_backbone("test-tiny")``. Device defaults
     to CUDA when available; precision defaults to bf16/fp16 autocast on CUDA, fp32 on CPU.
+    The transforms follow the model's open_clip preprocessing config: a tag's own, else
+    that of the name's published weights (:func:`~vlkit.backbones.preprocessing.published_preprocess`).
     """
     device = torch.device(device) if device is not None else default_device()
     builder = offline_builder(name)

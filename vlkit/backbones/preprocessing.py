@@ -18,6 +18,8 @@ from open_clip.transform import MaybeConvertMode, PreprocessCfg, image_transform
 from torch import nn
 from torchvision import transforms as T
 
+from vlkit.errors import VlkitError
+
 log = logging.getLogger("vlkit.backbone")
 
 AUGMENT_SCALE = (0.5, 1.0)  # random resized crop area range (CoOp, Tip-Adapter)
@@ -33,6 +35,12 @@ def model_preprocess_cfg(model: nn.Module) -> PreprocessCfg:
     Sizes become ``(H, W)`` and mean/std tuples of floats, so equal configs compare and
     serialise equal.
     """
+    visual = getattr(model, "visual", model)
+    if not getattr(visual, "preprocess_cfg", None) and getattr(visual, "image_size", None) is None:
+        raise VlkitError(
+            f"{type(model).__name__} carries no preprocessing config (no visual.preprocess_cfg or image_size): "
+            "set one with open_clip.set_model_preprocess_cfg(model, {'size': ..., 'mean': ..., 'std': ...})"
+        )
     merged = merge_preprocess_dict(PreprocessCfg(), open_clip.get_model_preprocess_cfg(model))
     size = merged["size"]
     merged["size"] = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
