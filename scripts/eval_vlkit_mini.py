@@ -71,8 +71,7 @@ def load_mini(weights: Path | None) -> Backbone:
     if weights is None:
         return load_backbone("vlkit-mini", device="cpu")
     file = weights / mini.IMAGE_WEIGHTS.name if weights.is_dir() else weights
-    return Backbone(mini.load_run(file), "vlkit-mini", str(file), mini.mini_tokenizer(), mini.MINI_IMAGE_SIZE,
-                    mini.MINI_MEAN, mini.MINI_STD, torch.device("cpu"), None)
+    return Backbone(mini.load_run(file), "vlkit-mini", str(file), mini.mini_tokenizer(), torch.device("cpu"), None)
 
 
 _FEATURES: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}

@@ -81,3 +81,27 @@ def test_missing_weights_fail_fast_offline(monkeypatch):
     with pytest.raises(VlkitError, match="--pretrained /path/to"):
         vlkit.load_backbone("RN50", "openai", device="cpu")
     assert time.perf_counter() - start < 30  # no minute of retries
+
+
+def test_offline_transforms_equal_the_hand_built_ones_they_replace(tiny_backbone):
+    """test-tiny's config reproduces the transforms vlkit built by hand before (bit for bit, augmented views too)."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from vlkit.backbones.registry import OPENAI_MEAN, OPENAI_STD
+
+    bicubic = T.InterpolationMode.BICUBIC
+    old_eval = T.Compose([T.Resize(32, interpolation=bicubic), T.CenterCrop(32), T.ToTensor(),
+                          T.Normalize(OPENAI_MEAN, OPENAI_STD)])
+    old_train = T.Compose([T.RandomResizedCrop(32, scale=(0.5, 1.0), interpolation=bicubic),
+                           T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(OPENAI_MEAN, OPENAI_STD)])
+    rng = np.random.default_rng(0)
+    for h, w in [(28, 28), (50, 30), (30, 70)]:
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        assert torch.equal(tiny_backbone.preprocess(image), old_eval(image))
+        for seed in range(3):
+            torch.manual_seed(seed)
+            ours = tiny_backbone.train_transform(image)
+            torch.manual_seed(seed)
+            assert torch.equal(ours, old_train(image))

@@ -15,11 +15,10 @@ NAMES = ["T-shirt/top", "ankle boot", "bag"]
 def minilm_backbone():
     """vlkit-mini's architecture: pretrained MiniLM text tower, untrained image tower."""
     from vlkit.backbones.backbone import Backbone
-    from vlkit.backbones.mini import MINI_MEAN, MINI_STD, build_mini_model, mini_tokenizer
+    from vlkit.backbones.mini import build_mini_model, mini_tokenizer
 
     torch.manual_seed(0)
-    return Backbone(build_mini_model(), "mini-arch", None, mini_tokenizer(), 32, MINI_MEAN, MINI_STD,
-                    torch.device("cpu"), None)
+    return Backbone(build_mini_model(), "mini-arch", None, mini_tokenizer(), torch.device("cpu"), None)
 
 
 @pytest.mark.parametrize("position, slots", [("end", [1, 2, 3, 4]), ("middle", [1, 2, 8, 9]),

@@ -122,7 +122,30 @@ def test_gpu_jpeg_route_agrees_with_the_pil_route(tmp_path, tiny_backbone, monke
                         lambda b, d, v, s, e: calls.append(v) or (jpeg_paths(d, s, e) if v == 0 else None))
     real_batches = store_module.gpu_image_batches
     monkeypatch.setattr(store_module, "gpu_image_batches",
-                        lambda paths, size, mean, std, bs, device: real_batches(paths, size, mean, std, bs, "cpu", 0))
+                        lambda paths, cfg, bs, device: real_batches(paths, cfg, bs, "cpu", 0))
     routed = FeatureStore(tmp_path / "gpu", num_workers=0).image_features(tiny_backbone, data)
     assert calls == [0]
     assert torch.nn.functional.cosine_similarity(pil, routed).min() >= 0.99
+
+
+def test_key_changes_with_the_preprocessing_alone(tmp_path, tiny_backbone):
+    """Same weights, another preprocessing config: other entries (eval and augmented views)."""
+    from dataclasses import asdict, replace
+
+    import open_clip
+
+    import vlkit
+    from vlkit.backbones import Backbone
+
+    squashed = vlkit.load_backbone("test-tiny", device="cpu")
+    cfg = replace(squashed.preprocess_cfg, resize_mode="squash", interpolation="bilinear")
+    open_clip.set_model_preprocess_cfg(squashed.model, asdict(cfg))
+    squashed = Backbone(squashed.model, "test-tiny", None, squashed.tokenizer, squashed.device, None)
+    assert squashed.fingerprint == tiny_backbone.fingerprint  # the weights are the same
+    store = FeatureStore(tmp_path, num_workers=0)
+    data = colour_dataset(1)
+    for view in (0, 1):
+        assert store.entry_dir(tiny_backbone, data, view) != store.entry_dir(squashed, data, view)
+    assert store.entry_dir(tiny_backbone, data, 1) != store.entry_dir(tiny_backbone, data, 0)
+    again = vlkit.load_backbone("test-tiny", device="cpu")
+    assert store.entry_dir(again, data, 0) == store.entry_dir(tiny_backbone, data, 0)  # stable across loads

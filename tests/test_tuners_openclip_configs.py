@@ -17,9 +17,7 @@ pytestmark = pytest.mark.slow
 def vit_b32() -> Backbone:
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-32", pretrained=None)
-    return Backbone(model, "ViT-B-32", None, open_clip.get_tokenizer("ViT-B-32"), 224,
-                    (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711),
-                    torch.device("cpu"), None)
+    return Backbone(model, "ViT-B-32", None, open_clip.get_tokenizer("ViT-B-32"), torch.device("cpu"), None)
 
 
 @pytest.mark.parametrize("key", list(IDENTITY_CONFIGS))

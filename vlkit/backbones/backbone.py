@@ -12,9 +12,10 @@ import open_clip
 import torch
 from PIL import Image
 from torch import nn
-from torchvision import transforms as T
 
-from vlkit.backbones.registry import OPENAI_MEAN, OPENAI_STD, offline_builder, offline_models
+from vlkit.backbones.preprocessing import (eval_transform, model_preprocess_cfg, published_preprocess,
+                                          train_transform, transform_signature)
+from vlkit.backbones.registry import offline_builder, offline_models
 from vlkit.backbones.text_tower import TextTower, normalize, text_tower_of
 from vlkit.errors import VlkitError
 
@@ -44,11 +45,13 @@ class Backbone:
     ``encode_images``/``encode_texts`` return L2-normalised float32 features and never
     track gradients. ``text`` is the hook from token embeddings onward for prompt
     learners; ``model`` is the open_clip module for methods that change a tower.
+    ``preprocess_cfg`` is the open_clip preprocessing config the model carries;
+    ``preprocess`` (open_clip's own evaluation transform) and ``train_transform`` are
+    built on it.
     """
 
     def __init__(
         self, model: nn.Module, name: str, pretrained: str | None, tokenizer: Callable,
-        image_size: int, mean: Sequence[float], std: Sequence[float],
         device: torch.device, precision: str | None,
     ) -> None:
         self.name = name
@@ -59,29 +62,24 @@ class Backbone:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.tokenizer = tokenizer
-        self.image_size = image_size
-        self.preprocess = T.Compose([
-            T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(image_size),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ])
-        # The papers' augmentation (CoOp/Tip-Adapter): random resized crop (scale 0.5-1) + flip.
-        self.train_transform = T.Compose([
-            T.RandomResizedCrop(image_size, scale=(0.5, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ])
+        self.preprocess_cfg = model_preprocess_cfg(self.model)
+        height, width = self.preprocess_cfg.size
+        self.image_size = height  # every open_clip config is square
+        self.preprocess = eval_transform(self.preprocess_cfg)
+        self.train_transform = train_transform(self.preprocess_cfg)
         self.text: TextTower = text_tower_of(self.model)
         self.logit_scale = float(self.model.logit_scale.exp().item())
         self._fingerprint: str | None = None
         with torch.no_grad():
-            probe = torch.zeros(1, 3, image_size, image_size, device=device)
+            probe = torch.zeros(1, 3, height, width, device=device)
             self.embed_dim = int(self.model.encode_image(probe).shape[-1])
 
     def __repr__(self) -> str:
         return f"Backbone({self.name!r}, pretrained={self.pretrained!r}, device={self.device.type})"
+
+    def transform_signature(self, train: bool = False) -> str:
+        """A string naming the evaluation (or, with ``train``, augmentation) transform; see the store key."""
+        return transform_signature(self.preprocess_cfg, train)
 
     @property
     def fingerprint(self) -> str:
@@ -172,7 +170,12 @@ def _known_model(name: str) -> bool:
     return name in open_clip.list_models() or name.startswith(("hf-hub:", "local-dir:"))
 
 
-def _create_open_clip(name: str, pretrained: str | None) -> tuple[nn.Module, Callable, int, Sequence, Sequence]:
+def _create_open_clip(name: str, pretrained: str | None) -> tuple[nn.Module, Callable]:
+    """An open_clip model (carrying its preprocessing config) and its tokenizer.
+
+    A weight tag brings its own preprocessing (open_clip merges it); random weights and
+    local checkpoints get the preprocessing of ``name``'s published weights where they agree.
+    """
     if not _known_model(name):
         offline = ", ".join(offline_models())
         raise VlkitError(
@@ -186,13 +189,15 @@ def _create_open_clip(name: str, pretrained: str | None) -> tuple[nn.Module, Cal
         if pretrained not in open_clip.list_pretrained_tags_by_model(name):
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
             raise VlkitError(f"unknown pretrained tag {pretrained!r} for {name}; known tags: {tags}, or a local file")
+    preprocess = {} if pretrained and not is_file else published_preprocess(name, warn=is_file)
     offline = bool(pretrained) and not is_file and not _hub_reachable()
     if offline:
         log.info("no network: looking for %s/%s in the local Hugging Face cache only", name, pretrained)
     try:
         with _hub_offline(offline), _quiet_root_logger():  # cache only: no minute of download retries
             model, _, _ = open_clip.create_model_and_transforms(
-                name, pretrained=str(Path(pretrained).expanduser()) if is_file else pretrained, device="cpu"
+                name, pretrained=str(Path(pretrained).expanduser()) if is_file else pretrained, device="cpu",
+                **preprocess,
             )
     except VlkitError:
         raise
@@ -203,12 +208,7 @@ def _create_open_clip(name: str, pretrained: str | None) -> tuple[nn.Module, Cal
                 f"download them elsewhere and pass the file: --pretrained /path/to/open_clip_model.safetensors"
             ) from None
         raise VlkitError(f"cannot load {name} with {pretrained!r}: {exc}") from None
-    tokenizer = open_clip.get_tokenizer(name)
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    mean = getattr(model.visual, "image_mean", None) or OPENAI_MEAN
-    std = getattr(model.visual, "image_std", None) or OPENAI_STD
-    return model, tokenizer, int(size), mean, std
+    return model, open_clip.get_tokenizer(name)
 
 
 def load_backbone(
@@ -220,17 +220,19 @@ def load_backbone(
     ``load_backbone("ViT-B-16", "openai")``, ``load_backbone("ViT-B-32", "/ckpt.pt")``,
     ``load_backbone("vlkit-mini")``, ``load_backbone("test-tiny")``. Device defaults
     to CUDA when available; precision defaults to bf16/fp16 autocast on CUDA, fp32 on CPU.
+    The transforms follow the model's open_clip preprocessing config: a tag's own, else
+    that of the name's published weights (:func:`~vlkit.backbones.preprocessing.published_preprocess`).
     """
     device = torch.device(device) if device is not None else default_device()
     builder = offline_builder(name)
     if builder is not None:
         built = builder()
-        model, tokenizer, size, mean, std = built.model, built.tokenizer, built.image_size, built.mean, built.std
+        model, tokenizer = built.model, built.tokenizer
         if pretrained:
             model.load_state_dict(_read_checkpoint(pretrained))
     else:
-        model, tokenizer, size, mean, std = _create_open_clip(name, pretrained)
-    return Backbone(model, name, pretrained, tokenizer, size, mean, std, device, precision)
+        model, tokenizer = _create_open_clip(name, pretrained)
+    return Backbone(model, name, pretrained, tokenizer, device, precision)
 
 
 def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:

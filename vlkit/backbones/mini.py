@@ -17,10 +17,13 @@ import contextlib
 import json
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
+import open_clip
 import torch
+from open_clip.transform import PreprocessCfg
 from torch import nn
 
 from vlkit.backbones.registry import OfflineModel, register_offline_model
@@ -35,6 +38,9 @@ MINI_CONTEXT_LENGTH = 32
 MINI_EMBED_DIM = 384  # MiniLM's width: the text projection is the identity
 MINI_MEAN = (0.5, 0.5, 0.5)
 MINI_STD = (0.5, 0.5, 0.5)
+# shorter side to 32 px (bicubic), centre crop, mean/std 0.5: what the shipped weights were trained on
+MINI_PREPROCESS = PreprocessCfg(size=(MINI_IMAGE_SIZE, MINI_IMAGE_SIZE), mean=MINI_MEAN, std=MINI_STD,
+                                interpolation="bicubic", resize_mode="shortest")
 # The image tower's shape; the shipped weights were trained with exactly this.
 MINI_VISION: dict[str, Any] = {
     "width": 192,
@@ -164,6 +170,7 @@ def build_mini_model(vision: dict[str, Any] | None = None) -> nn.Module:
     model.context_length = MINI_CONTEXT_LENGTH
     for p in model.text.parameters():
         p.requires_grad_(False)
+    open_clip.set_model_preprocess_cfg(model, asdict(MINI_PREPROCESS))
     return model
 
 
@@ -239,5 +246,4 @@ def build_vlkit_mini() -> OfflineModel:
     """Build vlkit-mini with its shipped weights; needs no network."""
     model = build_mini_model()
     load_image_weights(model)
-    return OfflineModel(model=model, image_size=MINI_IMAGE_SIZE, tokenizer=mini_tokenizer(),
-                        mean=MINI_MEAN, std=MINI_STD)
+    return OfflineModel(model=model, tokenizer=mini_tokenizer())

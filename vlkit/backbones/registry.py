@@ -14,13 +14,14 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class OfflineModel:
-    """What an offline builder returns: the open_clip model (weights loaded) and its I/O."""
+    """What an offline builder returns: the open_clip model (weights loaded) and its tokenizer.
+
+    The model carries its preprocessing config as every open_clip model does
+    (``open_clip.set_model_preprocess_cfg``); the backbone's transforms are built on it.
+    """
 
     model: nn.Module
-    image_size: int
     tokenizer: Callable
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
 
 
 OfflineBuilder = Callable[[], OfflineModel]

@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import open_clip
 import torch
+from dataclasses import asdict
+
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-from vlkit.backbones.registry import OfflineModel, register_offline_model
+from open_clip.transform import PreprocessCfg
+from vlkit.backbones.registry import OPENAI_MEAN, OPENAI_STD, OfflineModel, register_offline_model
 
 TINY_SEED = 1234
 TINY_IMAGE_SIZE = 32
+# shorter side to 32 px (bicubic), centre crop, OpenAI mean/std
+TINY_PREPROCESS = PreprocessCfg(size=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), mean=OPENAI_MEAN, std=OPENAI_STD,
+                                interpolation="bicubic", resize_mode="shortest")
 
 
 @register_offline_model("test-tiny", "random-init ViT (2 layers, width 32) + CLIP text tower; for tests only")
@@ -21,4 +27,5 @@ def build_test_tiny() -> OfflineModel:
         model = CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)
     finally:
         torch.random.set_rng_state(state)
-    return OfflineModel(model=model, image_size=TINY_IMAGE_SIZE, tokenizer=open_clip.get_tokenizer("ViT-B-32"))
+    open_clip.set_model_preprocess_cfg(model, asdict(TINY_PREPROCESS))
+    return OfflineModel(model=model, tokenizer=open_clip.get_tokenizer("ViT-B-32"))

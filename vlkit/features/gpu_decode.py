@@ -3,13 +3,15 @@
 A PIL DataLoader spends its time in JPEG decoding and resizing on the CPU (about 1.2k
 images/s with 15 workers on an H200 host), far below what the encoder takes
 (ViT-B-16 bf16: about 7k/s). Here threads only read bytes; ``torchvision.io.decode_jpeg``
-decodes a whole batch with nvJPEG on the GPU and the resize, centre crop and
-normalisation run there too, reproducing ``Backbone.preprocess`` (shorter side to
-``image_size`` with antialiased bicubic, centre crop, ToTensor, Normalize).
+decodes a whole batch with nvJPEG on the GPU and the resize, crop or pad and
+normalisation run there too, reproducing ``Backbone.preprocess`` from the same open_clip
+preprocessing config: each resize mode (shorter side + centre crop, longer side + centre
+pad with the fill colour, squash), antialiased bicubic or bilinear, then Normalize.
 
-Used only for the evaluation view (view 0) of JPEG files on a CUDA backbone; on CPU
-the PIL path stays. A file nvJPEG cannot decode (CMYK, progressive corner cases) is
-decoded by PIL on the CPU and uploaded, so every path yields an image.
+Used only for the evaluation view (view 0) of JPEG files on a CUDA backbone whose config
+it reproduces (:func:`gpu_reproduces`); otherwise the PIL path stays. A file nvJPEG cannot
+decode (CMYK, progressive corner cases) is decoded by PIL on the CPU and uploaded, so
+every path yields an image.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
@@ -60,21 +63,31 @@ def gpu_decode_enabled() -> bool:
 def gpu_paths_for(backbone: Any, dataset: Any, view: int, start: int = 0, stop: int | None = None) -> list[str] | None:
     """The JPEG paths of items ``[start, stop)`` when the GPU path applies, else None.
 
-    It applies to the evaluation view (0) of a dataset of JPEG files on a CUDA backbone,
-    unless ``VLKIT_GPU_DECODE=0``. Augmented views keep the PIL path (random crops).
+    It applies to the evaluation view (0) of a dataset of JPEG files on a CUDA backbone
+    whose preprocessing config the GPU reproduces, unless ``VLKIT_GPU_DECODE=0``.
+    Augmented views keep the PIL path (random crops).
     """
     if view != 0 or getattr(backbone.device, "type", "cpu") != "cuda" or not gpu_decode_enabled():
+        return None
+    if not gpu_reproduces(preprocess_params(backbone)):
         return None
     return jpeg_paths(dataset, start, stop)
 
 
-def preprocess_params(backbone: Any) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-    """(image_size, mean, std) of ``backbone.preprocess`` (its Normalize step)."""
-    steps = getattr(backbone.preprocess, "transforms", [])
-    norm = next((t for t in steps if type(t).__name__ == "Normalize"), None)
-    if norm is None:
-        raise ValueError("backbone.preprocess has no Normalize step: cannot reproduce it on the GPU")
-    return int(backbone.image_size), tuple(float(m) for m in norm.mean), tuple(float(s) for s in norm.std)
+def preprocess_params(backbone: Any) -> PreprocessCfg:
+    """The open_clip preprocessing config ``backbone.preprocess`` is built on."""
+    return backbone.preprocess_cfg
+
+
+def gpu_reproduces(cfg: PreprocessCfg) -> bool:
+    """Whether :func:`resize_normalize` reproduces open_clip's evaluation transform for ``cfg``.
+
+    Every resize mode (shortest, longest, squash) and interpolation (bicubic, bilinear;
+    "random" means bicubic at evaluation) of a square size with a single fill value.
+    """
+    height, width = (cfg.size, cfg.size) if isinstance(cfg.size, int) else tuple(cfg.size)
+    return (height == width and cfg.resize_mode in ("shortest", "longest", "squash")
+            and cfg.interpolation in ("bicubic", "bilinear", "random") and isinstance(cfg.fill_color, int))
 
 
 def _read_bytes(path: str) -> torch.Tensor:
@@ -139,37 +152,66 @@ def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
     return int(size * height / width), size
 
 
-def resize_normalize(images: list[torch.Tensor], image_size: int, mean: Sequence[float], std: Sequence[float]
-                     ) -> torch.Tensor:
-    """(3, H, W) uint8 images of any sizes -> (B, 3, S, S) float32, as ``Backbone.preprocess`` does.
+def mode_resized_size(height: int, width: int, side: int, resize_mode: str) -> tuple[int, int]:
+    """The (h, w) open_clip's evaluation transform resizes an image to, before its crop or pad.
+
+    shortest: torchvision ``Resize(side)``; longest: open_clip's ``ResizeKeepRatio``
+    (longer side to ``side``, Python rounding); squash: ``(side, side)``.
+    """
+    if resize_mode == "squash":
+        return side, side
+    if resize_mode == "longest":
+        ratio = max(height / side, width / side)
+        return round(height / ratio), round(width / ratio)
+    return resized_size(height, width, side)
+
+
+def crop_or_pad(x: torch.Tensor, side: int, fill: float) -> torch.Tensor:
+    """(b, 3, h, w) -> (b, 3, side, side): pad short edges with ``fill`` (centred), then centre crop.
+
+    open_clip's ``center_crop_or_pad`` (and torchvision's ``CenterCrop``) on a tensor.
+    """
+    h, w = x.shape[-2:]
+    if side > h or side > w:
+        pad_w, pad_h = max(side - w, 0), max(side - h, 0)
+        x = F.pad(x, (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2), value=fill)
+        h, w = x.shape[-2:]
+    top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
+    return x[:, :, top:top + side, left:left + side]
+
+
+def resize_normalize(images: list[torch.Tensor], cfg: PreprocessCfg) -> torch.Tensor:
+    """(3, H, W) uint8 images of any sizes -> (B, 3, S, S) float32, as ``Backbone.preprocess`` does for ``cfg``.
 
     Images of one size are resized together; values are rounded and clamped to
-    0..255 after the resize, as PIL does, before scaling and normalising.
+    0..255 after the resize, as PIL does, before the crop or pad, scaling and normalising.
     """
     if not images:
         raise ValueError("no images to resize")
+    if not gpu_reproduces(cfg):
+        raise ValueError(f"the batched decode cannot reproduce preprocessing {cfg}; use the PIL path")
+    side = cfg.size if isinstance(cfg.size, int) else int(cfg.size[0])
+    mode = "bilinear" if cfg.interpolation == "bilinear" else "bicubic"
     device = images[0].device
-    out = torch.empty(len(images), 3, image_size, image_size, device=device)
+    out = torch.empty(len(images), 3, side, side, device=device)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, img in enumerate(images):
         groups.setdefault(tuple(img.shape[-2:]), []).append(i)
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    m = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
     for (h, w), idx in groups.items():
         x = torch.stack([images[i] for i in idx]).float()  # (b, 3, h, w)
-        nh, nw = resized_size(h, w, image_size)
+        nh, nw = mode_resized_size(h, w, side, cfg.resize_mode)
         if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+            x = F.interpolate(x, size=(nh, nw), mode=mode, antialias=True, align_corners=False)
             x = x.clamp_(0, 255).round_()
-        top, left = int(round((nh - image_size) / 2.0)), int(round((nw - image_size) / 2.0))
-        x = x[:, :, top:top + image_size, left:left + image_size]
+        x = crop_or_pad(x, side, float(cfg.fill_color))  # (b, 3, side, side)
         out[idx] = (x / 255.0 - m) / s
     return out
 
 
-def gpu_image_batches(paths: Sequence[str | Path], image_size: int, mean: Sequence[float], std: Sequence[float],
-                      batch_size: int = 256, device: str | torch.device = "cuda",
-                      num_workers: int | None = None) -> Iterator[torch.Tensor]:
+def gpu_image_batches(paths: Sequence[str | Path], cfg: PreprocessCfg, batch_size: int = 256,
+                      device: str | torch.device = "cuda", num_workers: int | None = None) -> Iterator[torch.Tensor]:
     """Yield (B, 3, S, S) float32 batches on ``device``, in the order of ``paths``.
 
     Threads read bytes up to 4 batches ahead while the GPU decodes the current batch; on
@@ -177,7 +219,7 @@ def gpu_image_batches(paths: Sequence[str | Path], image_size: int, mean: Sequen
     ``device="cpu"`` runs the same pipeline on the CPU (tests).
     """
     workers = min(8, max(0, (os.cpu_count() or 1) - 1)) if num_workers is None else num_workers
-    batches = (resize_normalize(decode_batch(datas, device), image_size, mean, std)
+    batches = (resize_normalize(decode_batch(datas, device), cfg)
                for datas in prefetched_bytes([str(p) for p in paths], batch_size, workers))
     if torch.device(device).type != "cuda":
         yield from batches

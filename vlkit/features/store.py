@@ -69,9 +69,15 @@ class FeatureStore:
 
     # ---- keys -------------------------------------------------------------------
     def entry_dir(self, backbone: Backbone, dataset: ImageDataset, view: int) -> Path:
-        """Folder of one entry; view 0 is the evaluation transform, views >= 1 augmented."""
+        """Folder of one entry; view 0 is the evaluation transform, views >= 1 augmented.
+
+        The key holds the transform itself (the backbone's preprocessing config, and the
+        augmentation for views >= 1), so the same weights under another preprocessing
+        never read these features.
+        """
         transform = "eval" if view == 0 else f"aug{view}"
-        key = f"{backbone.fingerprint}|{dataset.identity}|{transform}|{STORE_VERSION}"
+        signature = backbone.transform_signature(train=view > 0)
+        key = f"{backbone.fingerprint}|{dataset.identity}|{transform}|{signature}|{STORE_VERSION}"
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
         return self.root / "features" / backbone.fingerprint / digest
 
@@ -122,9 +128,8 @@ class FeatureStore:
         stop = min(len(dataset), start + self.shard_size)
         jpegs = gpu_paths_for(backbone, dataset, view, start, stop)
         if jpegs is not None:  # CUDA + eval view + JPEG files: decode and resize on the GPU
-            size, mean, std = preprocess_params(backbone)
             out = []
-            for batch in gpu_image_batches(jpegs, size, mean, std, self.batch_size, backbone.device):
+            for batch in gpu_image_batches(jpegs, preprocess_params(backbone), self.batch_size, backbone.device):
                 out.append(backbone.encode_images(batch).cpu())
                 bar.advance(len(batch))
             return torch.cat(out)
