@@ -101,10 +101,9 @@ def tower_depth(model: nn.Module, tower: str) -> int:
 def tower_width(model: nn.Module, tower: str) -> int:
     """W, the width of the tokens between ``tower``'s blocks."""
     path, kind = _blocks_path(model, tower)
-    container = get_module(model, path.rpartition(".")[0])
     if kind == "bert":
         return int(get_module(model, tower_root(model, tower)).transformer.config.hidden_size)
-    return int(container.width)
+    return int(get_module(model, path.rpartition(".")[0]).width)
 
 
 def _batch_first(model: nn.Module, tower: str) -> bool:
