@@ -46,7 +46,8 @@ def test_deep_text_prompts_on_bert_layers(minilm_backbone):
                                                  with_kwargs=True)
     plain = tower.encode_embeddings(embeds, tokens)
     handle.remove()
-    with prompt_tokens(minilm_backbone.model, "text", [None, seen[0][0, 1:3]], start=1):  # layer 1 gets its own frozen state back
+    own_state = [None, seen[0][0, 1:3]]  # layer 1 gets its own frozen state back
+    with prompt_tokens(minilm_backbone.model, "text", own_state, start=1):
         same = tower.encode_embeddings(embeds, tokens)
     with prompt_tokens(minilm_backbone.model, "text", [None, torch.zeros(2, tower.width)], start=1):
         changed = tower.encode_embeddings(embeds, tokens)

@@ -11,8 +11,8 @@ from torch import nn
 
 import vlkit
 from vlkit.backbones.attention_views import SplitAttention
-from vlkit.backbones.surgery import (attention_of, get_module, prompt_tokens, shared_copy, split_tower_attention,
-                                     tower_blocks, tower_depth, tower_width, wrap_roles)
+from vlkit.backbones.surgery import (attach, attention_of, get_module, prompt_tokens, shared_copy,
+                                     split_tower_attention, tower_blocks, tower_depth, tower_width, wrap_roles)
 from vlkit.backbones.text_tower import text_tower_of
 from vlkit.errors import VlkitError
 from vlkit.methods.tuners.lora import LoRALinear
@@ -251,10 +251,16 @@ def test_bad_requests_fail_clearly(tiny_backbone):
         prompt_tokens(model, "text", [torch.zeros(1, width)], start=1, insert=True)
     with pytest.raises(VlkitError, match="layer 0"):
         prompt_tokens(model, "image", [torch.zeros(1, width)], start=1)
+    with pytest.raises(VlkitError, match="layer 0"):
+        prompt_tokens(model, "image", [None, torch.zeros(1, width)], start=1, insert=True)
     holder = nn.Module()
     holder.visual = ConvTower(16)
     with pytest.raises(VlkitError, match="needs a ViT image tower"):
         tower_blocks(holder, "image")
+    copied = shared_copy(model)
+    assert attach(copied, "image", "prompts", nn.Parameter(torch.zeros(1, 2, width))) == "visual.transformer.prompts"
+    with pytest.raises(VlkitError, match="already exists"):
+        attach(copied, "image", "prompts", nn.Parameter(torch.zeros(1, 2, width)))
     with pytest.raises(VlkitError, match="do not fit a sequence"):
         with prompt_tokens(model, "image", [torch.zeros(2, width)], start=40, insert=True):
             model.encode_image(torch.zeros(1, 3, 32, 32))

@@ -210,6 +210,8 @@ def attach(model: nn.Module, tower: str, name: str, value: nn.Parameter | nn.Mod
     ``tower``'s blocks (of a :func:`shared_copy`); returns its dotted path."""
     container = _blocks_path(model, tower)[0].rpartition(".")[0]
     module = get_module(model, container)
+    if hasattr(module, name):
+        raise VlkitError(f"{_join(container, name)} already exists: attach {name!r} once, under a new name")
     if isinstance(value, nn.Parameter):
         module.register_parameter(name, value)
     else:
@@ -315,8 +317,9 @@ def prompt_tokens(model: nn.Module, tower: str, prompts: TokenSource, start: int
     if insert and tower != "image":
         raise VlkitError("prompt tokens can only be inserted into the image tower; text prompts replace "
                          "the context tokens of the input")
-    if not insert and 0 in layers and not callable(prompts):
-        raise VlkitError("layer 0's prompt tokens must be inserted (insert=True) or built into the input")
+    if not callable(prompts) and insert != (0 in layers):
+        raise VlkitError("layer 0's prompt tokens are inserted (insert=True) or built into the input by the "
+                         "caller (insert=False, prompts[0] None)")
     inserted: list[int] = []  # n of the tokens inserted in this forward (for their removal)
     handles = []
     insert_at, replace_at, remove_at = (_seq_first(f, batch_first) for f in (insert_tokens, replace_tokens,

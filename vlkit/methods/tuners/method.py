@@ -177,7 +177,7 @@ class _VPT(TunerMethod):
         prompts = vpt_prompts(layers, c.tokens, tower_width(model, "image"), patch_size(model), device)
         attach(model, "image", "prompts", prompts)  # saved as visual.transformer.prompts, (layers, P, W)
         dropout = TunerDropout(c.dropout) if c.dropout > 0 else nn.Identity()
-        attach(model, "image", "dropout", dropout)  # in the model, so ``tuning`` switches it
+        attach(model, "image", "prompt_dropout", dropout)  # in the model, so ``tuning`` switches it
         tuned.add_image_tokens(LayerPrompts(prompts, dropout), PROMPT_START)
 
 
