@@ -5,7 +5,8 @@ Learned prompts in both towers up to depth J. The text side has the input contex
 per deeper layer i < J (Sec. 3.2, deep language prompting). The vision side is coupled to it: each
 layer's vision prompt is a linear projection of that layer's text prompt,
 ``P~_i = F_i(P_i)`` (Sec. 3.2, vision-language prompt coupling), appended to the patch tokens. Both
-towers stay frozen; the prompts are inserted by forward hooks (``vlkit.prompts.deep``).
+towers stay frozen; the prompts are inserted by the surgery module
+(:func:`vlkit.backbones.surgery.prompt_tokens`) only while a tower runs.
 MaPLe changes the image tower, so it encodes (augmented) images while training, with
 mixed precision on CUDA; ``logits`` takes preprocessed images.
 
@@ -23,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlkit.backbones.surgery import prompt_tokens, tower_depth, tower_width
 from vlkit.errors import VlkitError
 from vlkit.methods.registry import register_method
 from vlkit.prompts.base import PromptConfig, PromptMethod, shots_of
 from vlkit.prompts.cocoop import seeded_linear
-from vlkit.prompts.deep import text_blocks, text_deep_prompts, vision_blocks, vision_deep_prompts
 from vlkit.prompts.encoder import PromptedTextEncoder
 from vlkit.methods.task import Task
 from vlkit.methods.training import TrainConfig, train
@@ -84,22 +85,30 @@ class MaPLe(PromptMethod):
         cfg, model = self.config, self.backbone_.model
         encoder = PromptedTextEncoder(self.backbone_, classnames, n_ctx=cfg.n_ctx,
                                       init=cfg.ctx_init or None, generator=generator)
-        _, v_blocks, _ = vision_blocks(model.visual)
-        t_blocks, _ = text_blocks(self.backbone_.text)
-        depth = min(cfg.prompt_depth, len(v_blocks), len(t_blocks))
-        return MultiModalPrompts(encoder, depth, model.visual.transformer.width, generator)
+        depth = min(cfg.prompt_depth, tower_depth(model, "image"), tower_depth(model, "text"))
+        return MultiModalPrompts(encoder, depth, tower_width(model, "image"), generator)
 
     # ---- the two prompted towers -----------------------------------------------------------
     def text_features(self) -> torch.Tensor:
-        """(C, D) normalised text features with the deep text prompts."""
+        """(C, D) normalised text features with the deep text prompts.
+
+        Layer 0's prompt is the context in the input embeddings; layer i >= 1 gets
+        ``P_i`` written over the context positions.
+        """
         net = self.net_
         start = int(net.encoder.ctx_index[0, 0])
-        with text_deep_prompts(self.backbone_.text, list(net.text_deep), start):
+        with prompt_tokens(self.backbone_.model, "text", [None, *net.text_deep], start):
             return F.normalize(net.encoder.encode(fast=False).float(), dim=-1)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) preprocessed images -> (B, D) normalised prompted image features."""
-        with vision_deep_prompts(self.backbone_.model.visual, self.net_.vision_prompts()):
+        """(B, 3, H, W) preprocessed images -> (B, D) normalised prompted image features.
+
+        The n vision prompts are appended after the patch tokens, before the embedding
+        norm (as the authors' code), and replaced at every deeper prompted layer.
+        """
+        prompts = self.net_.vision_prompts()
+        with prompt_tokens(self.backbone_.model, "image", prompts, start=-prompts[0].shape[0], insert=True,
+                           normalize=True):
             return F.normalize(self.backbone_.model.encode_image(images.to(self.backbone_.device)).float(), dim=-1)
 
     def train_logits(self, x: torch.Tensor, fast: bool = True) -> torch.Tensor:

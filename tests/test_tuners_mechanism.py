@@ -8,8 +8,8 @@ from open_clip.transformer import Transformer
 from tuner_helpers import bert_text_backbone
 from vlkit.errors import VlkitError
 from vlkit.methods import create_method
-from vlkit.methods.tuners.attention import TunableAttention
-from vlkit.methods.tuners.inject import prepare_tower, shared_copy
+from vlkit.backbones.attention_views import SplitAttention
+from vlkit.backbones.surgery import shared_copy, split_tower_attention
 from vlkit.methods.tuners.model import TunedCLIP
 from vlkit.methods.tuners.wrappers import TunerDropout
 
@@ -78,8 +78,8 @@ def test_open_clip_custom_attention_block_is_supported():
     holder.visual = torch.nn.Module()
     holder.visual.transformer = tower
     copy = shared_copy(holder)
-    blocks = prepare_tower(copy, "image")
-    assert isinstance(copy.get_submodule(blocks[0].attention), TunableAttention)
+    blocks = split_tower_attention(copy, "image")
+    assert isinstance(copy.get_submodule(blocks[0].attention), SplitAttention)
     x = torch.randn(3, 7, 32)
     with torch.no_grad():
         torch.testing.assert_close(copy.visual.transformer(x), tower(x), atol=1e-5, rtol=1e-5)

@@ -1,7 +1,7 @@
 """The registered tuners: LoRA, prefix tuning, VPT (shallow/deep), BitFit, adapters, IA3.
 
-Each is a :class:`~vlkit.methods.tuners.base.TunerMethod` whose ``inject`` uses the one
-mechanism in :mod:`vlkit.methods.tuners.inject` on its own shared copy of the backbone.
+Each is a :class:`~vlkit.methods.tuners.base.TunerMethod` whose ``inject`` goes through
+the surgery module (:mod:`vlkit.backbones.surgery`) on its own shared copy of the backbone.
 Training defaults are CLIP-LoRA's recipe (see :mod:`vlkit.methods.tuners.base`); only the
 learning rate differs per tuner, as noted on each config.
 """
@@ -12,15 +12,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from vlkit.backbones.surgery import (ROLES, attach, attention_of, get_module, patch_size, select_blocks, set_module,
+                                     tower_depth, tower_modules, tower_width, train_clones, wrap_roles)
 from vlkit.methods.registry import register_method
 from vlkit.methods.tuners import bottleneck as adapters
 from vlkit.methods.tuners.base import TunerConfig, TunerMethod
 from vlkit.methods.tuners.ia3 import IA3Linear
-from vlkit.methods.tuners.inject import ROLES, get_module, select_blocks, set_module, tower_modules, train_clones, wrap_roles
 from vlkit.methods.tuners.lora import LoRALinear
 from vlkit.methods.tuners.model import TunedCLIP
 from vlkit.methods.tuners.prefix import Prefix
-from vlkit.methods.tuners.vpt import PromptedTransformer
+from vlkit.methods.tuners.vpt import PROMPT_START, LayerPrompts, vpt_prompts
+from vlkit.methods.tuners.wrappers import TunerDropout
 
 
 @dataclass
@@ -119,7 +121,7 @@ class PrefixTuning(TunerMethod):
 
     def inject(self, tuned: TunedCLIP) -> None:
         blocks = select_blocks(tuned.blocks["text"], self.config.layers)
-        attentions = [get_module(tuned.model, b.attention) for b in blocks]
+        attentions = [attention_of(tuned.model, b) for b in blocks]
         for attn in attentions:
             device = attn.k_proj.weight.device
             attn.prefix = Prefix(self.config.length, attn.width, 0.02, device=device)
@@ -169,10 +171,14 @@ class _VPT(TunerMethod):
     paper = "Jia et al., Visual Prompt Tuning, ECCV 2022, Eq. (3)-(5) shallow, Eq. (6)-(7) deep"
 
     def inject(self, tuned: TunedCLIP) -> None:
-        visual = tuned.model.visual
-        patch = visual.patch_size[0] if isinstance(visual.patch_size, (tuple, list)) else visual.patch_size
-        visual.transformer = PromptedTransformer(visual.transformer, self.config.tokens, self.deep,
-                                                 int(patch), self.config.dropout)
+        model, c = tuned.model, self.config
+        layers = tower_depth(model, "image") if self.deep else 1
+        device = next(model.parameters()).device
+        prompts = vpt_prompts(layers, c.tokens, tower_width(model, "image"), patch_size(model), device)
+        attach(model, "image", "prompts", prompts)  # saved as visual.transformer.prompts, (layers, P, W)
+        dropout = TunerDropout(c.dropout) if c.dropout > 0 else nn.Identity()
+        attach(model, "image", "prompt_dropout", dropout)  # in the model, so ``tuning`` switches it
+        tuned.add_image_tokens(LayerPrompts(prompts, dropout), PROMPT_START)
 
 
 @register_method
