@@ -177,3 +177,13 @@ def test_set_params_validates_and_keeps_the_old_config_on_error():
     assert model.config.alpha == 1.0
     assert model.set_params(alpha=2.0, beta=3.0).get_params()["alpha"] == 2.0 and model.config.beta == 3.0
     assert repr(model) == "TipAdapter(alpha=2.0, beta=3.0)"
+
+
+def test_set_params_rederives_what_the_constructor_derives():
+    tuner = create_method("lora")  # a tuner derives its towers and input kind from `tower`
+    assert tuner.input_kind == "images"
+    tuner.set_params(tower="text")
+    assert tuner.towers == ("text",) and tuner.input_kind == "features"
+    with pytest.raises(VlkitError, match="tower"):
+        tuner.set_params(tower="nope")
+    assert tuner.config.tower == "text"

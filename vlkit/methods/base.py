@@ -62,19 +62,14 @@ class Method(ClassifierMixin, BaseEstimator):
 
     def __init__(self, config: MethodConfig | None = None, *, text_weights: Any = None, **overrides: Any) -> None:
         base = config if config is not None else self.Config()
-        self.config = self._with_options(base, overrides)
-        self.text_weights = text_weights  # stored as given (sklearn.base.clone checks identity)
-
-    def _with_options(self, base: MethodConfig, options: dict[str, Any]) -> MethodConfig:
-        """``base`` with ``options`` replaced, validated; an unknown name lists the known ones."""
         names = [f.name for f in dataclasses.fields(base)]
-        unknown = set(options) - set(names)
+        unknown = set(overrides) - set(names)
         if unknown:
             raise VlkitError(f"{self.name}: unknown option(s) {sorted(unknown)}; options are: "
                              f"{', '.join(names + ['text_weights'])}")
-        config = dataclasses.replace(base, **options)
-        config.validate()
-        return config
+        self.config = dataclasses.replace(base, **overrides)
+        self.config.validate()
+        self.text_weights = text_weights  # stored as given (sklearn.base.clone checks identity)
 
     @classmethod
     def accepts_arrays(cls) -> bool:
@@ -150,12 +145,10 @@ class Method(ClassifierMixin, BaseEstimator):
         return params
 
     def set_params(self, **params: Any) -> "Method":
-        """Replace config fields (validated, as in ``__init__``) and/or ``text_weights``; returns self."""
-        options = {k: v for k, v in params.items() if k != "text_weights"}
-        if options:
-            self.config = self._with_options(self.config, options)
-        if "text_weights" in params:
-            self.text_weights = params["text_weights"]
+        """Replace config fields and/or ``text_weights``; returns self. The values go through the
+        constructor (validated, and anything a subclass derives from the config is rederived)."""
+        fresh = type(self)(**{**self.get_params(deep=False), **params})  # raises before changing self
+        vars(self).update(vars(fresh))
         return self
 
     def __repr__(self) -> str:
