@@ -64,7 +64,8 @@ class TipAdapterConfig(MethodConfig):
 
 @register_method
 class TipAdapter(Method):
-    """Training-free cache model; sklearn style: ``TipAdapter(alpha=1, beta=5).fit(keys, labels, W)``.
+    """Training-free cache model; sklearn style: ``TipAdapter(alpha=1, beta=5).fit(keys, labels, W)``,
+    or ``GridSearchCV(TipAdapter(beta=5, text_weights=W), {"alpha": [...]}).fit(keys, labels)``.
 
     Learned attributes: ``keys_`` (N, D), ``labels_`` (N,) (``values_`` is their (N, C)
     one-hot), ``text_weights_`` (C, D), ``alpha_``, ``beta_``. ``add(features, labels)``

@@ -11,8 +11,9 @@ class VlkitError(Exception):
     """A user error: bad input, missing file, unknown name. The message says the fix."""
 
 
-class NotFittedError(VlkitError, ValueError):
-    """A method was used before ``fit`` (scikit-learn style)."""
+class NotFittedError(VlkitError, ValueError, AttributeError):
+    """A method was used before ``fit`` (scikit-learn style: also an AttributeError, so
+    ``hasattr(method, "keys_")`` is False before fit)."""
 
 
 class DataError(VlkitError):

@@ -1,4 +1,10 @@
-"""The method protocol (DESIGN.md, Method): config dataclass, fit, logits, save/load."""
+"""The method protocol (DESIGN.md, Method): config dataclass, fit, logits, save/load.
+
+A method is also a scikit-learn classifier: ``__init__`` stores arguments only,
+``get_params``/``set_params`` run over the config's fields (plus ``text_weights``), so
+``sklearn.base.clone``, ``GridSearchCV`` and ``cross_val_score`` take a feature-level
+method on plain arrays; learned attributes (ending in ``_``) exist only after ``fit``.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -6,8 +12,10 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from vlkit.errors import BackboneMismatchError, NotFittedError, ShapeError, VlkitError
 from vlkit.io import atomic_dir
@@ -28,13 +36,18 @@ class MethodConfig:
             raise VlkitError(message)
 
 
-class Method:
+class Method(ClassifierMixin, BaseEstimator):
     """Base class: a registered name, a config, ``fit(task) -> self``, ``logits(x)``.
 
     Subclasses implement ``_fit(task)``, ``_logits(x)``, ``state()`` (the learned
     tensors to save) and ``restore(state, meta, backbone)``. ``input_kind`` is
     "features" (x are (N, D) image features from the store) or "images" (x are
     (N, 3, H, W) preprocessed images: the method changes the image tower).
+
+    scikit-learn contract: the parameters are the config's fields plus ``text_weights``
+    ((C, D) zero-shot classifier used by ``fit(X, y)`` when fit is given none: the
+    carrier for GridSearchCV, which passes only X and y). ``predict``/``predict_proba``/
+    ``decision_function`` give numpy for array inputs and tensors for tensor inputs.
     """
 
     name: ClassVar[str] = ""
@@ -45,28 +58,48 @@ class Method:
     uses_backbone: ClassVar[bool] = False  # needs the backbone at fit and load time
     task_kind: ClassVar[str] = "fewshot"  # "fewshot", or "adaptation" (needs an unlabelled target)
 
-    def __init__(self, config: MethodConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: MethodConfig | None = None, *, text_weights: Any = None, **overrides: Any) -> None:
         base = config if config is not None else self.Config()
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(base)}
+        names = [f.name for f in dataclasses.fields(base)]
+        unknown = set(overrides) - set(names)
         if unknown:
-            known = ", ".join(f.name for f in dataclasses.fields(base))
-            raise VlkitError(f"{self.name}: unknown option(s) {sorted(unknown)}; options are: {known}")
+            raise VlkitError(f"{self.name}: unknown option(s) {sorted(unknown)}; options are: "
+                             f"{', '.join(names + ['text_weights'])}")
         self.config = dataclasses.replace(base, **overrides)
         self.config.validate()
-        self.classnames_: list[str] | None = None
-        self.fit_info_: dict[str, Any] = {}
+        self.text_weights = text_weights  # stored as given (sklearn.base.clone checks identity)
+
+    @classmethod
+    def accepts_arrays(cls) -> bool:
+        """Whether ``fit(features, labels, text_weights)`` works on plain arrays: a few-shot
+        method on image features that never runs the encoder (a feature-level method)."""
+        return cls.input_kind == "features" and not cls.uses_backbone and cls.task_kind == "fewshot"
 
     # ---- the protocol -----------------------------------------------------------------
     def fit(self, task: Task | Any, labels: Any = None, text_weights: Any = None,
             val_features: Any = None, val_labels: Any = None) -> "Method":
-        """Fit on a Task, or sklearn style on arrays: ``fit(features, labels, text_weights)``."""
+        """Fit on a Task, or sklearn style on arrays: ``fit(features, labels, text_weights)``.
+
+        Array inputs: features (N, D) or (N, V, D), labels (N,) class indices, text weights
+        (C, D) (the argument, else the ``text_weights`` parameter), optional validation
+        features (M, D) and labels (M,) for the methods that select on validation.
+        """
         if not isinstance(task, Task):
-            task = Task.from_arrays(task, labels, text_weights, val_features, val_labels)
+            weights = text_weights if text_weights is not None else self.text_weights
+            if weights is None:
+                raise ShapeError(f"{self.name} needs the (C, D) text weights to fit on arrays: "
+                                 "fit(features, labels, text_weights) or set the text_weights parameter")
+            task = Task.from_arrays(task, labels, weights, val_features, val_labels)
         if self.uses_backbone and task.backbone is None:
             raise VlkitError(f"{self.name} runs the encoder: build the task with a backbone (vlkit.build_task)")
         self.classnames_ = list(task.classnames)
         self.dim_ = task.dim
-        self._fit(task)
+        self.fit_info_: dict[str, Any] = {}
+        try:
+            self._fit(task)
+        except BaseException:
+            self._forget_fit()  # a failed fit leaves the method unfitted, not half-fitted
+            raise
         return self
 
     def logits(self, x: Any) -> torch.Tensor:
@@ -82,13 +115,76 @@ class Method:
         with torch.no_grad():
             return self._logits(x)
 
-    def predict(self, x: Any) -> torch.Tensor:
-        """(N,) predicted class indices."""
-        return self.logits(x).argmax(dim=-1)
+    def decision_function(self, x: Any) -> torch.Tensor | np.ndarray:
+        """(N, C) logits; numpy for array inputs, a tensor for tensor inputs."""
+        return _like(x, self.logits(x))
 
-    def predict_proba(self, x: Any) -> torch.Tensor:
-        """(N, C) softmax probabilities."""
-        return self.logits(x).softmax(dim=-1)
+    def predict(self, x: Any) -> torch.Tensor | np.ndarray:
+        """(N,) predicted class indices; numpy for array inputs, a tensor for tensor inputs."""
+        return _like(x, self.logits(x).argmax(dim=-1))
+
+    def predict_proba(self, x: Any) -> torch.Tensor | np.ndarray:
+        """(N, C) softmax probabilities; numpy for array inputs, a tensor for tensor inputs."""
+        return _like(x, self.logits(x).softmax(dim=-1))
+
+    def score(self, x: Any, y: Any, sample_weight: Any = None) -> float:
+        """Accuracy of ``predict(x)`` against class indices ``y`` (N,), in [0, 1] (sklearn's ``score``)."""
+        pred = np.asarray(_numpy(self.predict(x))).reshape(-1)  # (N,)
+        truth = np.asarray(_numpy(y)).reshape(-1)
+        if truth.shape != pred.shape:
+            raise ShapeError(f"labels must be ({len(pred)},) for {len(pred)} inputs, got {truth.shape}")
+        return float(np.average(pred == truth, weights=None if sample_weight is None else _numpy(sample_weight)))
+
+    # ---- the scikit-learn parameters ----------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The config's fields and ``text_weights``, as stored (``deep`` changes nothing: no sub-estimators)."""
+        params = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
+        params["text_weights"] = self.text_weights
+        return params
+
+    def set_params(self, **params: Any) -> "Method":
+        """Replace config fields and/or ``text_weights``; returns self. The values go through the
+        constructor (validated, and anything a subclass derives from the config is rederived)."""
+        fresh = type(self)(**{**self.get_params(deep=False), **params})  # raises before changing self
+        vars(self).update(vars(fresh))
+        return self
+
+    def __repr__(self) -> str:
+        default = dataclasses.asdict(self.Config())
+        shown = [f"{k}={v!r}" for k, v in dataclasses.asdict(self.config).items() if default.get(k, k) != v]
+        if self.text_weights is not None:
+            shown.append(f"text_weights=<{tuple(np.shape(self.text_weights))} weights>")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    # ---- fitted state -------------------------------------------------------------------
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether ``fit`` (or ``load``) has run: ``sklearn.utils.validation.check_is_fitted`` asks this."""
+        return "classnames_" in self.__dict__
+
+    def __getattr__(self, attr: str) -> Any:
+        # Runs only when normal lookup fails: a learned attribute (or a property reading one)
+        # asked for before fit is a NotFittedError (an AttributeError, so hasattr stays False).
+        public = not attr.startswith("_")
+        if public and not self.__sklearn_is_fitted__() and (attr.endswith("_") or hasattr(type(self), attr)):
+            raise NotFittedError(f"{self.name} is not fitted yet: {attr} is learned by fit(...); call fit first")
+        if public and hasattr(type(self), attr):  # a fitted property failed inside: show its own error
+            return object.__getattribute__(self, attr)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+
+    def _forget_fit(self) -> None:
+        """Drop every learned attribute (public names ending in ``_``)."""
+        for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
+            delattr(self, attr)
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """(C,) the class indices 0..C-1 (sklearn's ``classes_``; labels are class indices)."""
+        return np.arange(len(self.classnames_))
+
+    @property
+    def n_features_in_(self) -> int:
+        """D, the feature width seen at fit (sklearn's ``n_features_in_``)."""
+        return self.dim_
 
     @property
     def trainable_parameters(self) -> int:
@@ -122,7 +218,7 @@ class Method:
 
     # ---- helpers ------------------------------------------------------------------------
     def _check_fitted(self) -> None:
-        if self.classnames_ is None:
+        if not self.__sklearn_is_fitted__():
             raise NotFittedError(f"{self.name} is not fitted yet: call fit(...) before logits/predict/save")
 
     def save(self, directory: str | Path, backbone_fingerprint: str | None = None) -> Path:
@@ -164,3 +260,13 @@ class Method:
         method.fit_info_ = meta.get("fit_info", {})
         method.restore(load_file(str(state_file)), meta, backbone)
         return method
+
+
+def _numpy(x: Any) -> np.ndarray:
+    """A tensor or array-like as a numpy array."""
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _like(x: Any, out: torch.Tensor) -> torch.Tensor | np.ndarray:
+    """``out`` as a tensor when the input ``x`` was one, else as a numpy array (sklearn style)."""
+    return out if isinstance(x, torch.Tensor) else out.cpu().numpy()
