@@ -54,6 +54,13 @@ def select_channels(criterion: torch.Tensor, channels: int | float) -> torch.Ten
     return torch.topk(criterion, q).indices.sort().values
 
 
+def check_channels(config: MethodConfig) -> None:
+    """Validate ``config.channels``: a count >= 1 (int) or a fraction of D in (0, 1] (float)."""
+    q = config.channels
+    config.check(isinstance(q, (int, float)) and q > 0 and (isinstance(q, int) or q <= 1),
+                 f"channels must be a count >= 1 (int) or a fraction in (0, 1] (float), got {q!r}")
+
+
 def kl_reweighting(keys_r: torch.Tensor, text_r: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """(N,) ``KL(L || softmax(F' W'^T))`` in bits, with the authors' 1e-6 smoothing."""
     probs = (keys_r @ text_r.T).softmax(dim=-1)  # (N, C)
@@ -88,9 +95,7 @@ class APEConfig(MethodConfig):
         for name in ("alpha", "beta", "gamma"):
             value = getattr(self, name)
             self.check(value is None or value >= 0, f"{name} must be >= 0 or None (search), got {value}")
-        self.check(isinstance(self.channels, (int, float)) and self.channels > 0
-                   and (isinstance(self.channels, int) or self.channels <= 1),
-                   f"channels must be a count >= 1 (int) or a fraction in (0, 1] (float), got {self.channels!r}")
+        check_channels(self)
         self.check(len(self.search_scale) == 3 and len(self.search_steps) == 3 and min(self.search_steps) > 0,
                    "search_scale and search_steps are (beta, alpha, gamma) triples with steps > 0")
         self.check(self.logit_scale > 0 and self.top_k >= 1, "logit_scale must be > 0 and top_k >= 1")

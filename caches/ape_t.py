@@ -22,17 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlkit.caches.ape import channel_criterion, select_channels
+from vlkit.caches.ape import channel_criterion, check_channels, select_channels
 from vlkit.caches.common import KeyStore, LabelValues, normalized_val, owned
-from vlkit.caches.tip_adapter import TipAdapter, TipAdapterConfig
+from vlkit.caches.tip_adapter import TipAdapter
+from vlkit.caches.tip_adapter_f import TipAdapterFConfig
 from vlkit.methods.registry import register_method
 from vlkit.methods.task import Task
 from vlkit.methods.training import TrainConfig, feature_batches, train
 
 
 @dataclass
-class APETConfig(TipAdapterConfig):
-    """Tip-style (beta, alpha) search plus APE-T's channels and training schedule."""
+class APETConfig(TipAdapterFConfig):
+    """Tip-style (beta, alpha) search plus APE-T's channels and training schedule (validated as Tip-Adapter-F's)."""
 
     init_alpha: float = 2.0
     init_beta: float = 1.0
@@ -47,11 +48,7 @@ class APETConfig(TipAdapterConfig):
 
     def validate(self) -> None:
         super().validate()
-        self.check(isinstance(self.channels, (int, float)) and self.channels > 0
-                   and (isinstance(self.channels, int) or self.channels <= 1),
-                   f"channels must be a count >= 1 (int) or a fraction in (0, 1] (float), got {self.channels!r}")
-        self.check(self.epochs >= 1 and self.batch_size >= 1 and self.lr > 0,
-                   f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
+        check_channels(self)
 
 
 @register_method
