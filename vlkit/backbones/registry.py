@@ -70,9 +70,4 @@ def offline_builder(name: str) -> OfflineBuilder | None:
 
 
 def _import_builtin() -> None:
-    from vlkit.backbones import tiny  # noqa: F401  (registers test-tiny)
-
-    try:
-        from vlkit.backbones import mini  # noqa: F401  (registers vlkit-mini)
-    except ImportError:  # pragma: no cover - mini lands with the offline-default issue
-        pass
+    from vlkit.backbones import mini, tiny  # noqa: F401  (register vlkit-mini and test-tiny)
