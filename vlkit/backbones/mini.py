@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from vlkit.backbones.registry import OfflineModel, register_offline_model
+from vlkit.backbones.offline_model import OfflineModel, register_offline_model
 from vlkit.errors import VlkitError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import open_clip
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-from vlkit.backbones.registry import OfflineModel, register_offline_model
+from vlkit.backbones.offline_model import OfflineModel, register_offline_model
 
 TINY_SEED = 1234
 TINY_IMAGE_SIZE = 32
