@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vlkit.errors import VlkitError
-from vlkit.methods import create_method
+from vlkit.methods import Method, create_method
 
 NAMES = ["red", "green", "blue", "yellow"]
 
@@ -133,7 +133,7 @@ def test_class_specific_agnostic_context(colour_adapt_task, colour_test, tiny_ba
     torch.testing.assert_close(init.fit(colour_adapt_task).logits(x), ref, rtol=0, atol=1e-4)
 
 
-def test_default_context_shrinks_to_fit_a_short_text_tower():
+def test_default_context_shrinks_to_fit_a_short_text_tower(tmp_path):
     # vlkit-mini's text tower holds 32 tokens: the paper's 16 + 16 context tokens plus
     # "{digit}, a UCI 8x8 digit image." do not fit, so the default picks the largest equal pair
     import vlkit
@@ -156,6 +156,9 @@ def test_default_context_shrinks_to_fit_a_short_text_tower():
         return int((mini.tokenize(texts) != 0).sum(dim=1).max())
 
     assert tokens(2 * m) < 32 <= tokens(2 * m + 2)  # the largest equal pair that fits
+    method.save(tmp_path / "dap", backbone_fingerprint=mini.fingerprint)  # reloads in the sizes it picked
+    x = torch.randn(3, 384, generator=g)
+    torch.testing.assert_close(Method.load(tmp_path / "dap", mini).logits(x), method.logits(x))
     with pytest.raises(VlkitError, match="does not fit the text tower's 32 tokens"):
         create_method("daprompt", epochs=0, n_ctx=16, n_dmx=16).fit(task)  # explicit sizes are kept
     n_dmx = create_method("daprompt", epochs=0, n_ctx=4).fit(task).fit_info_["n_dmx"]  # only the unset one shrinks
