@@ -21,19 +21,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TYPER_RUN = "import typer; from vlkit.cli.bench import bench_command; typer.run(bench_command)"
 
 
 def bench_argv() -> list[str]:
-    """``vlkit bench`` when the CLI has it, else the same function through typer.run."""
-    try:
-        from vlkit.cli.main import app
-
-        if any(c.name == "bench" for c in app.registered_commands):
-            return [sys.executable, "-m", "vlkit.cli.main", "bench"]
-    except Exception:  # noqa: BLE001 - the CLI module may be mid-edit; the function is enough
-        pass
-    return [sys.executable, "-c", TYPER_RUN]
+    """``vlkit bench`` as a subprocess (the CLI's own entry module)."""
+    return [sys.executable, "-m", "vlkit.cli.main", "bench"]
 
 
 def lines(path: Path) -> int:

@@ -27,26 +27,10 @@ from typer.testing import CliRunner
 
 from cache_search import provenance  # the one copy of the result-file keys (run as a script)
 from vlkit.apps import upgrade
-from vlkit.cli.upgrade_commands import predict_command, upgrade_app
+from vlkit.cli.main import app as vlkit_app
 from vlkit.data.offline import load_offline
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cli_app() -> typer.Typer:
-    """``vlkit`` with the upgrade commands (the main app when it wires them, else a stand-in)."""
-    try:
-        from vlkit.cli.main import app
-
-        names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
-        if {"upgrade", "predict"} <= names:
-            return app
-    except Exception:  # noqa: BLE001 - the main CLI may be mid-edit; the commands are enough
-        pass
-    app = typer.Typer()
-    app.add_typer(upgrade_app, name="upgrade")
-    app.command("predict")(predict_command)
-    return app
 
 
 def invoke(runner: CliRunner, app: typer.Typer, argv: list[str]) -> str:
@@ -86,7 +70,7 @@ def main() -> None:
     by_class = {c: [i for i, y in enumerate(train.labels) if y == c] for c in range(len(train.classnames))}
     picks = {c: rng.sample(items, max(steps)) for c, items in by_class.items()}
     test_ids = rng.sample(range(len(test)), min(args.test_size, len(test)))
-    runner, app = CliRunner(), cli_app()
+    runner, app = CliRunner(), vlkit_app
     rows = []
     with tempfile.TemporaryDirectory(prefix="vlkit-upgrade-") as tmp:
         tmp = Path(tmp)

@@ -5,6 +5,10 @@ Name-only retrieval is the offline form of SuS-X's SuS-LC (Udandarao et al., ICC
 features are nearest (inner product) to the class's text weight, found through a
 :class:`vlkit.features.index.VectorIndex`, are labelled with that class. An image may serve
 several classes, as in SuS-LC where each class runs its own search.
+
+Image folders (a support folder, a pool folder) are encoded by the caller, never here:
+:func:`support_images` names them, the protocol encodes them from its feature store
+into ``task.extras``, and the functions below read those features.
 """
 from __future__ import annotations
 
@@ -24,21 +28,48 @@ from vlkit.methods.task import Task
 log = logging.getLogger("vlkit.caches")
 
 
-def _backbone(task: Task, what: str):
-    if task.backbone is None:
-        raise VlkitError(f"{what} must be encoded: build the task with a backbone (vlkit.protocols.fewshot.build_task)")
-    return task.backbone
+SUPPORT_IMAGES = "support_images"  # task.extras key: (ImageDataset, (n, D) features) of a support folder
+POOL_IMAGES = "support_pool_images"  # task.extras key: (ImageDataset, (U, D) features) of a pool folder
 
 
-def _encode(task: Task, dataset: ImageDataset) -> torch.Tensor:
-    from vlkit.features.store import FeatureStore
+def support_images(source: str, pool: str | Path | None) -> dict[str, ImageDataset]:
+    """The image folders a support source names, as datasets the caller encodes: ``{extras key: dataset}``.
 
-    return FeatureStore().image_features(_backbone(task, f"images of {dataset.name}"), dataset)  # (n, D)
+    A method never opens a feature store: the protocol encodes each dataset with its own
+    store and puts ``(dataset, features)`` in ``task.extras[key]`` before ``fit``.
+    """
+    out: dict[str, ImageDataset] = {}
+    if source not in ("fewshot", "name-only") and Path(source).expanduser().is_dir():
+        root = Path(source).expanduser()
+        out[SUPPORT_IMAGES] = load_image_folder(root, name=f"support-{root.name}")
+    if source == "name-only" and pool is not None and Path(pool).expanduser().is_dir():
+        path = Path(pool).expanduser()
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise DataError(f"pool folder {path} has no images")
+        out[POOL_IMAGES] = ImageDataset([(str(p), 0) for p in files], ["pool"], name=f"pool-{path.name}")
+    return out
+
+
+def _encoded(task: Task, key: str, folder: Path) -> tuple[ImageDataset, torch.Tensor]:
+    """The (dataset, features) the caller put in ``task.extras[key]`` for ``folder``."""
+    entry = task.extras.get(key)
+    if entry is None:
+        raise VlkitError(f"the images of {folder} must be encoded by the caller: fit through "
+                         f"vlkit.protocols.fewshot.run_fewshot, or put (dataset, features) from "
+                         f"vlkit.protocols.fewshot.with_method_images in task.extras[{key!r}]")
+    dataset, feats = entry
+    feats = torch.as_tensor(feats).float()
+    if feats.ndim != 2 or len(feats) != len(dataset):
+        raise ShapeError(f"task.extras[{key!r}] must hold {len(dataset)} feature rows (n, D) for {folder}, "
+                         f"got {tuple(feats.shape)}")
+    return dataset, feats  # (n, D)
 
 
 def folder_support(task: Task, root: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and task labels of ``root/<class>/<image>``; every folder must name a task class."""
-    dataset = load_image_folder(root, name=f"support-{Path(root).name}")
+    """Features (encoded by the caller) and task labels of ``root/<class>/<image>``; every folder
+    must name a task class."""
+    dataset, feats = _encoded(task, SUPPORT_IMAGES, Path(root))
     lookup = {name.lower(): i for i, name in enumerate(task.classnames)}
     unknown = [c for c in dataset.classnames if c.lower() not in lookup]
     if unknown:
@@ -46,11 +77,12 @@ def folder_support(task: Task, root: str | Path) -> tuple[torch.Tensor, torch.Te
                         f"rename them to one of: {', '.join(task.classnames[:10])}...")
     mapping = torch.tensor([lookup[c.lower()] for c in dataset.classnames])
     labels = mapping[torch.tensor(dataset.labels)]
-    return _encode(task, dataset), labels
+    return feats, labels
 
 
 def pool_features(task: Task, pool: str | Path | None) -> torch.Tensor:
-    """(U, D) unlabelled pool: ``task.unlabeled_features``, a ``.npy`` file, or a folder of images."""
+    """(U, D) unlabelled pool: ``task.unlabeled_features``, a ``.npy`` file, or a folder of images
+    (encoded by the caller)."""
     if pool is None:
         if task.unlabeled_features is None or len(task.unlabeled_features) == 0:
             raise VlkitError("name-only support needs an unlabelled pool: set task.unlabeled_features or "
@@ -61,11 +93,7 @@ def pool_features(task: Task, pool: str | Path | None) -> torch.Tensor:
         if path.suffix == ".npy" and path.is_file():
             feats = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
         elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not files:
-                raise DataError(f"pool folder {path} has no images")
-            dataset = ImageDataset([(str(p), 0) for p in files], ["pool"], name=f"pool-{path.name}")
-            feats = _encode(task, dataset)
+            feats = _encoded(task, POOL_IMAGES, path)[1]
         else:
             raise DataError(f"pool {path} is neither a folder of images nor a .npy feature file")
     if feats.ndim != 2 or feats.shape[1] != task.dim:

@@ -11,7 +11,9 @@ Models", ICCV 2023 (arXiv:2211.16198), Sec. 3.2 (TIP-X)::
 The support set (F, L) is (a) the labelled few-shot set, (b) a folder of support images
 per class (e.g. generated ones), or (c) name-only: for each class the nearest images of
 an unlabelled pool to its text weight, retrieved through the FAISS index (the offline
-form of SuS-LC). The rescaling's min/max are measured once at fit time on validation
+form of SuS-LC). Folders are encoded by the caller from its feature store (the method
+names them in ``images_to_encode``; ``vlkit.protocols.fewshot`` puts their features in
+``task.extras``). The rescaling's min/max are measured once at fit time on validation
 (the reference rescales each evaluation batch with its own extremes, which makes a
 prediction depend on the rest of the batch); alpha/beta/gamma use the authors' grids.
 """
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from vlkit.caches.common import (KeyStore, LabelValues, cache_keys, cache_logits, check_text_weights, combine,
                                 linear_grid, normalized_val, owned, zero_shot_logits)
 from vlkit.caches.search import search_tipx
-from vlkit.caches.support import support_set
+from vlkit.caches.support import support_images, support_set
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method
 from vlkit.methods.task import Task
@@ -84,6 +86,10 @@ class TipX(Method):
     family = "cache"
     paper = "Udandarao et al., SuS-X, ICCV 2023 (arXiv:2211.16198), Sec. 3.2 (TIP-X)"
     Config = TipXConfig
+
+    def images_to_encode(self) -> dict[str, Any]:
+        """The support or pool folder the config names, for the caller to encode into ``task.extras``."""
+        return support_images(self.config.support, self.config.pool)
 
     def _fit(self, task: Task) -> None:
         cfg = self.config

@@ -50,11 +50,12 @@ from vlkit.errors import VlkitError
 from vlkit.methods.registry import register_method
 from vlkit.prompts.base import PromptConfig, PromptMethod
 from vlkit.prompts.encoder import PromptedTextEncoder
-from vlkit.prompts.layout import PLACEHOLDER, content_length
+from vlkit.prompts.layout import PLACEHOLDER, content_length, largest_context
 from vlkit.methods.task import Task
 from vlkit.methods.training import TrainConfig, feature_batches, train
 
 SELECTIONS = ("source-val", "target-entropy", "last")
+PAPER_CONTEXT = 16  # M1 = M2 = 16 in the authors' config (ep25-32.yaml)
 PSEUDO_MODES = ("eval", "view")
 
 
@@ -123,10 +124,16 @@ class DomainPrompts(nn.Module):
 class DAPromptConfig(PromptConfig):
     """``n_ctx`` M1 agnostic and ``n_dmx`` M2 domain tokens; ``ctx_init``/``dmx_init`` phrases
     initialise them (their token counts then set M1/M2); ``tau`` the pseudo-label threshold,
-    ``temperature`` T of its softmax, ``u`` the weight U of the target loss."""
+    ``temperature`` T of its softmax, ``u`` the weight U of the target loss.
 
-    n_ctx: int = 16
-    n_dmx: int = 16
+    ``n_ctx``/``n_dmx`` None (the default) is the paper's 16 each where the prompts fit the
+    text tower's context (CLIP's 77 tokens); on a shorter tower (vlkit-mini's 32) it is the
+    largest setting that fits the longest class name and domain text: M1 = M2 when both are
+    None, else the unset one shrinks. ``fit_info_`` records what was picked and why.
+    """
+
+    n_ctx: int | None = None
+    n_dmx: int | None = None
     ctx_init: str = ""
     dmx_init: str = ""
     class_specific: bool = False
@@ -139,7 +146,8 @@ class DAPromptConfig(PromptConfig):
 
     def validate(self) -> None:
         super().validate()
-        self.check(self.n_ctx >= 1 and self.n_dmx >= 1, f"n_ctx and n_dmx must be >= 1, got {self.n_ctx}, {self.n_dmx}")
+        self.check(all(n is None or n >= 1 for n in (self.n_ctx, self.n_dmx)),
+                   f"n_ctx and n_dmx must be >= 1 or None (fit the text tower), got {self.n_ctx}, {self.n_dmx}")
         self.check(self.temperature > 0 and self.u >= 0, f"temperature must be > 0 and u >= 0, got "
                                                          f"{self.temperature}, {self.u}")
         self.check(self.pseudo_labels in PSEUDO_MODES, f"pseudo_labels must be one of {PSEUDO_MODES}, "
@@ -169,10 +177,39 @@ class DAPrompt(PromptMethod):
         tower = self.backbone_.text
         return int(content_length(self.backbone_.tokenize([phrase]), getattr(tower, "pad_id", 0))[0]) - 2
 
-    def build(self, classnames: list[str], generator: torch.Generator) -> nn.Module:
-        cfg = self.config
+    def context_sizes(self, texts: list[str]) -> tuple[int, int, dict]:
+        """(M1, M2) for prompts ending in ``texts`` (class name + domain text), and a note for ``fit_info_``.
+
+        Init phrases fix their own sizes and explicit numbers are kept (a prompt that does not
+        fit is then an error); a None takes the paper's 16 or, where that does not fit the
+        text tower, the largest size that does.
+        """
+        cfg, tower = self.config, self.backbone_.text
         n_ctx = self._tokens(cfg.ctx_init) if cfg.ctx_init else cfg.n_ctx
         n_dmx = self._tokens(cfg.dmx_init) if cfg.dmx_init else cfg.n_dmx
+        if n_ctx is not None and n_dmx is not None:
+            return n_ctx, n_dmx, {}
+        fixed = (n_ctx or 0) + (n_dmx or 0)
+        wanted = fixed + PAPER_CONTEXT * ((n_ctx is None) + (n_dmx is None))
+        room = largest_context(self.backbone_.tokenize, getattr(tower, "pad_id", 0), tower.context_length, texts,
+                               wanted) - fixed
+        free = room // 2 if n_ctx is None and n_dmx is None else room
+        if free < 1:
+            raise VlkitError(f"no daprompt context fits the text tower's {tower.context_length} tokens with prompts "
+                             f"ending in {max(texts, key=len)!r}: use a model with a longer text context, shorter "
+                             f"class names, or smaller n_ctx")
+        picked = (n_ctx if n_ctx is not None else free, n_dmx if n_dmx is not None else free)
+        if room >= wanted - fixed:
+            return (*picked, {})
+        return (*picked, {"context_fitted": f"the paper's {PAPER_CONTEXT} tokens per context do not fit the text "
+                                            f"tower's {tower.context_length} tokens with the longest prompt; picked "
+                                            f"n_ctx={picked[0]}, n_dmx={picked[1]}, the largest that fit"})
+
+    def build(self, classnames: list[str], generator: torch.Generator) -> nn.Module:
+        cfg = self.config
+        texts = [f"{c}{domain_suffix(d)}" for d in self.domains_ for c in classnames]
+        saved = getattr(self, "_saved_sizes", None)  # restore: the sizes of the saved state
+        n_ctx, n_dmx, self.context_note_ = (*saved, {}) if saved else self.context_sizes(texts)
         phrase = " ".join([cfg.ctx_init or " ".join([PLACEHOLDER] * n_ctx),
                            cfg.dmx_init or " ".join([PLACEHOLDER] * n_dmx)])
         encoders = [PromptedTextEncoder(self.backbone_, [f"{c}{domain_suffix(d)}" for c in classnames], init=phrase,
@@ -220,7 +257,9 @@ class DAPrompt(PromptMethod):
         keep = mask.nonzero().flatten()
         self.pseudo_labels_ = (keep, labels[keep])
         super()._fit(task)
-        self.fit_info_.update({"pseudo_labels": int(len(keep)), "selection": self.config.selection})
+        self.fit_info_.update({"pseudo_labels": int(len(keep)), "selection": self.config.selection,
+                               "n_ctx": self.net_.agnostic.shape[-2], "n_dmx": self.net_.specific.shape[1],
+                               **self.context_note_})
         del self.target_views_
 
     def run_training(self, task: Task, cfg: TrainConfig) -> dict:
@@ -284,4 +323,8 @@ class DAPrompt(PromptMethod):
 
     def restore(self, state: dict[str, torch.Tensor], meta: dict, backbone: Any) -> None:
         self.domains_ = list(meta["domains"])
-        super().restore(state, meta, backbone)
+        self._saved_sizes = (int(state["agnostic"].shape[-2]), int(state["specific"].shape[1]))
+        try:
+            super().restore(state, meta, backbone)
+        finally:
+            del self._saved_sizes

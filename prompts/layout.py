@@ -42,6 +42,20 @@ def clean_name(name: str) -> str:
     return name.replace("_", " ").strip()
 
 
+def largest_context(tokenize, pad_id: int, context_length: int, texts: list[str], most: int) -> int:
+    """The most context slots ``n <= most`` whose prompts "X ... X {text}." fit every text (0: none fit).
+
+    A prompt fits when its tokens, start and end tokens included, stay below
+    ``context_length`` (the rule :func:`build_layout` checks).
+    """
+    names = [clean_name(t) for t in texts]
+    for n in range(most, 0, -1):
+        prompts = [" ".join([PLACEHOLDER] * n + [name]) + SUFFIX for name in names]
+        if bool((content_length(tokenize(prompts).cpu(), pad_id) < context_length).all()):
+            return n
+    return 0
+
+
 def _common_prefix(tokens: torch.Tensor, lengths: torch.Tensor) -> int:
     """Length of the token prefix shared by every row (at most the shortest row - 1)."""
     same = (tokens == tokens[:1]).all(dim=0)  # (L,)

@@ -11,8 +11,10 @@ from conftest import COLOURS
 from test_caches_tip import random_problem
 from vlkit.caches import TipX
 from vlkit.caches.support import name_only_support
+from vlkit.data import load_image_folder
 from vlkit.errors import DataError, VlkitError
 from vlkit.methods.task import Task
+from vlkit.protocols.fewshot import with_method_images
 
 
 def kl_matrix(queries, support, text, temperature=0.5):
@@ -99,21 +101,42 @@ def _write_colour_images(root, classes, per_class=3, seed=0):
             Image.fromarray(img.astype(np.uint8)).save(root / name / f"{i}.png")
 
 
-def test_folder_and_pool_support_with_the_tiny_backbone(colour_task, tmp_path):
+def test_folder_and_pool_support_with_the_tiny_backbone(colour_task, tiny_backbone, session_store, tmp_path):
+    # the method names its folders; the caller encodes them from its store (the method opens none)
+    def fit(**options):
+        method = TipX(search_steps=(2, 4, 2), **options)
+        return method.fit(with_method_images(colour_task, method, tiny_backbone, session_store))
+
     _write_colour_images(tmp_path / "support", ["red", "blue"])
-    model = TipX(support=str(tmp_path / "support"), search_steps=(2, 4, 2)).fit(colour_task)
+    model = fit(support=str(tmp_path / "support"))
     assert model.fit_info_["support_size"] == 6
     assert sorted(model.values_.argmax(-1).tolist()) == [0, 0, 0, 2, 2, 2]  # red = 0, blue = 2
+    support = load_image_folder(tmp_path / "support")
+    torch.testing.assert_close(model.keys_, F.normalize(session_store.image_features(tiny_backbone, support), dim=-1))
     _write_colour_images(tmp_path / "bad", ["red"])
     (tmp_path / "bad" / "purple").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "bad" / "purple" / "x.png")
     with pytest.raises(DataError, match="not task classes"):
-        TipX(support=str(tmp_path / "bad")).fit(colour_task)
+        fit(support=str(tmp_path / "bad"))
     flat = tmp_path / "pool"
     _write_colour_images(flat, list(COLOURS), per_class=2, seed=1)
-    pooled = TipX(support="name-only", pool=str(flat), support_per_class=2, search_steps=(2, 4, 2)).fit(colour_task)
+    pooled = fit(support="name-only", pool=str(flat), support_per_class=2)
     assert pooled.fit_info_["support_size"] == 8
-    no_backbone = Task(classnames=colour_task.classnames, text_weights=colour_task.text_weights,
-                       train_features=colour_task.train_features, train_labels=colour_task.train_labels)
-    with pytest.raises(VlkitError, match="backbone"):
-        TipX(support=str(tmp_path / "support")).fit(no_backbone)
+    assert "support_images" not in colour_task.extras  # the shared task is not changed
+    with pytest.raises(VlkitError, match="must be encoded by the caller"):
+        TipX(support=str(tmp_path / "support")).fit(colour_task)
+    with pytest.raises(VlkitError, match="must be encoded by the caller"):
+        TipX(support="name-only", pool=str(flat)).fit(colour_task)
+
+
+def test_run_fewshot_encodes_the_support_folder_from_its_store(tiny_backbone, colour_pool, colour_test,
+                                                                session_store, tmp_path, monkeypatch):
+    from vlkit.features.store import FeatureStore
+    from vlkit.protocols.fewshot import run_fewshot
+
+    _write_colour_images(tmp_path / "support", list(COLOURS), per_class=2)
+    opened = []
+    monkeypatch.setattr(FeatureStore, "__init__", lambda *a, **k: opened.append(1) or None)  # no new store
+    result = run_fewshot(tiny_backbone, colour_pool, colour_test, "tip-x", shots=2, seed=0, store=session_store,
+                         views=2, support=str(tmp_path / "support"), search_steps=(2, 4, 2))
+    assert opened == [] and result["fit_info"]["support_size"] == 8

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vlkit.errors import VlkitError
-from vlkit.methods import create_method
+from vlkit.methods import Method, create_method
 
 NAMES = ["red", "green", "blue", "yellow"]
 
@@ -131,3 +131,41 @@ def test_class_specific_agnostic_context(colour_adapt_task, colour_test, tiny_ba
     text = tiny_backbone.encode_texts([f"a photo of a {n}, a noisy image." for n in NAMES])
     ref = tiny_backbone.logit_scale * F.normalize(x, dim=-1) @ text.T
     torch.testing.assert_close(init.fit(colour_adapt_task).logits(x), ref, rtol=0, atol=1e-4)
+
+
+def test_default_context_shrinks_to_fit_a_short_text_tower(tmp_path):
+    # vlkit-mini's text tower holds 32 tokens: the paper's 16 + 16 context tokens plus
+    # "{digit}, a UCI 8x8 digit image." do not fit, so the default picks the largest equal pair
+    import vlkit
+    from vlkit.methods.task import Task
+
+    mini = vlkit.load_backbone("vlkit-mini", device="cpu")
+    digits = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    g = torch.Generator().manual_seed(0)
+    task = Task(classnames=digits, text_weights=F.normalize(torch.randn(10, 384, generator=g), dim=-1),
+                train_features=torch.randn(20, 2, 384, generator=g), train_labels=torch.arange(20) % 10,
+                backbone=mini, unlabeled_features=torch.randn(8, 384, generator=g),
+                extras={"source_domain": "handwritten digit", "target_domain": "UCI 8x8 digit"})
+    method = create_method("daprompt", epochs=0).fit(task)
+    m = method.fit_info_["n_ctx"]
+    assert method.fit_info_["n_dmx"] == m and method.net_.agnostic.shape[0] == m < 16
+    assert f"picked n_ctx={m}, n_dmx={m}" in method.fit_info_["context_fitted"]
+
+    def tokens(n: int) -> int:  # the longest prompt's length, counted by the tokenizer itself
+        texts = [" ".join(["X"] * n) + f" {c}, a {d} image." for c in digits for d in task.extras.values()]
+        return int((mini.tokenize(texts) != 0).sum(dim=1).max())
+
+    assert tokens(2 * m) < 32 <= tokens(2 * m + 2)  # the largest equal pair that fits
+    method.save(tmp_path / "dap", backbone_fingerprint=mini.fingerprint)  # reloads in the sizes it picked
+    x = torch.randn(3, 384, generator=g)
+    torch.testing.assert_close(Method.load(tmp_path / "dap", mini).logits(x), method.logits(x))
+    with pytest.raises(VlkitError, match="does not fit the text tower's 32 tokens"):
+        create_method("daprompt", epochs=0, n_ctx=16, n_dmx=16).fit(task)  # explicit sizes are kept
+    n_dmx = create_method("daprompt", epochs=0, n_ctx=4).fit(task).fit_info_["n_dmx"]  # only the unset one shrinks
+    assert tokens(4 + n_dmx) < 32 <= tokens(4 + n_dmx + 1) and n_dmx < 16
+    assert "context_fitted" not in create_method("daprompt", epochs=0, n_ctx=4, n_dmx=4).fit(task).fit_info_
+
+
+def test_default_context_is_the_papers_16_where_it_fits(untrained):
+    assert (untrained.fit_info_["n_ctx"], untrained.fit_info_["n_dmx"]) == (16, 16)  # test-tiny: 77 tokens
+    assert "context_fitted" not in untrained.fit_info_

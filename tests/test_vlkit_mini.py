@@ -11,8 +11,6 @@ import vlkit
 from vlkit.backbones import mini
 from vlkit.backbones.text_tower import HFTextTower
 
-pytestmark = pytest.mark.skipif(not mini.IMAGE_WEIGHTS.is_file(), reason="vlkit-mini weights not built")
-
 
 @pytest.fixture(scope="module")
 def backbone() -> vlkit.Backbone:
@@ -124,3 +122,11 @@ def test_typeset_digits_are_ten_distinct_inked_glyphs_per_font_and_stroke() -> N
         alpha = images[start:start + 10, 3]  # (10, 64, 64): one font and stroke, digits 0-9
         assert (alpha.reshape(10, -1).max(1) == 255).all() and len({a.tobytes() for a in alpha}) == 10
         assert not images[start:start + 10, :3].any()  # black ink; the alpha channel carries the glyph
+
+
+def test_damaged_weights_file_fails_naming_the_file(tmp_path) -> None:
+    # a truncated download or a bad disk must stop the load with the file's path, never load half a tower
+    damaged = tmp_path / mini.IMAGE_WEIGHTS.name
+    damaged.write_bytes(mini.IMAGE_WEIGHTS.read_bytes()[:100_000])
+    with pytest.raises(vlkit.VlkitError, match=f"weights file {damaged} is damaged"):
+        mini.load_image_weights(mini.build_mini_model(), damaged)

@@ -26,7 +26,7 @@ import torch
 from open_clip.transform import PreprocessCfg
 from torch import nn
 
-from vlkit.backbones.registry import OfflineModel, register_offline_model
+from vlkit.backbones.offline_model import OfflineModel, register_offline_model
 from vlkit.errors import VlkitError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -189,6 +189,7 @@ def image_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_image_weights(model: nn.Module, path: Path = IMAGE_WEIGHTS) -> None:
     """Load the shipped fp16 image-tower weights (+ logit scale) into ``model`` (fp32)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not path.is_file():
@@ -196,7 +197,11 @@ def load_image_weights(model: nn.Module, path: Path = IMAGE_WEIGHTS) -> None:
             f"vlkit-mini weights not found at {path}; reinstall vlkit or train them with "
             f"`python scripts/train_vlkit_mini.py`"
         )
-    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    try:
+        state = {k: v.float() for k, v in load_file(str(path)).items()}
+    except SafetensorError as exc:
+        raise VlkitError(f"vlkit-mini weights file {path} is damaged ({exc}); reinstall vlkit "
+                         f"(pip install --force-reinstall vlkit) or restore the file") from None
     expected = set(image_state(model))
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)

@@ -2,46 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
 
-from torch import nn
+from vlkit.backbones.offline_model import (_OFFLINE, _WEIGHT_FILES, OPENAI_MEAN, OPENAI_STD, OfflineBuilder,
+                                           OfflineModel, register_offline_model)
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass
-class OfflineModel:
-    """What an offline builder returns: the open_clip model (weights loaded) and its tokenizer.
-
-    The model carries its preprocessing config as every open_clip model does
-    (``open_clip.set_model_preprocess_cfg``); the backbone's transforms are built on it.
-    """
-
-    model: nn.Module
-    tokenizer: Callable
-
-
-OfflineBuilder = Callable[[], OfflineModel]
-_OFFLINE: dict[str, tuple[OfflineBuilder, str]] = {}
-_WEIGHT_FILES: dict[str, tuple[Path, ...]] = {}
-
-
-def register_offline_model(name: str, description: str,
-                           weights: Sequence[Path] = ()) -> Callable[[OfflineBuilder], OfflineBuilder]:
-    """Decorator: make ``load_backbone(name)`` build this model with no network.
-
-    ``weights``: the files its trained weights come from (none for a seeded random model).
-    """
-
-    def wrap(builder: OfflineBuilder) -> OfflineBuilder:
-        _OFFLINE[name] = (builder, description)
-        _WEIGHT_FILES[name] = tuple(Path(w) for w in weights)
-        return builder
-
-    return wrap
+__all__ = ["OPENAI_MEAN", "OPENAI_STD", "OfflineBuilder", "OfflineModel", "offline_builder", "offline_models",
+           "offline_weights_digest", "register_offline_model"]
 
 
 def offline_weights_digest(name: str) -> str:
@@ -72,8 +38,4 @@ def offline_builder(name: str) -> OfflineBuilder | None:
 
 def _import_builtin() -> None:
     from vlkit.backbones import tiny  # noqa: F401  (registers test-tiny)
-
-    try:
-        from vlkit.backbones import mini  # noqa: F401  (registers vlkit-mini)
-    except ImportError:  # pragma: no cover - mini lands with the offline-default issue
-        pass
+    from vlkit.backbones import mini  # noqa: F401  (registers vlkit-mini)

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.transform import PreprocessCfg
-from vlkit.backbones.registry import OPENAI_MEAN, OPENAI_STD, OfflineModel, register_offline_model
+from vlkit.backbones.offline_model import OPENAI_MEAN, OPENAI_STD, OfflineModel, register_offline_model
 
 TINY_SEED = 1234
 TINY_IMAGE_SIZE = 32

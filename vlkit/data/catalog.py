@@ -14,10 +14,7 @@ def dataset_catalog() -> list[dict[str, Any]]:
             for n, d in VENDORED_DATASETS.items()]
     rows += [{"name": n, "kind": "offline", "status": "built" if is_built(datasets_root() / n) else "not built "
               f"(vlkit datasets build {n})", "description": d["description"]} for n, d in OFFLINE_DATASETS.items()]
-    try:
-        from vlkit.data.coop_suite import BENCHMARKS
-    except ImportError:  # pragma: no cover
-        BENCHMARKS = {}
+    from vlkit.data.coop_suite import BENCHMARKS
     rows += [{"name": n, "kind": "benchmark", "status": "bring your own (CoOp layout)",
               "description": f"{len(b.classnames or [])} classes; template {b.coop_template!r}"}
              for n, b in BENCHMARKS.items()]

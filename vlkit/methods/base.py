@@ -197,6 +197,15 @@ class Method(ClassifierMixin, BaseEstimator):
         without fitting (``vlkit methods`` shows it); None when it depends on the encoder."""
         return None
 
+    def images_to_encode(self) -> dict[str, Any]:
+        """Image sets the method needs as features beyond the task's own: ``{extras key: ImageDataset}``.
+
+        A method never opens a feature store: the caller (a protocol) encodes each dataset
+        with its store and puts ``(dataset, features (n, D))`` in ``task.extras[key]``
+        before ``fit`` (``vlkit.protocols.fewshot.with_method_images``). Default: none.
+        """
+        return {}
+
     # ---- to implement -------------------------------------------------------------------
     def _fit(self, task: Task) -> None:
         raise NotImplementedError

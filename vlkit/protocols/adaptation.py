@@ -19,7 +19,7 @@ from vlkit.data.guard import HiddenLabelDataset
 from vlkit.errors import DataError
 from vlkit.protocols.scoring import accuracy, artifact_bytes, latency_per_image, measure
 from vlkit.methods import create_method
-from vlkit.protocols.fewshot import DEFAULT_VIEWS, _sample_images, method_logits, templates_for
+from vlkit.protocols.fewshot import DEFAULT_VIEWS, _sample_images, method_logits, templates_for, with_method_images
 from vlkit.features.store import FeatureStore
 from vlkit.methods.task import Task
 from vlkit.features.text_weights import zero_shot_weights
@@ -54,7 +54,8 @@ def run_adapt(backbone: Backbone, source: tuple[ImageDataset, ImageDataset],
     source_train, source_val = source
     target_train, target_test = (t if isinstance(t, HiddenLabelDataset) else HiddenLabelDataset(t) for t in target)
     model = create_method(method, **config)
-    task = build_adaptation_task(backbone, source_train, source_val, target_train, store, views, seed)
+    task = with_method_images(build_adaptation_task(backbone, source_train, source_val, target_train, store, views,
+                                                    seed), model, backbone, store)
     torch.manual_seed(seed)
     with measure(backbone.device) as cost:
         model.fit(task)

@@ -1,6 +1,7 @@
 """From datasets to results: build a few-shot task, fit a method, score it with its cost."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -45,6 +46,19 @@ def build_task(backbone: Backbone, train_pool: ImageDataset, shots: int, seed: i
     )
 
 
+def with_method_images(task: Task, method: Method, backbone: Backbone, store: FeatureStore) -> Task:
+    """``task`` plus the image sets ``method`` asks for (``images_to_encode``), encoded from ``store``.
+
+    Each becomes ``task.extras[key] = (dataset, features (n, D))``; a task whose method
+    asks for none is returned as it is, never copied.
+    """
+    wanted = method.images_to_encode()
+    if not wanted:
+        return task
+    encoded = {key: (dataset, store.image_features(backbone, dataset)) for key, dataset in wanted.items()}
+    return dataclasses.replace(task, extras={**task.extras, **encoded})
+
+
 def method_logits(method: Method, backbone: Backbone, dataset: ImageDataset,
                   store: FeatureStore | None = None, batch_size: int = 256) -> torch.Tensor:
     """(N, C) logits of ``method`` on every item of ``dataset`` (features from the store)."""
@@ -70,6 +84,7 @@ def run_fewshot(backbone: Backbone, train_pool: ImageDataset, test_set: ImageDat
     method = create_method(method, **config) if isinstance(method, str) else method
     task = build_task(backbone, train_pool, shots, seed, store, views, templates,
                       with_images=method.input_kind == "images" or method.uses_backbone)
+    task = with_method_images(task, method, backbone, store)
     torch.manual_seed(seed)
     with measure(backbone.device) as cost:
         method.fit(task)

