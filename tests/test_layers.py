@@ -55,9 +55,6 @@ MODULE_STRING = re.compile(r"^vlkit(\.\w+)+(:\w+)?$")
 PENDING: set[str] = {
     # the protocol table imports base_to_novel by string to survive its absence (issue 15: catalog.py's own fix)
     "vlkit.protocols.catalog -> vlkit.protocols.base_to_novel",
-    # Method.load looks up the registry, which imports Method only for annotations (issue 15: methods' fix,
-    # e.g. registry imports Method under TYPE_CHECKING)
-    "cycle: vlkit.methods.base, vlkit.methods.registry",
 }
 
 

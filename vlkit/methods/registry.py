@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlkit.errors import VlkitError
-from vlkit.methods.base import Method
+
+if TYPE_CHECKING:  # annotations only: Method.load imports this module
+    from vlkit.methods.base import Method
 
 _METHODS: dict[str, type[Method]] = {}
 
