@@ -92,7 +92,7 @@ def fit_command(
         from vlkit.apps.commands import fit_base_to_novel
 
         result = fit_base_to_novel(method, model, pretrained, data, shots, seed, settings, views, device)
-        table([result], ["base_top1", "novel_top1", "harmonic_mean", "trainable_parameters", "fit_seconds"],
+        table([result], ["base", "novel", "hm", "trainable_parameters", "fit_seconds"],
               title=f"{method} base-to-novel, {shots} shots")
     else:
         from vlkit.apps.commands import fit
