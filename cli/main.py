@@ -168,7 +168,8 @@ def fewshot_command(
     methods: str = typer.Option("all", "--methods", help="all, or a comma-separated list"),
     shots: str = typer.Option("1,4,16", "--shots", help="comma-separated shot counts"),
     seeds: str = typer.Option("1", "--seeds", help="comma-separated seeds"),
-    out_dir: Path = typer.Option(Path("runs/fewshot"), "--out", help="folder for results.json and the plot"),
+    out_dir: Path = typer.Option(Path("runs/fewshot"), "--out", help="folder for results.json, the plots and the "
+                                 "resumable cells.jsonl (a re-run reuses finished cells)"),
     schedule: str = typer.Option("quick", "--schedule", help="quick: short schedules for the tuners that run the "
                                  "encoder at every step (recorded per row); paper: every method's paper schedule"),
     model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
