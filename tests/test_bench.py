@@ -276,8 +276,13 @@ def test_schedule_overrides_reach_the_method_and_key_the_cell(tmp_path, source, 
     quick = bench(tmp_path, source, tiny_backbone, session_store, methods="linear-probe", seeds=[1])
     paper = bench(tmp_path, source, tiny_backbone, session_store, methods="linear-probe", seeds=[1], schedule="paper")
     assert (quick["ran"], paper["ran"], seen) == (1, 1, [7, 1000])
+    mine = bench(tmp_path, source, tiny_backbone, session_store, methods="linear-probe", seeds=[1],
+                 settings={"linear-probe": {"max_iter": 9}})  # over the quick schedule's 7
+    assert (mine["ran"], seen[-1], mine["records"][0]["result"]["settings"]) == (1, 9, {"max_iter": 9})
     cells = [json.loads(line)["cell"] for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
-    assert [c["config"] for c in cells] == ['{"max_iter": 7}', ""]
+    assert [c["config"] for c in cells] == ['{"max_iter": 7}', "", '{"max_iter": 9}']
+    with pytest.raises(VlkitError, match="not one of the chosen methods"):
+        bench(tmp_path, source, tiny_backbone, session_store, methods="linear-probe", settings={"coop": {}})
     assert "Schedule: quick; linear-probe: max_iter=7." in quick["table"]
     with pytest.raises(VlkitError, match="schedule"):
         bench(tmp_path, source, tiny_backbone, session_store, schedule="fast")

@@ -15,6 +15,7 @@ from vlkit.protocols.cells import Cell, CellLog, grid
 from vlkit.protocols.sources import DataSource, sources_from_specs, with_test_subset
 from vlkit.protocols.bench_progress import BenchProgress
 from vlkit.protocols.catalog import get_protocol
+from vlkit.report.result import Result
 from vlkit.report.writers import write_reports
 from vlkit.errors import VlkitError
 
@@ -40,7 +41,8 @@ def schedule_overrides(methods: Sequence[str], schedule: str,
     chosen = {m: quick_settings(m) if schedule == "quick" else {} for m in methods}
     for name, options in (settings or {}).items():
         if name not in chosen:
-            raise VlkitError(f"settings name {name!r}, which is not among the methods {', '.join(methods)}")
+            raise VlkitError(f"settings for {name!r}, which is not one of the chosen methods ({', '.join(methods)}): "
+                             "add it to the methods or drop its settings")
         chosen[name] = {**chosen[name], **options}
     return {m: options for m, options in chosen.items() if options}
 
@@ -212,7 +214,7 @@ class _Context:
         for split in ("train", "test"):
             self.sources[cell.data].split(split)
 
-    def run(self, proto: Any, cell: Cell) -> Any:
+    def run(self, proto: Any, cell: Cell) -> Result:
         """Run one cell with the shared backbone and store (after :meth:`prepare`)."""
         return proto.run(self.backbone, self.sources[cell.data], cell.method, cell.shots, cell.seed, self.store,
                          self.views, **cell.overrides)
