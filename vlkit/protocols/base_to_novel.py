@@ -20,8 +20,8 @@ from vlkit.errors import DataError, VlkitError
 from vlkit.features.store import FeatureStore
 from vlkit.features.text_weights import zero_shot_weights
 from vlkit.methods import Method, create_method
-from vlkit.protocols.fewshot import DEFAULT_VIEWS, build_task, method_logits, templates_for
-from vlkit.protocols.scoring import accuracy, measure, score
+from vlkit.protocols.fewshot import DEFAULT_VIEWS, build_task, templates_for
+from vlkit.protocols.scoring import accuracy, measure, method_logits, score
 from vlkit.report.result import Result
 
 
@@ -44,7 +44,7 @@ def class_subset(dataset: ImageDataset, classes: list[int], tag: str) -> ImageDa
 
 
 def harmonic_mean(base: float, novel: float) -> float:
-    """2 B N / (B + N); 0 when both are 0 (the one copy: the bench's protocol table imports it)."""
+    """2 B N / (B + N); 0 when both are 0 (the one copy in vlkit: import it from here)."""
     return 2 * base * novel / (base + novel) if base + novel > 0 else 0.0
 
 
