@@ -1,8 +1,9 @@
 """Few-shot accuracy of the prompt learners against zero-shot, with fit time and parameters.
 
-Every cell is ``vlkit.protocols.fewshot.run_fewshot`` (selection on the validation split only,
-the test split read once after fitting). Prints a markdown table (mean +- std of top-1
-over seeds) and writes benchmarks/results/prompts_fewshot[-<tag>].json.
+Every cell is a cell of ``vlkit.protocols.run_bench`` (paper schedules; selection on the
+validation split only, the test split read once after fitting; resumable in ``--out``).
+Prints a markdown table (mean +- sample std of top-1 over seeds) and writes
+benchmarks/results/prompts_fewshot[-<tag>].json.
 
     python benchmarks/prompts_fewshot.py --model vlkit-mini --data fashion-mnist \
         --shots 1 4 16 --seeds 1 2 3
@@ -20,19 +21,17 @@ from pathlib import Path
 
 import torch
 
-import vlkit
-from vlkit.data import first_per_class
-from vlkit.data.offline import load_offline
-from vlkit.protocols.fewshot import run_fewshot
-from vlkit.features.store import FeatureStore
+from vlkit.backbones.backbone import default_device
+from vlkit.protocols import run_bench
+from vlkit.report.summary import Stat
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ["zero-shot", "coop", "cocoop", "kgcoop", "defo", "maple"]
 
 
 def cell_text(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+    """``"71.3 ± 0.4"`` over seeds (sample std; no ``±`` part for one seed)."""
+    return Stat(values).text(1)
 
 
 def table(rows: list[dict], shots: list[int], methods: list[str]) -> str:
@@ -59,32 +58,35 @@ def main() -> None:
                         help="score the first N test images per class (0: all)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the runner's folder (cells.jsonl, reports); default runs/bench/<benchmark name>")
     args = parser.parse_args()
-    backbone = vlkit.load_backbone(args.model, device=args.device)
-    pool, test = load_offline(args.data, "train"), load_offline(args.data, "test")
-    if args.test_per_class:
-        test = first_per_class(test, args.test_per_class)
-    store = FeatureStore()
-    rows = []
-    started = time.perf_counter()
-    for shots in args.shots:
-        for seed in args.seeds:
-            for method in args.methods:
-                r = run_fewshot(backbone, pool, test, method, shots, seed, store=store, views=args.views)
-                rows.append({k: r[k] for k in ("method", "shots", "seed", "top1", "mean_per_class", "fit_seconds",
-                                               "trainable_parameters", "artifact_bytes", "fit_info")})
-                print(f"{method:10s} {shots:2d}-shot seed {seed}: top-1 {r['top1']:.2f}  fit {r['fit_seconds']:.1f}s",
-                      file=sys.stderr)
+    name = "prompts_fewshot" + (f"-{args.tag}" if args.tag else "")
+
+    def report_cell(r: dict) -> None:
+        print(f"{r['method']:10s} {r['shots']:2d}-shot seed {r['seed']}: top-1 {r['top1']:.2f}  "
+              f"fit {r['fit_seconds']:.1f}s", file=sys.stderr)
+
+    bench = run_bench(args.model, None, [args.data], args.methods, args.shots, args.seeds,
+                      args.out or Path("runs/bench") / name, device=args.device, views=args.views, schedule="paper",
+                      test_per_class=args.test_per_class or None, on_result=report_cell)
+    if bench["failed"]:
+        raise SystemExit(f"{len(bench['failed'])} cells failed (see {bench['out']}/failed.jsonl); nothing written")
+    rows = [{k: r["result"][k] for k in ("method", "shots", "seed", "top1", "mean_per_class", "fit_seconds",
+                                         "trainable_parameters", "artifact_bytes", "fit_info")}
+            for r in bench["records"]]
     markdown = table(rows, args.shots, args.methods)
     result = {
-        "benchmark": "prompts_fewshot" + (f"-{args.tag}" if args.tag else ""),
-        "title": f"Prompt learners vs zero-shot: {args.model} on {args.data} ({len(test)} test images)",
+        "benchmark": name,
+        "title": f"Prompt learners vs zero-shot: {args.model} on {args.data} "
+                 f"({bench['records'][0]['result']['test_size']} test images)",
         "command": shlex.join(["python", *sys.argv]),
-        "machine": torch.cuda.get_device_name() if backbone.device.type == "cuda"
+        "machine": torch.cuda.get_device_name() if str(args.device or default_device()).startswith("cuda")
         else f"{platform.machine()}, {torch.get_num_threads()} threads",
         "claim": "16-shot CoOp, CoCoOp, KgCoOp, DeFo and MaPLe each beat zero-shot",
         "shots": args.shots, "seeds": args.seeds, "table": markdown, "rows": rows,
-        "total_seconds": time.perf_counter() - started, "date": time.strftime("%Y-%m-%d"),
+        "total_seconds": sum(r["result"]["wall_seconds"] for r in bench["records"]),  # every cell's, resumed too
+        "date": time.strftime("%Y-%m-%d"),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{result['benchmark']}.json").write_text(json.dumps(result, indent=1) + "\n")

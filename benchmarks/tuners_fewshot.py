@@ -1,8 +1,8 @@
 """Few-shot accuracy and cost of the feature adapters and tuners against zero-shot.
 
-Every cell is ``vlkit.protocols.fewshot.run_fewshot`` (selection on the validation split only,
-the test split read once after fitting): top-1, trainable parameters, fit seconds and
-peak memory side by side. ``--iters-per-shot`` shortens the tuners' CLIP-LoRA budget
+Every cell is a cell of ``vlkit.protocols.run_bench`` (selection on the validation split only,
+the test split read once after fitting; resumable, one runner folder per label under
+``--out``): top-1, trainable parameters, fit seconds and peak memory side by side. ``--iters-per-shot`` shortens the tuners' CLIP-LoRA budget
 (500 iterations per shot) for a CPU run; the value used is recorded. ``--others`` adds
 the prompt learners and cache models for the side-by-side table.
 
@@ -22,13 +22,9 @@ from pathlib import Path
 
 import torch
 
-import vlkit
-from vlkit.data import first_per_class
-from vlkit.data.offline import load_offline
-from vlkit.protocols.presets import FEW_STEP_TUNER_LR
-from vlkit.methods import create_method, list_methods, method_class
-from vlkit.protocols.fewshot import run_fewshot
-from vlkit.features.store import FeatureStore
+from vlkit.backbones.backbone import default_device
+from vlkit.methods import list_methods, method_class
+from vlkit.protocols import run_bench
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (label, registered name, options)
@@ -42,14 +38,23 @@ METHODS = [
 ]
 OTHER_FAMILIES = ("prompt", "cache")
 # --cpu-budget: 64 iterations of 16 images at 16 shots (CLIP-LoRA: 8000 of 32), so a shared
-# 2-core CPU finishes; learning rates raised to match (found on the validation split of one
-# seed). VPT learns slowest and gets 4x the iterations.
+# 2-core CPU finishes; learning rates raised to match: each tuner's few-step rate, from its
+# config's quick schedule (found on the validation split of one seed). VPT learns slowest and
+# gets 4x the iterations.
 _STEP = {"iters_per_shot": 4, "batch_size": 16}
+FEW_STEP_TUNERS = ("lora", "prefix-tuning", "bitfit", "ia3", "vpt-shallow", "vpt-deep")
+
+
+def few_step_lr(name: str) -> float:
+    """The learning rate of tuner ``name``'s quick (few-step) schedule."""
+    return method_class(name).Config.quick["lr"]
+
+
 CPU_BUDGET = {
     "*": dict(_STEP),
-    **{name: {**_STEP, "lr": lr, **({"iters_per_shot": 16} if name.startswith("vpt") else {})}
-       for name, lr in FEW_STEP_TUNER_LR.items() if name != "adapter"},
-    "adapter-houlsby": {**_STEP, "lr": FEW_STEP_TUNER_LR["adapter"]},
+    **{name: {**_STEP, "lr": few_step_lr(name), **({"iters_per_shot": 16} if name.startswith("vpt") else {})}
+       for name in FEW_STEP_TUNERS},
+    "adapter-houlsby": {**_STEP, "lr": few_step_lr("adapter")},
     "adapter-adaptformer": {**_STEP, "lr": 1e-2},
 }
 
@@ -111,41 +116,46 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=10)
     parser.add_argument("--device", default=None)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="runner folders, one per label (cells.jsonl, reports); default runs/bench/<benchmark>")
     args = parser.parse_args()
-    backbone = vlkit.load_backbone(args.model, device=args.device)
-    pool, test = load_offline(args.data, "train"), load_offline(args.data, "test")
-    if args.test_per_class is not None:
-        test = first_per_class(test, args.test_per_class)
-    store = FeatureStore()
-    cells, rows, started = plan(args.methods, args.others), [], time.perf_counter()
-    for seed in args.seeds:
-        for label, name, options in cells:
-            if method_class(name).family == "tuner":
-                options = {**options, **tuner_budget(label, name, args)}
-            r = run_fewshot(backbone, pool, test, create_method(name, **options), args.shots, seed, store=store,
-                            views=args.views)
-            rows.append({"label": label, **{k: r[k] for k in (
+    name = "tuners_fewshot" + (f"-{args.tag}" if args.tag else "")
+    out = args.out or Path("runs/bench") / name
+    cells, rows = plan(args.methods, args.others), []
+    for label, method, options in cells:
+        if method_class(method).family == "tuner":
+            options = {**options, **tuner_budget(label, method, args)}
+        bench = run_bench(args.model, None, [args.data], [method], [args.shots], args.seeds, out / label,
+                          device=args.device, views=args.views, schedule="paper", test_per_class=args.test_per_class,
+                          settings={method: options} if options else None)
+        if bench["failed"]:
+            raise SystemExit(f"{label}: {len(bench['failed'])} cells failed (see {bench['out']}/failed.jsonl)")
+        for record in bench["records"]:
+            r = record["result"]
+            rows.append({"label": label, "wall_seconds": r["wall_seconds"], **{k: r[k] for k in (
                 "method", "family", "shots", "seed", "top1", "mean_per_class", "fit_seconds", "peak_memory_bytes",
                 "memory_kind", "trainable_parameters", "artifact_bytes", "latency_ms_per_image")}})
-            print(f"{label:20s} seed {seed}: top-1 {r['top1']:.2f}  fit {r['fit_seconds']:.1f}s", file=sys.stderr)
+            print(f"{label:20s} seed {r['seed']}: top-1 {r['top1']:.2f}  fit {r['fit_seconds']:.1f}s", file=sys.stderr)
     labels = [c[0] for c in cells]
+    test_images = bench["records"][0]["result"]["test_size"]
     zero = statistics.fmean(r["top1"] for r in rows if r["label"] == "zero-shot")
-    mine = [lab for lab, name, _ in cells if method_class(name).family in ("adapter", "tuner")]
+    mine = [lab for lab, method, _ in cells if method_class(method).family in ("adapter", "tuner")]
+    cell_seconds = sum(r.pop("wall_seconds") for r in rows)  # every cell's fit and score, resumed ones too
     margins = {lab: round(statistics.fmean(r["top1"] for r in rows if r["label"] == lab) - zero, 2) for lab in mine}
     result = {
-        "benchmark": "tuners_fewshot" + (f"-{args.tag}" if args.tag else ""),
+        "benchmark": name,
         "title": f"Adapters and tuners vs zero-shot: {args.model} on {args.data}, {args.shots} shots "
-                 f"({len(test)} test images)",
+                 f"({test_images} test images)",
         "command": shlex.join(["python", *sys.argv]),
-        "machine": torch.cuda.get_device_name() if backbone.device.type == "cuda"
+        "machine": torch.cuda.get_device_name() if str(args.device or default_device()).startswith("cuda")
         else f"{platform.machine()}, {torch.get_num_threads()} threads",
         "claim": f"each feature adapter and tuner beats zero-shot at {args.shots} shots (margin in top-1 points)",
         "ratios": {f"{lab}_minus_zero_shot": v for lab, v in margins.items()},
         "zero_shot_top1": zero, "iters_per_shot": args.iters_per_shot, "seeds": args.seeds,
         "tuner_batch_size": args.tuner_batch_size or 32, "tuner_lr_scale": args.tuner_lr_scale,
         "cpu_budget": CPU_BUDGET if args.cpu_budget else None,
-        "test_images": len(test),
-        "date": time.strftime("%Y-%m-%d"), "wall_seconds": round(time.perf_counter() - started, 1),
+        "test_images": test_images,
+        "date": time.strftime("%Y-%m-%d"), "wall_seconds": round(cell_seconds, 1),
         "table": table(rows, labels), "rows": rows,
     }
     RESULTS.mkdir(exist_ok=True)

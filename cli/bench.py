@@ -44,6 +44,6 @@ def bench_command(
               f"in {result['seconds']:.0f}s; reports in {result['out']}")
     for failure in result["failed"]:
         err.print(f"[red]failed:[/red] {failure['cell']}: {failure['error']}", highlight=False, soft_wrap=True)
-    write_json(output, {k: v for k, v in result.items() if k != "table"})
+    write_json(output, {k: v for k, v in result.items() if k not in ("table", "records")})
     if result["failed"]:
         raise typer.Exit(1)

@@ -92,7 +92,7 @@ def fit_command(
         from vlkit.apps.commands import fit_base_to_novel
 
         result = fit_base_to_novel(method, model, pretrained, data, shots, seed, settings, views, device)
-        table([result], ["base_top1", "novel_top1", "harmonic_mean", "trainable_parameters", "fit_seconds"],
+        table([result], ["base", "novel", "hm", "trainable_parameters", "fit_seconds"],
               title=f"{method} base-to-novel, {shots} shots")
     else:
         from vlkit.apps.commands import fit
@@ -168,7 +168,8 @@ def fewshot_command(
     methods: str = typer.Option("all", "--methods", help="all, or a comma-separated list"),
     shots: str = typer.Option("1,4,16", "--shots", help="comma-separated shot counts"),
     seeds: str = typer.Option("1", "--seeds", help="comma-separated seeds"),
-    out_dir: Path = typer.Option(Path("runs/fewshot"), "--out", help="folder for results.json and the plot"),
+    out_dir: Path = typer.Option(Path("runs/fewshot"), "--out", help="folder for results.json, the plots and the "
+                                 "resumable cells.jsonl (a re-run reuses finished cells)"),
     schedule: str = typer.Option("quick", "--schedule", help="quick: short schedules for the tuners that run the "
                                  "encoder at every step (recorded per row); paper: every method's paper schedule"),
     model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,

@@ -62,6 +62,8 @@ class MaPLeConfig(PromptConfig):
     prompt_depth: int = 9
     lr: float = 3.5e-3
     batch_size: int = 4
+    # Quick schedule: MaPLe prompts both towers at every layer and encodes images each step: 1 of its 5 epochs.
+    quick = {"epochs": 1}
 
     def validate(self) -> None:
         super().validate()

@@ -206,22 +206,19 @@ def test_published_numbers_are_sourced_and_compare_by_model():
     assert compare(other) is None
 
 
-def fake_base_to_novel(backbone, train, test, method, shots, seed, store=None, views=0, **config):
-    """Stands in for vlkit.protocols.base_to_novel.base_to_novel (CLI-style key names; method options pass through)."""
-    base, novel = 80.0 + seed, 60.0 - seed
-    return {"method": method, "base_top1": base, "novel_top1": novel, "trainable_parameters": 8, "fit_seconds": 0.1}
+def test_base2novel_protocol_reports_base_novel_and_harmonic_mean(tmp_path, source, tiny_backbone, session_store):
+    from vlkit.protocols.base_to_novel import harmonic_mean
 
-
-def test_base2novel_protocol_reports_base_novel_and_harmonic_mean(tmp_path, source, monkeypatch):
-    from vlkit.protocols import catalog as protocols
-
-    monkeypatch.setattr(protocols, "BASE2NOVEL_FUNCTION", ("test_bench", "fake_base_to_novel"))
-    result = run_bench(model="test-tiny", data=[source], methods="coop", shots=[16], seeds=[1, 2], out=tmp_path,
-                       protocol="base2novel", fail_fast=True)
-    hms = [protocols.harmonic_mean(80.0 + s, 60.0 - s) for s in (1, 2)]
+    result = run_bench(data=[source], methods="coop", shots=[2], seeds=[1, 2], out=tmp_path, protocol="base2novel",
+                       views=1, backbone=tiny_backbone, store=session_store, fail_fast=True)
+    records = [r["result"] for r in result["records"]]
+    assert all(r["hm"] == pytest.approx(harmonic_mean(r["base"], r["novel"])) for r in records)
+    assert all(r["base"] == r["top1"] and r["settings"] == {"epochs": 5} for r in records)  # quick schedule
     table = result["table"]
-    assert "base-class accuracy" in table and "81.5 ± 0.7" in table and "58.5 ± 0.7" in table
-    assert f"{statistics.mean(hms):.1f} ± {statistics.stdev(hms):.1f}" in table
+    assert "base-class accuracy" in table
+    for key in ("base", "novel", "hm"):
+        values = [r[key] for r in records]
+        assert f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" in table, key
     assert set(resolve_methods("all", "base2novel")) <= set(resolve_methods("all"))
 
 
@@ -269,10 +266,9 @@ def test_a_dataset_that_cannot_load_stops_the_bench(tmp_path, tiny_backbone, ses
 
 def test_schedule_overrides_reach_the_method_and_key_the_cell(tmp_path, source, tiny_backbone, session_store,
                                                              monkeypatch):
-    import vlkit.protocols.presets
-    from vlkit.methods.linear_probe import LinearProbe
+    from vlkit.methods.linear_probe import LinearProbe, LinearProbeConfig
 
-    monkeypatch.setattr(vlkit.protocols.presets, "QUICK_SCHEDULES", {"baseline": {"max_iter": 7}})
+    monkeypatch.setattr(LinearProbeConfig, "quick", {"max_iter": 7})
     seen = []
     original = LinearProbe._fit
     monkeypatch.setattr(LinearProbe, "_fit",
@@ -280,8 +276,13 @@ def test_schedule_overrides_reach_the_method_and_key_the_cell(tmp_path, source, 
     quick = bench(tmp_path, source, tiny_backbone, session_store, methods="linear-probe", seeds=[1])
     paper = bench(tmp_path, source, tiny_backbone, session_store, methods="linear-probe", seeds=[1], schedule="paper")
     assert (quick["ran"], paper["ran"], seen) == (1, 1, [7, 1000])
+    mine = bench(tmp_path, source, tiny_backbone, session_store, methods="linear-probe", seeds=[1],
+                 settings={"linear-probe": {"max_iter": 9}})  # over the quick schedule's 7
+    assert (mine["ran"], seen[-1], mine["records"][0]["result"]["settings"]) == (1, 9, {"max_iter": 9})
     cells = [json.loads(line)["cell"] for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
-    assert [c["config"] for c in cells] == ['{"max_iter": 7}', ""]
+    assert [c["config"] for c in cells] == ['{"max_iter": 7}', "", '{"max_iter": 9}']
+    with pytest.raises(VlkitError, match="not one of the chosen methods"):
+        bench(tmp_path, source, tiny_backbone, session_store, methods="linear-probe", settings={"coop": {}})
     assert "Schedule: quick; linear-probe: max_iter=7." in quick["table"]
     with pytest.raises(VlkitError, match="schedule"):
         bench(tmp_path, source, tiny_backbone, session_store, schedule="fast")

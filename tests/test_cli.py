@@ -79,3 +79,15 @@ def test_empty_class_and_corrupt_image_errors(folder):
     assert result.exit_code == 1 and "bad.png" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["zeroshot", "--model", "test-tiny", "--data", str(folder), "--skip-corrupt"])
     assert result.exit_code == 1 and "has no images" in result.output or result.exit_code == 0
+
+
+def test_fit_base_to_novel_reports_base_novel_and_hm_under_one_spelling(folder, tmp_path):
+    out = tmp_path / "b2n.json"
+    result = runner.invoke(app, ["fit", "coop", "--base-to-novel", "--model", "test-tiny", "--data", str(folder),
+                                 "--shots", "2", "--views", "1", "--set", "epochs=1", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert record["base_classes"] == ["blue"] and record["novel_classes"] == ["red"]
+    assert record["hm"] == pytest.approx(2 * record["base"] * record["novel"] / (record["base"] + record["novel"]))
+    assert record["base"] == record["top1"] and record["settings"] == {"epochs": 1}
+    assert not {"base_top1", "novel_top1", "harmonic_mean"} & set(record)

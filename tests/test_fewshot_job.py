@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 from typer.testing import CliRunner
 
 from vlkit.cli.main import app
-from vlkit.protocols.presets import QUICK_SCHEDULES, run_fewshot_job
+from vlkit.methods.tuners.base import TunerConfig
+from vlkit.protocols.presets import run_fewshot_job
 
 
 def test_fewshot_job_writes_results_and_plot(tmp_path):
@@ -19,11 +21,38 @@ def test_fewshot_job_writes_results_and_plot(tmp_path):
     assert (tmp_path / "accuracy_vs_shots.png").stat().st_size > 10_000
     lora = [r for r in saved["rows"] if r["method"] == "lora"]
     assert all(r["schedule"].startswith("quick: ") for r in lora)
-    assert all(str(v) in lora[0]["schedule"] for v in QUICK_SCHEDULES["tuner"].values())
+    assert all(f"{k}={v}" in lora[0]["schedule"] for k, v in TunerConfig.quick.items())
+    assert lora[0]["schedule"].endswith("lr=0.002")  # LoRA's few-step learning rate, from its config
     assert all(r["schedule"] == "paper" for r in saved["rows"] if r["method"] != "lora")
     lp4 = next(r for r in saved["summary"] if r["method"] == "linear-probe" and r["shots"] == 4)
     zs4 = next(r for r in saved["summary"] if r["method"] == "zero-shot" and r["shots"] == 4)
     assert lp4["top1"] > zs4["top1"]  # even random tiny features beat a random text tower
+
+
+def test_fewshot_job_and_bench_print_the_same_mean_and_sample_std(tmp_path):
+    from vlkit.protocols import run_bench
+    from vlkit.protocols.presets import by_method
+
+    job = run_fewshot_job("test-tiny", data="fashion-mnist-mini", methods=["linear-probe"], shots=[1],
+                          seeds=[1, 2, 3], out_dir=tmp_path, views=1)
+    values = [r["top1"] for r in job["rows"]]
+    expected = f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"  # sample std (n - 1)
+    assert statistics.stdev(values) != statistics.pstdev(values)
+    assert by_method(job["summary"])[0]["1-shot"] == expected
+    bench = run_bench("test-tiny", data=["fashion-mnist-mini"], methods="linear-probe", shots=[1], seeds=[1, 2, 3],
+                      out=tmp_path, views=1)  # the same cells: read back, not run again
+    assert bench["ran"] == 0 and f"| linear-probe | {expected} |" in bench["table"]
+
+
+def test_quick_settings_live_on_the_method_configs():
+    from vlkit.methods import method_class
+    from vlkit.protocols.presets import quick_settings
+
+    assert quick_settings("coop") == {"epochs": 5} and quick_settings("maple") == {"epochs": 1}
+    assert quick_settings("cocoop") == {"epochs": 1, "warmup_epochs": 0}
+    assert quick_settings("ia3") == {"iters_per_shot": 2, "batch_size": 16, "val_checks": 1, "lr": 3e-2}
+    assert quick_settings("linear-probe") == {} and quick_settings("tip-adapter-f") == {}
+    assert method_class("vpt-deep").Config.quick["lr"] == method_class("vpt-shallow").Config.quick["lr"] == 1e-1
 
 
 def test_fewshot_cli_unknown_method_is_one_line():

@@ -50,14 +50,6 @@ REGISTRY = "vlkit.methods.registry"
 DYNAMIC_CALLS = {"import_module", "__import__"}
 MODULE_STRING = re.compile(r"^vlkit(\.\w+)+(:\w+)?$")
 
-# Violations another change of issue 15 removes, by key ("source -> target", or "cycle: a, b");
-# each must still occur (delete its line here once it is fixed).
-PENDING: set[str] = {
-    # the protocol table imports base_to_novel by string to survive its absence (issue 15: catalog.py's own fix)
-    "vlkit.protocols.catalog -> vlkit.protocols.base_to_novel",
-}
-
-
 @dataclass(frozen=True)
 class Edge:
     """One import: ``source`` imports ``target`` at ``line`` (``dynamic``: by string name)."""
@@ -73,7 +65,7 @@ class Edge:
 
     @property
     def key(self) -> str:
-        """The edge without its line: what PENDING names."""
+        """The edge without its line."""
         return f"{self.source} -> {self.target}"
 
 
@@ -187,8 +179,8 @@ Violation = tuple[str, str]  # (key, message)
 
 
 def check(found: list[Violation]) -> None:
-    """Fail on every violation whose key is not PENDING."""
-    new = sorted(message for key, message in found if key not in PENDING)
+    """Fail on every violation, each on its own line."""
+    new = sorted(message for _, message in found)
     assert not new, "layer rule broken (see DESIGN.md, 'Layout'):\n" + "\n".join(new)
 
 
@@ -296,13 +288,6 @@ def test_only_the_registry_imports_by_string_and_only_its_families():
 
 def test_no_import_cycles():
     check(cycle_violations())
-
-
-def test_pending_violations_still_exist():
-    # a pending entry that no longer occurs is fixed: delete it from PENDING so it cannot come back unseen
-    found = {key for key, _ in layer_violations() + family_violations() + string_import_violations()
-             + cycle_violations()}
-    assert not PENDING - found, sorted(PENDING - found)
 
 
 @pytest.mark.parametrize("source, expected", [

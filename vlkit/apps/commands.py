@@ -11,11 +11,11 @@ import torch
 from vlkit.backbones import Backbone, load_backbone
 from vlkit.data.resolve import has_splits, load_data
 from vlkit.errors import VlkitError
-from vlkit.protocols.scoring import accuracy, artifact_bytes, latency_per_image, measure
-from vlkit.methods import Method, create_method, list_methods, method_class
-from vlkit.protocols.fewshot import method_logits, run_fewshot, templates_for, _sample_images
 from vlkit.features.store import FeatureStore
 from vlkit.io import atomic_write_json
+from vlkit.methods import Method, create_method, list_methods, method_class
+from vlkit.protocols.fewshot import run_fewshot, templates_for
+from vlkit.protocols.scoring import measure, score
 
 
 def extract_features(model: str, pretrained: str | None, data: str, split: str, views: int = 0,
@@ -49,13 +49,8 @@ def zeroshot(model: str, pretrained: str | None, data: str, split: str | None = 
         method = create_method("zero-shot", logit_scale=backbone.logit_scale)
         method.fit(Task(classnames=dataset.classnames, text_weights=weights,
                         train_features=torch.zeros(0, 1, backbone.embed_dim), train_labels=torch.zeros(0)))
-    logits = method_logits(method, backbone, dataset, store)
-    return {"method": "zero-shot", "model": model, "pretrained": pretrained, "data": data, "split": split,
-            "test_size": len(dataset), "templates": templates_for(dataset, templates),
-            **accuracy(logits, torch.tensor(dataset.labels)), "trainable_parameters": 0,
-            "artifact_bytes": artifact_bytes(method, backbone.fingerprint), "fit_seconds": cost["seconds"],
-            "peak_memory_bytes": cost["peak_memory_bytes"], "memory_kind": cost["memory_kind"],
-            "latency_ms_per_image": 1000 * latency_per_image(method, backbone, _sample_images(backbone, dataset))}
+    return score(method, backbone, dataset, store, cost, dataset=dataset.name,
+                 extras={"data": data, "split": split, "templates": templates_for(dataset, templates)}).to_dict()
 
 
 def fit(method: str, model: str, pretrained: str | None, data: str, shots: int, seed: int,
@@ -65,9 +60,10 @@ def fit(method: str, model: str, pretrained: str | None, data: str, shots: int, 
     method_class(method)  # unknown names fail before any loading
     backbone = load_backbone(model, pretrained, device)
     pool, test = load_data(data, "train", skip_corrupt), load_data(data, "test", skip_corrupt)
-    result = run_fewshot(backbone, pool, test, method, shots, seed, views=views,
+    fitted = run_fewshot(backbone, pool, test, method, shots, seed, views=views,
                          save_dir=Path(run_dir) / "method" if run_dir else None, **(settings or {}))
-    result.update(data=data)
+    fitted.extras["data"] = data
+    result = fitted.to_dict()
     if run_dir:
         atomic_write_json(Path(run_dir) / "run.json", {"model": model, "pretrained": pretrained, "data": data,
                                                         "method": method, "shots": shots, "seed": seed,
@@ -87,11 +83,10 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
     dataset = load_data(data or run["data"], split)
     if dataset.classnames != method.classnames_:
         raise VlkitError(f"{data} has other classes than the run was fitted on ({len(method.classnames_)} classes)")
-    logits = method_logits(method, backbone, dataset, FeatureStore())
-    return {"run": str(run_dir), "method": method.name, "data": data or run["data"], "split": split,
-            "test_size": len(dataset), **accuracy(logits, torch.tensor(dataset.labels)),
-            "trainable_parameters": int(method.trainable_parameters),
-            "artifact_bytes": artifact_bytes(method, backbone.fingerprint)}
+    result = score(method, backbone, dataset, FeatureStore(), shots=run.get("shots"), seed=run.get("seed"),
+                   dataset=dataset.name, settings=run.get("settings"),
+                   extras={"run": str(run_dir), "data": data or run["data"], "split": split})
+    return result.to_dict()
 
 
 def methods_info(num_classes: int = 10, dim: int = 512) -> list[dict[str, Any]]:
@@ -128,7 +123,7 @@ def adapt(methods: list[str], model: str, pretrained: str | None, source: str, t
     src = (load_data(source, "train"), load_data(source, "val"))
     tgt = (load_data(target, "train"), load_data(target, "test"))
     store = FeatureStore()
-    rows = [run_adapt(backbone, src, tgt, name, seed, store, views, **(settings or {})) for name in methods]
+    rows = [run_adapt(backbone, src, tgt, name, seed, store, views, **(settings or {})).to_dict() for name in methods]
     return {"source": source, "target": target, "model": model, "pretrained": pretrained, "seed": seed,
             "rows": rows}
 
@@ -143,6 +138,5 @@ def fit_base_to_novel(method: str, model: str, pretrained: str | None, data: str
     backbone = load_backbone(model, pretrained, device)
     pool, test = load_data(data, "train"), load_data(data, "test")
     result = base_to_novel(backbone, pool, test, method, shots, seed, views=views, **(settings or {}))
-    result.update(data=data, method=method, base_top1=result["base"], novel_top1=result["novel"],
-                  harmonic_mean=result["hm"])
-    return result
+    result.extras["data"] = data
+    return result.to_dict()

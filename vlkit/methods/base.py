@@ -24,7 +24,15 @@ from vlkit.methods.task import Task, as_tensor
 
 @dataclasses.dataclass
 class MethodConfig:
-    """Base config; subclasses add fields and range checks in ``validate``."""
+    """Base config; subclasses add fields and range checks in ``validate``.
+
+    ``quick`` holds the options of the method's quick schedule (``vlkit fewshot``, ``vlkit bench
+    --schedule quick``): ``{}`` runs the paper's schedule, which the cache models, probes and
+    feature adapters do (they take seconds). Methods that run an encoder tower at every step
+    override it with a short schedule; every result records the options it ran with.
+    """
+
+    quick: ClassVar[dict[str, Any]] = {}
 
     def validate(self) -> None:
         """Raise VlkitError for out-of-range values (subclasses extend)."""

@@ -17,12 +17,13 @@ from vlkit.backbones import Backbone
 from vlkit.data import ImageDataset
 from vlkit.data.guard import HiddenLabelDataset
 from vlkit.errors import DataError
-from vlkit.protocols.scoring import accuracy, artifact_bytes, latency_per_image, measure
-from vlkit.methods import create_method
-from vlkit.protocols.fewshot import DEFAULT_VIEWS, _sample_images, method_logits, templates_for, with_method_images
 from vlkit.features.store import FeatureStore
-from vlkit.methods.task import Task
 from vlkit.features.text_weights import zero_shot_weights
+from vlkit.methods import create_method
+from vlkit.methods.task import Task
+from vlkit.protocols.fewshot import DEFAULT_VIEWS, templates_for, with_method_images
+from vlkit.protocols.scoring import measure, score
+from vlkit.report.result import Result
 
 
 def build_adaptation_task(backbone: Backbone, source_train: ImageDataset, source_val: ImageDataset,
@@ -48,7 +49,7 @@ def build_adaptation_task(backbone: Backbone, source_train: ImageDataset, source
 
 def run_adapt(backbone: Backbone, source: tuple[ImageDataset, ImageDataset],
               target: tuple[ImageDataset, ImageDataset], method: str, seed: int = 1,
-              store: FeatureStore | None = None, views: int = DEFAULT_VIEWS, **config: Any) -> dict[str, Any]:
+              store: FeatureStore | None = None, views: int = DEFAULT_VIEWS, **config: Any) -> Result:
     """Fit ``method`` on (source train, source val) + unlabelled target train; score on target test."""
     store = store or FeatureStore()
     source_train, source_val = source
@@ -59,22 +60,15 @@ def run_adapt(backbone: Backbone, source: tuple[ImageDataset, ImageDataset],
     torch.manual_seed(seed)
     with measure(backbone.device) as cost:
         model.fit(task)
-    logits = method_logits(model, backbone, target_test, store)  # predictions fixed before labels exist
-    result = {
-        "method": model.name, "family": model.family, "task_kind": model.task_kind, "seed": seed,
-        "source": source_train.name, "target": target_test.name, "model": backbone.name,
-        **accuracy(logits, torch.tensor(target_test.reveal())),
-        "trainable_parameters": int(model.trainable_parameters),
-        "artifact_bytes": artifact_bytes(model, backbone.fingerprint), "fit_seconds": cost["seconds"],
-        "peak_memory_bytes": cost["peak_memory_bytes"], "memory_kind": cost["memory_kind"],
-        "latency_ms_per_image": 1000 * latency_per_image(model, backbone, _sample_images(backbone, target_test)),
-        "fit_info": model.fit_info_,
-    }
+    extras: dict[str, Any] = {"task_kind": model.task_kind, "source": source_train.name, "target": target_test.name}
     pseudo = getattr(model, "pseudo_labels_", None)  # (indices (P,), labels (P,)) into target train
+    result = score(model, backbone, target_test, store, cost, seed=seed, dataset=target_test.name, settings=config,
+                   extras=extras)  # predictions fixed before the target labels are revealed
     if pseudo is not None:
         truth = torch.tensor(target_train.reveal())
         index, labels = pseudo
-        result["pseudo_labels"] = int(len(index))
-        result["pseudo_label_coverage"] = 100.0 * len(index) / max(len(target_train), 1)
-        result["pseudo_label_precision"] = 100.0 * float((truth[index] == labels).float().mean()) if len(index) else None
+        result.extras["pseudo_labels"] = int(len(index))
+        result.extras["pseudo_label_coverage"] = 100.0 * len(index) / max(len(target_train), 1)
+        result.extras["pseudo_label_precision"] = (100.0 * float((truth[index] == labels).float().mean())
+                                                   if len(index) else None)
     return result

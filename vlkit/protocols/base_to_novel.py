@@ -17,11 +17,12 @@ import torch
 
 from vlkit.data import ImageDataset
 from vlkit.errors import DataError, VlkitError
-from vlkit.protocols.scoring import accuracy, artifact_bytes, measure
-from vlkit.methods import Method, create_method
-from vlkit.protocols.fewshot import DEFAULT_VIEWS, build_task, method_logits, templates_for
 from vlkit.features.store import FeatureStore
 from vlkit.features.text_weights import zero_shot_weights
+from vlkit.methods import Method, create_method
+from vlkit.protocols.fewshot import DEFAULT_VIEWS, build_task, templates_for
+from vlkit.protocols.scoring import accuracy, measure, method_logits, score
+from vlkit.report.result import Result
 
 
 def split_classes(num_classes: int) -> tuple[list[int], list[int]]:
@@ -43,7 +44,7 @@ def class_subset(dataset: ImageDataset, classes: list[int], tag: str) -> ImageDa
 
 
 def harmonic_mean(base: float, novel: float) -> float:
-    """2 B N / (B + N); 0 when both are 0."""
+    """2 B N / (B + N); 0 when both are 0 (the one copy in vlkit: import it from here)."""
     return 2 * base * novel / (base + novel) if base + novel > 0 else 0.0
 
 
@@ -55,11 +56,12 @@ def _zero_shot_top1(backbone, dataset: ImageDataset, templates: list[str], store
 
 def base_to_novel(backbone, train_pool: ImageDataset, test_set: ImageDataset, method: str | Method,
                   shots: int, seed: int, store: FeatureStore | None = None, views: int = DEFAULT_VIEWS,
-                  templates: list[str] | None = None, **config: Any) -> dict[str, Any]:
+                  templates: list[str] | None = None, **config: Any) -> Result:
     """Train ``method`` on the base half of the classes; score base, novel and their harmonic mean.
 
-    Returns a dict with ``base``, ``novel``, ``hm`` (top-1 accuracy in percent), the same
-    for zero-shot CLIP under ``zero_shot``, the class split, and the fit's cost. The
+    Returns the :class:`Result` of the base half (its ``top1``, ``per_class``, ``test_size``
+    and cost) with the extras ``base``, ``novel``, ``hm`` (top-1 accuracy in percent), the
+    same for zero-shot CLIP under ``zero_shot``, the class split and ``novel_test_size``. The
     method must classify unseen class names (``retarget``): CoOp, CoCoOp, KgCoOp and
     MaPLe do; DeFo and class-specific CoOp do not (a VlkitError says so before training).
     """
@@ -79,20 +81,14 @@ def base_to_novel(backbone, train_pool: ImageDataset, test_set: ImageDataset, me
     torch.manual_seed(seed)
     with measure(backbone.device) as cost:
         method.fit(task)
-    base_acc = accuracy(method_logits(method, backbone, base_test, store), torch.tensor(base_test.labels))["top1"]
+    result = score(method, backbone, base_test, store, cost, shots=shots, seed=seed, dataset=train_pool.name,
+                   settings=config)
     novel = method.retarget(novel_test.classnames)
     novel_acc = accuracy(method_logits(novel, backbone, novel_test, store), torch.tensor(novel_test.labels))["top1"]
     zs_base = _zero_shot_top1(backbone, base_test, templates, store)
     zs_novel = _zero_shot_top1(backbone, novel_test, templates, store)
-    return {
-        "method": method.name, "family": method.family, "shots": shots, "seed": seed, "model": backbone.name,
-        "pretrained": backbone.pretrained, "dataset": train_pool.name,
-        "base": base_acc, "novel": novel_acc, "hm": harmonic_mean(base_acc, novel_acc),
-        "zero_shot": {"base": zs_base, "novel": zs_novel, "hm": harmonic_mean(zs_base, zs_novel)},
-        "base_classes": base_test.classnames, "novel_classes": novel_test.classnames,
-        "test_size": {"base": len(base_test), "novel": len(novel_test)},
-        "trainable_parameters": int(method.trainable_parameters),
-        "artifact_bytes": artifact_bytes(method, backbone.fingerprint),
-        "fit_seconds": cost["seconds"], "peak_memory_bytes": cost["peak_memory_bytes"],
-        "memory_kind": cost["memory_kind"], "fit_info": method.fit_info_,
-    }
+    result.extras.update(
+        base=result.top1, novel=novel_acc, hm=harmonic_mean(result.top1, novel_acc),
+        zero_shot={"base": zs_base, "novel": zs_novel, "hm": harmonic_mean(zs_base, zs_novel)},
+        base_classes=base_test.classnames, novel_classes=novel_test.classnames, novel_test_size=len(novel_test))
+    return result

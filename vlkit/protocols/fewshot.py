@@ -6,16 +6,18 @@ import logging
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from vlkit.backbones import Backbone
 from vlkit.data import ImageDataset, few_shot
 from vlkit.errors import DataError
-from vlkit.protocols.scoring import accuracy, artifact_bytes, latency_per_image, measure
-from vlkit.methods import Method, create_method
-from vlkit.features.store import FeatureStore, _ImageTensors
-from vlkit.methods.task import Task
+from vlkit.features.store import FeatureStore
 from vlkit.features.text_weights import zero_shot_weights
+from vlkit.methods import Method, create_method
+from vlkit.methods.task import Task
+from vlkit.protocols.scoring import measure, method_logits, score
+from vlkit.report.result import Result
+
+__all__ = ["DEFAULT_TEMPLATES", "DEFAULT_VIEWS", "build_task", "method_logits", "run_fewshot", "templates_for"]
 
 log = logging.getLogger("vlkit.protocols.fewshot")
 DEFAULT_VIEWS = 10  # Tip-Adapter's 10 augmented passes over the cache
@@ -59,21 +61,12 @@ def with_method_images(task: Task, method: Method, backbone: Backbone, store: Fe
     return dataclasses.replace(task, extras={**task.extras, **encoded})
 
 
-def method_logits(method: Method, backbone: Backbone, dataset: ImageDataset,
-                  store: FeatureStore | None = None, batch_size: int = 256) -> torch.Tensor:
-    """(N, C) logits of ``method`` on every item of ``dataset`` (features from the store)."""
-    if method.input_kind == "features":
-        feats = (store or FeatureStore()).image_features(backbone, dataset)  # (N, D)
-        return torch.cat([method.logits(feats[i:i + 4096]) for i in range(0, len(feats), 4096)])
-    loader = DataLoader(_ImageTensors(dataset, backbone.preprocess, 0, len(dataset), None), batch_size=batch_size)
-    return torch.cat([method.logits(batch.to(backbone.device)).cpu() for batch in loader])
-
-
 def run_fewshot(backbone: Backbone, train_pool: ImageDataset, test_set: ImageDataset, method: str | Method,
                 shots: int, seed: int, store: FeatureStore | None = None, views: int = DEFAULT_VIEWS,
-                templates: list[str] | None = None, save_dir: Any = None, **config: Any) -> dict[str, Any]:
+                templates: list[str] | None = None, save_dir: Any = None, **config: Any) -> Result:
     """Fit one method on a few-shot sample of ``train_pool``; score it once on ``test_set``.
 
+    ``config`` are method options (recorded as the result's ``settings``).
     Selection (hyper-parameters, epochs) sees only the training and validation
     samples; ``test_set`` is encoded and its labels read after ``fit`` returns.
     """
@@ -88,24 +81,8 @@ def run_fewshot(backbone: Backbone, train_pool: ImageDataset, test_set: ImageDat
     torch.manual_seed(seed)
     with measure(backbone.device) as cost:
         method.fit(task)
-    logits = method_logits(method, backbone, test_set, store)
-    result = {
-        "method": method.name, "family": method.family, "shots": shots, "seed": seed,
-        "model": backbone.name, "pretrained": backbone.pretrained, "dataset": train_pool.name,
-        "test_size": len(test_set), **accuracy(logits, torch.tensor(test_set.labels)),
-        "trainable_parameters": int(method.trainable_parameters),
-        "artifact_bytes": artifact_bytes(method, backbone.fingerprint),
-        "fit_seconds": cost["seconds"], "peak_memory_bytes": cost["peak_memory_bytes"],
-        "memory_kind": cost["memory_kind"],
-        "latency_ms_per_image": 1000 * latency_per_image(method, backbone, _sample_images(backbone, test_set)),
-        "fit_info": method.fit_info_,
-    }
+    result = score(method, backbone, test_set, store, cost, shots=shots, seed=seed, dataset=train_pool.name,
+                   settings=config)
     if save_dir is not None:
         method.save(save_dir, backbone_fingerprint=backbone.fingerprint)
     return result
-
-
-def _sample_images(backbone: Backbone, dataset: ImageDataset, n: int = 32) -> torch.Tensor:
-    """(n, 3, H, W) preprocessed images for latency measurement."""
-    count = min(n, len(dataset))
-    return torch.stack([backbone.preprocess(dataset.image(i)) for i in range(count)])

@@ -8,13 +8,14 @@ import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from vlkit.backbones.registry import offline_weights_digest
 from vlkit.protocols.cells import Cell, CellLog, grid
 from vlkit.protocols.sources import DataSource, sources_from_specs, with_test_subset
 from vlkit.protocols.bench_progress import BenchProgress
 from vlkit.protocols.catalog import get_protocol
+from vlkit.report.result import Result
 from vlkit.report.writers import write_reports
 from vlkit.errors import VlkitError
 
@@ -24,16 +25,26 @@ DEFAULT_SEEDS = (1, 2, 3)
 SCHEDULES = ("quick", "paper")
 
 
-def schedule_overrides(methods: Sequence[str], schedule: str) -> dict[str, dict[str, Any]]:
-    """Per-method options of a schedule: ``paper`` sets none; ``quick`` shortens the encoder-running
-    tuners and prompt learners as ``vlkit fewshot`` does (``vlkit.protocols.presets.quick_settings``)."""
+def quick_settings(name: str) -> dict[str, Any]:
+    """The quick schedule's options for method ``name`` (its config's ``quick``; {} means its paper schedule)."""
+    from vlkit.methods import method_class
+
+    return dict(method_class(name).Config.quick)
+
+
+def schedule_overrides(methods: Sequence[str], schedule: str,
+                       settings: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Per-method options: the schedule's (``paper`` sets none; ``quick`` each config's ``quick``),
+    then ``settings`` (method -> options) over them."""
     if schedule not in SCHEDULES:
         raise VlkitError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if schedule == "paper":
-        return {}
-    from vlkit.protocols.presets import quick_settings
-
-    return {m: settings for m in methods if (settings := quick_settings(m))}
+    chosen = {m: quick_settings(m) if schedule == "quick" else {} for m in methods}
+    for name, options in (settings or {}).items():
+        if name not in chosen:
+            raise VlkitError(f"settings for {name!r}, which is not one of the chosen methods ({', '.join(methods)}): "
+                             "add it to the methods or drop its settings")
+        chosen[name] = {**chosen[name], **options}
+    return {m: options for m, options in chosen.items() if options}
 
 
 def resolve_methods(spec: str | Sequence[str], protocol: str = "fewshot") -> list[str]:
@@ -97,7 +108,9 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
               shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] = DEFAULT_SEEDS,
               out: str | Path = "runs/bench", protocol: str = "fewshot", compare_published: bool = False,
               device: str | None = None, views: int | None = None, store: Any = None, backbone: Any = None,
-              fail_fast: bool = False, schedule: str = "quick", test_per_class: int | None = None) -> dict[str, Any]:
+              fail_fast: bool = False, schedule: str = "quick", test_per_class: int | None = None,
+              settings: dict[str, dict[str, Any]] | None = None,
+              on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every missing cell, store each as it finishes, and write the reports into ``out``.
 
     A cell already in ``out/cells.jsonl`` is skipped, so a re-run after a crash or
@@ -107,9 +120,12 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     backbone or dataset that cannot be loaded stops the bench at once. ``schedule``
     ``quick`` (default) shortens only the tuners that run an encoder tower at every
     step; ``paper`` runs every method's published schedule. The options a cell ran
-    with, and which weights the model name stood for, are part of its key and record.
-    Returns counts, the output files, the summary and, with ``compare_published``,
-    the published numbers that match the model and protocol.
+    with, and which weights the model name stood for, are part of its key and record;
+    ``settings`` (method -> options) set options over the schedule's. Each cell stores
+    its :class:`~vlkit.report.result.Result` as a dict; ``on_result`` is called with it.
+    Returns counts, the output files, the summary, this run's cell ``records`` (log order
+    of the grid) and, with ``compare_published``, the published numbers that match the
+    model and protocol.
     """
     proto = get_protocol(protocol)
     shots, seeds = _check_ints(shots, "shots", 1), _check_ints(seeds, "seeds", 0)
@@ -127,7 +143,7 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     views = DEFAULT_VIEWS if views is None else int(views)
     model_name = getattr(backbone, "name", model)
     tag = getattr(backbone, "pretrained", pretrained) or ""
-    overrides = schedule_overrides(method_names, schedule)
+    overrides = schedule_overrides(method_names, schedule, settings)
     cells = grid([s.name for s in sources], method_names, shots, seeds, proto.name, model_name, tag, views,
                  overrides, weights_identity(model_name, tag, backbone))
     out = Path(out).expanduser()
@@ -153,10 +169,12 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
                     failed.append(_record_failure(out, cell, exc))
                     bar.finish(cell, time.perf_counter() - t0, ok=False)
                     continue
-                result["wall_seconds"] = time.perf_counter() - t0
+                result = {**result.to_dict(), "wall_seconds": time.perf_counter() - t0}
                 cell_log.append(cell, result)
                 ran += 1
                 bar.finish(cell, result["wall_seconds"])
+                if on_result is not None:
+                    on_result(result)
         done = cell_log.done()
     records = [done[c.key] for c in cells if c.key in done]
     info = {"model": model_name, "pretrained": tag, "protocol": proto.name, "device": context.device_name(),
@@ -168,7 +186,7 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
                             list(proto.metrics), info, compare_published, failed)
     return {"out": str(out), "cells": len(cells), "ran": ran, "skipped": len(cells) - len(todo),
             "failed": failed, "missing": len(cells) - len(records), "seconds": time.perf_counter() - started,
-            **reports}
+            "records": records, **reports}
 
 
 class _Context:
@@ -196,14 +214,15 @@ class _Context:
         for split in ("train", "test"):
             self.sources[cell.data].split(split)
 
-    def run(self, proto: Any, cell: Cell) -> dict[str, Any]:
+    def run(self, proto: Any, cell: Cell) -> Result:
         """Run one cell with the shared backbone and store (after :meth:`prepare`)."""
         return proto.run(self.backbone, self.sources[cell.data], cell.method, cell.shots, cell.seed, self.store,
                          self.views, **cell.overrides)
 
 
 def _record_failure(out: Path, cell: Cell, exc: Exception) -> dict[str, str]:
-    failure = {"cell": cell.label(), "key": cell.key, "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+    failure = {"cell": cell.label(), "key": cell.key, "data": cell.data, "method": cell.method, "shots": cell.shots,
+               "seed": cell.seed, "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
                "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     log.error("cell %s failed: %s", cell.label(), failure["error"], exc_info=not isinstance(exc, VlkitError))
     with (out / "failed.jsonl").open("a", encoding="utf-8") as handle:

@@ -1,4 +1,4 @@
-"""Accuracy and cost: every result reports both (DESIGN.md, Evaluation)."""
+"""Accuracy and cost: every result reports both (DESIGN.md, Evaluation); :func:`score` builds the one Result."""
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from torch.utils.data import DataLoader
+
+from vlkit.features.store import FeatureStore, _ImageTensors
+from vlkit.report.result import Result
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -20,6 +24,13 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     classes = labels.unique()
     per_class = torch.stack([correct[labels == c].mean() for c in classes])
     return {"top1": 100.0 * float(correct.mean()), "mean_per_class": 100.0 * float(per_class.mean())}
+
+
+def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> dict[str, float]:
+    """Accuracy (percent) of each class present in ``labels``, keyed by its name, in class order."""
+    labels = torch.as_tensor(labels).long()
+    correct = (logits.argmax(dim=-1).cpu() == labels).float()  # (N,)
+    return {classnames[int(c)]: 100.0 * float(correct[labels == c].mean()) for c in labels.unique()}
 
 
 def _rss_bytes() -> int:
@@ -98,3 +109,47 @@ def latency_per_image(method: Any, backbone: Any, images: torch.Tensor, repeats:
         if elapsed > 0.5:  # a run this long is not noise-bound: no need to repeat it
             break
     return best / max(len(images), 1)
+
+
+def method_logits(method: Any, backbone: Any, dataset: Any, store: FeatureStore | None = None,
+                  batch_size: int = 256) -> torch.Tensor:
+    """(N, C) logits of ``method`` on every item of ``dataset`` (features from the store)."""
+    if method.input_kind == "features":
+        feats = (store or FeatureStore()).image_features(backbone, dataset)  # (N, D)
+        return torch.cat([method.logits(feats[i:i + 4096]) for i in range(0, len(feats), 4096)])
+    loader = DataLoader(_ImageTensors(dataset, backbone.preprocess, 0, len(dataset), None), batch_size=batch_size)
+    return torch.cat([method.logits(batch.to(backbone.device)).cpu() for batch in loader])
+
+
+def sample_images(backbone: Any, dataset: Any, n: int = 32) -> torch.Tensor:
+    """(n, 3, H, W) preprocessed images (the first ``n``) for latency measurement."""
+    count = min(n, len(dataset))
+    return torch.stack([backbone.preprocess(dataset.image(i)) for i in range(count)])
+
+
+def score(method: Any, backbone: Any, test_set: Any, store: FeatureStore | None = None,
+          cost: dict[str, Any] | None = None, *, shots: int | None = None, seed: int | None = None,
+          dataset: str | None = None, settings: dict[str, Any] | None = None,
+          extras: dict[str, Any] | None = None, latency: bool = True) -> Result:
+    """Score a fitted ``method`` once on ``test_set`` and build its :class:`Result` with the cost.
+
+    The logits are computed before any label is read; a test set with hidden labels
+    (:class:`~vlkit.data.guard.HiddenLabelDataset`) is revealed only after that. ``cost`` is
+    what :func:`measure` recorded around ``fit`` (``None``: no fit was timed). ``dataset``
+    names the data (default: ``test_set.name``); ``settings`` are the options the run set.
+    """
+    logits = method_logits(method, backbone, test_set, store)  # (N, C), fixed before the labels are read
+    reveal = getattr(test_set, "reveal", None)
+    labels = torch.tensor(reveal() if callable(reveal) else test_set.labels)  # (N,)
+    cost = cost or {}
+    ms = 1000 * latency_per_image(method, backbone, sample_images(backbone, test_set)) if latency else None
+    return Result(
+        method=method.name, family=method.family, shots=shots, seed=seed, model=backbone.name,
+        pretrained=backbone.pretrained, dataset=dataset if dataset is not None else test_set.name,
+        test_size=len(test_set), **accuracy(logits, labels), per_class=per_class_accuracy(logits, labels, list(test_set.classnames)),
+        trainable_parameters=int(method.trainable_parameters),
+        artifact_bytes=artifact_bytes(method, backbone.fingerprint), fit_seconds=cost.get("seconds"),
+        peak_memory_bytes=cost.get("peak_memory_bytes"), memory_kind=cost.get("memory_kind"),
+        latency_ms_per_image=ms, fit_info=dict(getattr(method, "fit_info_", None) or {}),
+        settings=dict(settings or {}), fingerprint=backbone.fingerprint, extras=dict(extras or {}),
+    )

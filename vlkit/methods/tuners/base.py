@@ -46,6 +46,10 @@ class TunerConfig(MethodConfig):
     val_checks: int = 10
     max_templates: int = 1
     grad_clip: float | None = None
+    # Quick schedule: 2 iterations of 16 images per shot (CLIP-LoRA: 500 of 32), one validation
+    # check. Each tuner adds the larger learning rate so few steps need: chosen on the validation
+    # split (Fashion-MNIST, vlkit-mini, one seed); benchmarks/tuners_fewshot.py reads it too.
+    quick = {"iters_per_shot": 2, "batch_size": 16, "val_checks": 1}
 
     def validate(self) -> None:
         self.check(self.tower in TOWER_CHOICES, f"tower must be one of {sorted(TOWER_CHOICES)}, got {self.tower!r}")

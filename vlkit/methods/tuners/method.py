@@ -29,6 +29,7 @@ from vlkit.methods.tuners.wrappers import TunerDropout
 class LoRAConfig(TunerConfig):
     """CLIP-LoRA's preset: rank 2, alpha 1, dropout 0.25 on q/k/v of both towers, AdamW 2e-4."""
 
+    quick = {**TunerConfig.quick, "lr": 2e-3}  # few-step learning rate (TunerConfig.quick)
     rank: int = 2
     alpha: float = 1.0
     dropout: float = 0.25
@@ -99,6 +100,7 @@ class LoRA(TunerMethod):
 class PrefixConfig(TunerConfig):
     """Prefix length 10 (Li & Liang's table-to-text setting); lr 1e-3 is our choice."""
 
+    quick = {**TunerConfig.quick, "lr": 1e-2}  # few-step learning rate (TunerConfig.quick)
     tower: str = "text"
     length: int = 10
     init: str = "words"  # "words": activations of a real phrase (Li & Liang Sec. 7.4); "random": N(0, 0.02)
@@ -153,6 +155,7 @@ def _init_from_words(tuned: TunedCLIP, attentions: list, length: int, tokens: to
 class VPTConfig(TunerConfig):
     """10 prompt tokens (from VPT's grid {1, 5, 10, 50, 100, 200}); lr 1e-3 is our choice."""
 
+    quick = {**TunerConfig.quick, "lr": 1e-1}  # few-step learning rate (TunerConfig.quick)
     tower: str = "image"
     tokens: int = 10
     dropout: float = 0.0
@@ -200,6 +203,7 @@ class VPTDeep(_VPT):
 class BitFitConfig(TunerConfig):
     """Biases of the chosen towers; lr 1e-3 is the top of BitFit's grid {1e-4, ..., 1e-3}."""
 
+    quick = {**TunerConfig.quick, "lr": 1e-2}  # few-step learning rate (TunerConfig.quick)
     lr: float = 1e-3
 
 
@@ -226,6 +230,7 @@ class BitFit(TunerMethod):
 class AdapterConfig(TunerConfig):
     """Bottleneck 64; AdaptFormer's scale 0.1 and dropout 0.1; lr 1e-3 (Houlsby's grid top)."""
 
+    quick = {**TunerConfig.quick, "lr": 1e-3}  # few-step learning rate (TunerConfig.quick)
     style: str = "houlsby"  # "houlsby" (serial, two per layer) or "adaptformer" (parallel to the MLP)
     bottleneck: int = 64
     scale: float = 0.1  # AdaptFormer's s
@@ -273,6 +278,7 @@ class Adapter(TunerMethod):
 class IA3Config(TunerConfig):
     """lr 3e-3 as T-Few (Liu et al. 2022, Sec. 3.3 / App.)."""
 
+    quick = {**TunerConfig.quick, "lr": 3e-2}  # few-step learning rate (TunerConfig.quick)
     lr: float = 3e-3
 
 
