@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlkit.caches.common import (Affinity, KeyStore, LabelValues, cache_keys, cache_logits, check_text_weights,
-                                linear_grid, normalized_val, owned, zero_shot_logits)
+from vlkit.caches.common import (Affinity, KeyStore, LabelValues, cache_keys, cache_logits, check_search_options,
+                                check_text_weights, linear_grid, normalized_val, owned, zero_shot_logits)
 from vlkit.caches.search import search_ape
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method
@@ -92,13 +92,8 @@ class APEConfig(MethodConfig):
     top_k: int = 256
 
     def validate(self) -> None:
-        for name in ("alpha", "beta", "gamma"):
-            value = getattr(self, name)
-            self.check(value is None or value >= 0, f"{name} must be >= 0 or None (search), got {value}")
+        check_search_options(self, "beta, alpha, gamma")
         check_channels(self)
-        self.check(len(self.search_scale) == 3 and len(self.search_steps) == 3 and min(self.search_steps) > 0,
-                   "search_scale and search_steps are (beta, alpha, gamma) triples with steps > 0")
-        self.check(self.logit_scale > 0 and self.top_k >= 1, "logit_scale must be > 0 and top_k >= 1")
 
 
 @register_method

@@ -19,16 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlkit.caches.ape import channel_criterion, check_channels, select_channels
-from vlkit.caches.common import KeyStore, LabelValues, normalized_val, owned
+from vlkit.caches.common import KeyStore, LabelValues, owned
 from vlkit.caches.tip_adapter import TipAdapter
-from vlkit.caches.tip_adapter_f import TipAdapterFConfig
+from vlkit.caches.tip_adapter_f import TipAdapterFConfig, train_cache_parameters
 from vlkit.methods.registry import register_method
 from vlkit.methods.task import Task
-from vlkit.methods.training import TrainConfig, feature_batches, train
 
 
 @dataclass
@@ -88,19 +86,7 @@ class APET(TipAdapter):
             k, w, v = self._effective(residual, weights, keys, text, values, labels)
             return cfg.logit_scale * x @ w.T + cfg.init_alpha * torch.exp(-cfg.init_beta * (1 - x @ k.T)) @ v
 
-        feats = F.normalize(task.train_features, dim=-1)  # (N, V, D)
-        generator = torch.Generator().manual_seed(task.seed)
-        val = normalized_val(task)
-
-        def val_score() -> float:
-            with torch.no_grad():
-                return float((forward(val[0]).argmax(-1) == val[1]).float().mean())
-
-        schedule = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, optimizer="adamw", eps=cfg.eps,
-                               weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, schedule="cosine")
-        self._history = train([residual, weights], lambda b: F.cross_entropy(forward(b[0]), b[1]),
-                              lambda epoch: feature_batches(feats, labels, cfg.batch_size, generator),
-                              schedule, val_score if val is not None else None, description=self.name)
+        self._history = train_cache_parameters([residual, weights], forward, task, cfg, self.name)
         self.residual_, self.value_weights_ = residual.detach().clone(), weights.detach().clone()
         self.keys_, self.text_weights_, _ = self._effective(self.residual_, self.value_weights_, keys, text,
                                                             values, labels)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -185,3 +186,15 @@ def check_text_weights(text_weights: torch.Tensor, dim: int) -> torch.Tensor:
     if text_weights.shape[1] != dim:
         raise ShapeError(f"text weights are {text_weights.shape[1]}-d but features are {dim}-d")
     return F.normalize(text_weights, dim=-1)
+
+
+def check_search_options(config: Any, order: str) -> None:
+    """Validate a three-hyper-parameter cache config: ``alpha``/``beta``/``gamma`` are >= 0 or None
+    (searched), ``search_scale``/``search_steps`` are triples in ``order`` (e.g. "beta, alpha, gamma")
+    with steps > 0, ``logit_scale`` > 0 and ``top_k`` >= 1."""
+    for name in ("alpha", "beta", "gamma"):
+        value = getattr(config, name)
+        config.check(value is None or value >= 0, f"{name} must be >= 0 or None (search), got {value}")
+    config.check(len(config.search_scale) == 3 and len(config.search_steps) == 3 and min(config.search_steps) > 0,
+                 f"search_scale and search_steps are ({order}) triples with steps > 0")
+    config.check(config.logit_scale > 0 and config.top_k >= 1, "logit_scale must be > 0 and top_k >= 1")

@@ -11,6 +11,7 @@ both on the test set; we never do).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,19 +63,7 @@ class TipAdapterF(TipAdapter):
         def forward(x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C): Tip-Adapter logits, trainable keys
             return cfg.logit_scale * x @ text.T + alpha * torch.exp(-beta * (1 - x @ keys.T)) @ values
 
-        feats = F.normalize(task.train_features, dim=-1)  # (N, V, D)
-        generator = torch.Generator().manual_seed(task.seed)
-        val = normalized_val(task)
-
-        def val_score() -> float:
-            with torch.no_grad():
-                return float((forward(val[0]).argmax(-1) == val[1]).float().mean())
-
-        schedule = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, optimizer="adamw", eps=cfg.eps,
-                               weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, schedule="cosine")
-        history = train([keys], lambda b: F.cross_entropy(forward(b[0]), b[1]),
-                        lambda epoch: feature_batches(feats, task.train_labels, cfg.batch_size, generator),
-                        schedule, val_score if val is not None else None, description=self.name)
+        history = train_cache_parameters([keys], forward, task, cfg, self.name)
         self.keys_ = keys.detach().clone()
         self._store = KeyStore(self.keys_, cfg.sparse_above, cfg.top_k)
         self._history = history
@@ -89,3 +78,22 @@ class TipAdapterF(TipAdapter):
     @property
     def trainable_parameters(self) -> int:
         return int(self.keys_.numel()) if hasattr(self, "keys_") else 0
+
+
+def train_cache_parameters(params: list[nn.Parameter], forward: Callable[[torch.Tensor], torch.Tensor],
+                           task: Task, cfg: TipAdapterFConfig, description: str) -> list[dict[str, Any]]:
+    """Cross-entropy on the cached views (normalised), AdamW with a cosine schedule, the epoch
+    chosen on validation: the loop Tip-Adapter-F and APE-T share. ``forward``: (B, D) -> (B, C)."""
+    feats = F.normalize(task.train_features, dim=-1)  # (N, V, D)
+    generator = torch.Generator().manual_seed(task.seed)
+    val = normalized_val(task)
+
+    def val_score() -> float:
+        with torch.no_grad():
+            return float((forward(val[0]).argmax(-1) == val[1]).float().mean())
+
+    schedule = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, optimizer="adamw", eps=cfg.eps,
+                           weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, schedule="cosine")
+    return train(params, lambda b: F.cross_entropy(forward(b[0]), b[1]),
+                 lambda epoch: feature_batches(feats, task.train_labels, cfg.batch_size, generator),
+                 schedule, val_score if val is not None else None, description=description)
