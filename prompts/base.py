@@ -21,6 +21,11 @@ from vlkit.methods.task import Task
 from vlkit.methods.training import TrainConfig, feature_batches, train
 
 
+def coop_epochs(shots: int) -> int:
+    """CoOp's schedule (Zhou et al., IJCV 2022, Sec. 4.1): 50 epochs at 1 shot, 100 at 2-4, 200 at 8-16."""
+    return 50 if shots <= 1 else 100 if shots <= 4 else 200
+
+
 @dataclass
 class PromptConfig(MethodConfig):
     """Optimisation settings shared by the prompt learners (paper defaults per method).

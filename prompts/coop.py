@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlkit.methods.registry import register_method
-from vlkit.prompts.base import PromptConfig, PromptMethod
+from vlkit.prompts.base import PromptConfig, PromptMethod, coop_epochs
 from vlkit.prompts.encoder import PromptedTextEncoder
 from vlkit.prompts.layout import POSITIONS
 
@@ -43,7 +43,7 @@ class CoOpConfig(PromptConfig):
         self.check(self.position in POSITIONS, f"position must be one of {POSITIONS}, got {self.position!r}")
 
     def default_epochs(self, shots: int) -> int:
-        return 50 if shots <= 1 else 100 if shots <= 4 else 200
+        return coop_epochs(shots)
 
 
 @register_method

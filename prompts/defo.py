@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlkit.methods.registry import register_method
-from vlkit.prompts.base import PromptConfig, PromptMethod
+from vlkit.prompts.base import PromptConfig, PromptMethod, coop_epochs
 from vlkit.prompts.cocoop import seeded_linear
 from vlkit.prompts.encoder import PromptedTextEncoder
 
@@ -57,7 +57,7 @@ class DeFoConfig(PromptConfig):
         self.check(self.n_queries >= 1 and self.n_ctx >= 1, "n_queries and n_ctx must be >= 1")
 
     def default_epochs(self, shots: int) -> int:
-        return 50 if shots <= 1 else 100 if shots <= 4 else 200
+        return coop_epochs(shots)
 
 
 @register_method
