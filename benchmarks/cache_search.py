@@ -36,10 +36,13 @@ from vlkit.caches.search import search_tip
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def provenance(threads: int) -> dict:
-    """The result-file convention's keys: the command that ran, the machine, the date."""
+def provenance(threads: int, device: object = None) -> dict:
+    """The result-file convention's keys: the command that ran, the machine (the GPU's name when
+    ``device`` is CUDA), the date."""
+    cuda = str(device or "").startswith("cuda")
     return {"command": "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
-            "machine": f"{platform.machine()}, {threads} threads, load average {os.getloadavg()[0]:.1f}",
+            "machine": torch.cuda.get_device_name() if cuda
+            else f"{platform.machine()}, {threads} threads, load average {os.getloadavg()[0]:.1f}",
             "date": datetime.date.today().isoformat()}
 
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from cache_search import provenance  # the one copy of the result-file keys (run as a script)
 from vlkit.backbones.backbone import default_device
 from vlkit.protocols import run_bench
 from vlkit.report.summary import Stat
@@ -80,13 +78,10 @@ def main() -> None:
         "benchmark": name,
         "title": f"Prompt learners vs zero-shot: {args.model} on {args.data} "
                  f"({bench['records'][0]['result']['test_size']} test images)",
-        "command": shlex.join(["python", *sys.argv]),
-        "machine": torch.cuda.get_device_name() if str(args.device or default_device()).startswith("cuda")
-        else f"{platform.machine()}, {torch.get_num_threads()} threads",
+        **provenance(torch.get_num_threads(), args.device or default_device()),
         "claim": "16-shot CoOp, CoCoOp, KgCoOp, DeFo and MaPLe each beat zero-shot",
         "shots": args.shots, "seeds": args.seeds, "table": markdown, "rows": rows,
         "total_seconds": sum(r["result"]["wall_seconds"] for r in bench["records"]),  # every cell's, resumed too
-        "date": time.strftime("%Y-%m-%d"),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{result['benchmark']}.json").write_text(json.dumps(result, indent=1) + "\n")

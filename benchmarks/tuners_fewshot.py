@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from cache_search import provenance  # the one copy of the result-file keys (run as a script)
 from vlkit.backbones.backbone import default_device
 from vlkit.methods import list_methods, method_class
 from vlkit.protocols import run_bench
@@ -146,16 +144,14 @@ def main() -> None:
         "benchmark": name,
         "title": f"Adapters and tuners vs zero-shot: {args.model} on {args.data}, {args.shots} shots "
                  f"({test_images} test images)",
-        "command": shlex.join(["python", *sys.argv]),
-        "machine": torch.cuda.get_device_name() if str(args.device or default_device()).startswith("cuda")
-        else f"{platform.machine()}, {torch.get_num_threads()} threads",
+        **provenance(torch.get_num_threads(), args.device or default_device()),
         "claim": f"each feature adapter and tuner beats zero-shot at {args.shots} shots (margin in top-1 points)",
         "ratios": {f"{lab}_minus_zero_shot": v for lab, v in margins.items()},
         "zero_shot_top1": zero, "iters_per_shot": args.iters_per_shot, "seeds": args.seeds,
         "tuner_batch_size": args.tuner_batch_size or 32, "tuner_lr_scale": args.tuner_lr_scale,
         "cpu_budget": CPU_BUDGET if args.cpu_budget else None,
         "test_images": test_images,
-        "date": time.strftime("%Y-%m-%d"), "wall_seconds": round(cell_seconds, 1),
+        "wall_seconds": round(cell_seconds, 1),
         "table": table(rows, labels), "rows": rows,
     }
     RESULTS.mkdir(exist_ok=True)

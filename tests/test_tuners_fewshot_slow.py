@@ -6,6 +6,7 @@ Uses the CPU schedule of ``benchmarks/tuners_fewshot.py --cpu-budget`` and its f
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ from vlkit.protocols.fewshot import run_fewshot
 
 pytestmark = pytest.mark.slow
 
-_spec = importlib.util.spec_from_file_location(
-    "tuners_fewshot", Path(__file__).resolve().parent.parent / "benchmarks" / "tuners_fewshot.py")
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # the script imports its sibling cache_search, as it does when run
+_spec = importlib.util.spec_from_file_location("tuners_fewshot", BENCHMARKS / "tuners_fewshot.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 CELLS = [m for m in bench.METHODS if m[0] not in ("zero-shot", "linear-probe")]
