@@ -198,3 +198,15 @@ def check_search_options(config: Any, order: str) -> None:
     config.check(len(config.search_scale) == 3 and len(config.search_steps) == 3 and min(config.search_steps) > 0,
                  f"search_scale and search_steps are ({order}) triples with steps > 0")
     config.check(config.logit_scale > 0 and config.top_k >= 1, "logit_scale must be > 0 and top_k >= 1")
+
+
+def unsearched_choice(config: Any, val: tuple | None) -> dict[str, Any] | None:
+    """The fit info of a three-hyper-parameter cache when nothing is searched (all of alpha, beta,
+    gamma fixed, or no validation split): each fixed value, else its ``init_`` value; None when the
+    search on validation runs."""
+    fixed = (config.alpha, config.beta, config.gamma)
+    if val is not None and any(v is None for v in fixed):
+        return None
+    inits = (config.init_alpha, config.init_beta, config.init_gamma)
+    alpha, beta, gamma = (v if v is not None else i for v, i in zip(fixed, inits))
+    return {"alpha": alpha, "beta": beta, "gamma": gamma, "searched": False}

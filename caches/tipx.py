@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from vlkit.caches.common import (KeyStore, LabelValues, cache_keys, cache_logits, check_search_options,
-                                check_text_weights, combine, linear_grid, normalized_val, owned, zero_shot_logits)
+                                check_text_weights, combine, linear_grid, normalized_val, owned, unsearched_choice,
+                                zero_shot_logits)
 from vlkit.caches.search import search_tipx
 from vlkit.caches.support import support_images, support_set
 from vlkit.methods.base import Method, MethodConfig
@@ -127,11 +128,8 @@ class TipX(Method):
 
     def _choose(self, val: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         cfg = self.config
-        fixed = (cfg.alpha, cfg.beta, cfg.gamma)
-        if all(v is not None for v in fixed) or val is None:
-            inits = (cfg.init_alpha, cfg.init_beta, cfg.init_gamma)
-            self.alpha_, self.beta_, self.gamma_ = (v if v is not None else i for v, i in zip(fixed, inits))
-            self.fit_info_ = {"alpha": self.alpha_, "beta": self.beta_, "gamma": self.gamma_, "searched": False}
+        if (info := unsearched_choice(cfg, val)) is not None:
+            self.alpha_, self.beta_, self.gamma_, self.fit_info_ = info["alpha"], info["beta"], info["gamma"], info
             return
         x, y = val
         (sa, sb, sg), (na, nb, ng) = cfg.search_scale, cfg.search_steps
