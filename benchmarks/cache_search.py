@@ -35,12 +35,16 @@ from vlkit.caches.search import search_tip
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: recorded commands run from there
+
 
 def provenance(threads: int, device: object = None) -> dict:
     """The result-file convention's keys: the command that ran, the machine (the GPU's name when
     ``device`` is CUDA), the date."""
     cuda = str(device or "").startswith("cuda")
-    return {"command": "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+    script = Path(sys.argv[0]).resolve()
+    script = script.relative_to(ROOT) if script.is_relative_to(ROOT) else Path("benchmarks") / script.name
+    return {"command": "python " + shlex.join([script.as_posix(), *sys.argv[1:]]),
             "machine": torch.cuda.get_device_name() if cuda
             else f"{platform.machine()}, {threads} threads, load average {os.getloadavg()[0]:.1f}",
             "date": datetime.date.today().isoformat()}
