@@ -16,7 +16,7 @@ def write_reports(out: Path, records: Sequence[dict[str, Any]], datasets: Sequen
                   shots: Sequence[int], seeds: Sequence[int], metrics: Sequence[str], info: dict[str, Any],
                   compare_published: bool = False, failures: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Summarise ``records`` and write every report; returns the paths, the summary and the tables."""
-    from vlkit.report.html import to_html
+    from vlkit.report.html_page import to_html
     from vlkit.report.plots import plot_accuracy_vs_cost, plot_accuracy_vs_shots
     from vlkit.report.published import compare, compare_markdown
 
