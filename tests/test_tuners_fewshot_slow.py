@@ -28,12 +28,13 @@ CELLS = [m for m in bench.METHODS if m[0] not in ("zero-shot", "linear-probe")]
 
 @pytest.fixture(scope="module")
 def mini():
+    from vlkit.data import first_per_class
     from vlkit.data.offline import load_offline
     from vlkit.features.store import FeatureStore
 
     backbone = vlkit.load_backbone("vlkit-mini", device="cpu")  # a load error fails the tests, never skips
     pool = load_offline("fashion-mnist", "train")
-    test = bench.first_per_class(load_offline("fashion-mnist", "test"), 50)
+    test = first_per_class(load_offline("fashion-mnist", "test"), 50)
     store = FeatureStore()
     zero = run_fewshot(backbone, pool, test, "zero-shot", 16, 1, store=store)["top1"]
     return backbone, pool, test, store, zero
