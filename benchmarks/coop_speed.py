@@ -37,7 +37,7 @@ from vlkit.data import ImageDataset, few_shot
 from vlkit.data.offline import load_offline
 from vlkit.protocols.scoring import accuracy
 from vlkit.methods import create_method
-from vlkit.protocols.fewshot import method_logits
+from vlkit.protocols.scoring import method_logits
 from vlkit.prompts.encoder import PromptedTextEncoder
 from vlkit.features.store import FeatureStore
 from vlkit.methods.task import Task

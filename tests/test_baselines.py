@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from vlkit.methods import create_method
-from vlkit.protocols.fewshot import method_logits, run_fewshot
+from vlkit.protocols.fewshot import run_fewshot
+from vlkit.protocols.scoring import method_logits
 from vlkit.features.text_weights import zero_shot_weights
 
 

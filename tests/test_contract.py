@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from contract_overrides import CONTRACT_OVERRIDES
 from vlkit.errors import NotFittedError, ShapeError, VlkitError
 from vlkit.methods import Method, create_method, list_methods, method_class
-from vlkit.protocols.fewshot import method_logits
+from vlkit.protocols.scoring import method_logits
 
 
 def weights_digest(backbone) -> str:

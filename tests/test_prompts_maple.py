@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vlkit.methods import Method, create_method
-from vlkit.protocols.fewshot import method_logits
+from vlkit.protocols.scoring import method_logits
 from vlkit.backbones.surgery import prompt_tokens, tower_blocks
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vlkit.methods import Method, create_method
-from vlkit.protocols.fewshot import method_logits
+from vlkit.protocols.scoring import method_logits
 from vlkit.protocols.base_to_novel import base_to_novel, class_subset, harmonic_mean, split_classes
 from vlkit.errors import VlkitError
 

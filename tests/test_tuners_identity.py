@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from tuner_helpers import IDENTITY_CONFIGS, TRAINABLE_CONFIGS, bert_text_backbone, method_name
 from vlkit.methods import create_method
-from vlkit.protocols.fewshot import build_task, method_logits
+from vlkit.protocols.fewshot import build_task
+from vlkit.protocols.scoring import method_logits
 from vlkit.methods.tuners.model import TunedCLIP
 
 PROMPTS = ["a photo of a red square.", "blue", "a rather longer prompt about a green thing in a field."]

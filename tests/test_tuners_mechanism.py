@@ -100,7 +100,7 @@ def test_text_only_tuner_trains_from_cached_features(colour_task, colour_test, t
     torch.manual_seed(0)
     method = create_method("lora", tower="text", iters_per_shot=2, val_checks=2, batch_size=8).fit(colour_task)
     assert method.input_kind == "features"
-    from vlkit.protocols.fewshot import method_logits
+    from vlkit.protocols.scoring import method_logits
 
     logits = method_logits(method, tiny_backbone, colour_test, session_store)
     assert logits.shape == (len(colour_test), colour_task.num_classes)

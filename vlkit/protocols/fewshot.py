@@ -14,10 +14,10 @@ from vlkit.features.store import FeatureStore
 from vlkit.features.text_weights import zero_shot_weights
 from vlkit.methods import Method, create_method
 from vlkit.methods.task import Task
-from vlkit.protocols.scoring import measure, method_logits, score
+from vlkit.protocols.scoring import measure, score
 from vlkit.report.result import Result
 
-__all__ = ["DEFAULT_TEMPLATES", "DEFAULT_VIEWS", "build_task", "method_logits", "run_fewshot", "templates_for"]
+__all__ = ["DEFAULT_TEMPLATES", "DEFAULT_VIEWS", "build_task", "run_fewshot", "templates_for"]
 
 log = logging.getLogger("vlkit.protocols.fewshot")
 DEFAULT_VIEWS = 10  # Tip-Adapter's 10 augmented passes over the cache
