@@ -89,7 +89,7 @@ def test_offline_transforms_equal_the_hand_built_ones_they_replace(tiny_backbone
     from PIL import Image
     from torchvision import transforms as T
 
-    from vlkit.backbones.registry import OPENAI_MEAN, OPENAI_STD
+    from vlkit.backbones.offline_model import OPENAI_MEAN, OPENAI_STD
 
     bicubic = T.InterpolationMode.BICUBIC
     old_eval = T.Compose([T.Resize(32, interpolation=bicubic), T.CenterCrop(32), T.ToTensor(),

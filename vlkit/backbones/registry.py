@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import hashlib
 
-from vlkit.backbones.offline_model import (_OFFLINE, _WEIGHT_FILES, OPENAI_MEAN, OPENAI_STD, OfflineBuilder,
-                                           OfflineModel, register_offline_model)
+from vlkit.backbones.offline_model import _OFFLINE, _WEIGHT_FILES, OfflineBuilder
 
-__all__ = ["OPENAI_MEAN", "OPENAI_STD", "OfflineBuilder", "OfflineModel", "offline_builder", "offline_models",
-           "offline_weights_digest", "register_offline_model"]
+__all__ = ["offline_builder", "offline_models", "offline_weights_digest"]
 
 
 def offline_weights_digest(name: str) -> str:
