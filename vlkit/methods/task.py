@@ -45,6 +45,7 @@ class Task:
     unlabeled_features: torch.Tensor | None = None  # (U, D), e.g. a target domain
     seed: int = 0
     extras: dict = field(default_factory=dict)
+    logit_scale: float = 100.0  # the backbone's exp(logit_scale); 100 is OpenAI CLIP's
 
     def __post_init__(self) -> None:
         self.text_weights = as_tensor(self.text_weights, "text_weights", (2,))
@@ -61,6 +62,8 @@ class Task:
             raise ShapeError(f"labels must be ({n},) for {n} training features, got {tuple(self.train_labels.shape)}")
         if n and (self.train_labels.min() < 0 or self.train_labels.max() >= c):
             raise ShapeError(f"labels must be in 0..{c - 1}")
+        if not self.logit_scale > 0:
+            raise ShapeError(f"logit_scale must be > 0, got {self.logit_scale}")
         if self.val_features is not None:
             self.val_features = as_tensor(self.val_features, "val_features", (2,))
             self.val_labels = torch.as_tensor(np.asarray(self.val_labels)).long()
@@ -87,9 +90,10 @@ class Task:
 
     @classmethod
     def from_arrays(cls, features: Any, labels: Any, text_weights: Any, val_features: Any = None,
-                    val_labels: Any = None, classnames: list[str] | None = None) -> "Task":
+                    val_labels: Any = None, classnames: list[str] | None = None,
+                   logit_scale: float = 100.0) -> "Task":
         """scikit-learn style inputs -> Task (class names default to "class 0".."class C-1")."""
         weights = as_tensor(text_weights, "text_weights", (2,))
         names = classnames or [f"class {i}" for i in range(weights.shape[0])]
         return cls(classnames=names, text_weights=weights, train_features=features, train_labels=labels,
-                   val_features=val_features, val_labels=val_labels)
+                   val_features=val_features, val_labels=val_labels, logit_scale=logit_scale)

@@ -1,9 +1,12 @@
 """One plain training loop shared by every trained method.
 
-Optimiser (SGD or AdamW), per-epoch schedule (constant warm-up then cosine, as
-Dassl/CoOp), mixed precision on CUDA, gradient clipping, a progress bar, and epoch
+Optimiser (SGD or AdamW), a cosine schedule stepped per epoch (constant warm-up then
+cosine, as Dassl/CoOp) or per batch (annealed over epochs x batches, as Tip-Adapter's
+and APE's code), mixed precision on CUDA, gradient clipping, a progress bar, and epoch
 selection on validation: after each epoch the validation score is computed and the
-best parameters are restored at the end. Determinism comes from the caller's
+best parameters are restored at the end. With ``keep_initial`` the starting state is a
+candidate too (scored before the first step), so a method that starts from the
+zero-shot classifier never returns something worse on validation than where it began. Determinism comes from the caller's
 ``torch.Generator`` (batches) and ``torch.manual_seed`` (initialisation).
 """
 from __future__ import annotations
@@ -34,8 +37,10 @@ class TrainConfig:
     warmup_epochs: int = 0
     warmup_lr: float = 1e-5
     schedule: str = "cosine"
+    step: str = "epoch"  # "epoch": one lr per epoch (Dassl); "batch": cosine over epochs x batches
     grad_clip: float | None = None
     select_on_val: bool = True
+    keep_initial: bool = False  # the state before training is a selection candidate (epoch -1)
 
     def validate(self) -> None:
         """Raise VlkitError for impossible settings."""
@@ -43,15 +48,26 @@ class TrainConfig:
             raise VlkitError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
         if self.optimizer not in ("sgd", "adamw") or self.schedule not in ("cosine", "constant"):
             raise VlkitError(f"optimizer must be sgd|adamw and schedule cosine|constant, got {self.optimizer}, {self.schedule}")
+        if self.step not in ("epoch", "batch"):
+            raise VlkitError(f"step must be epoch|batch, got {self.step!r}")
 
 
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate of ``epoch`` (0-based): constant warm-up, then cosine over ``epochs``."""
+def lr_at(cfg: TrainConfig, epoch: int, batch: int = 0, batches_per_epoch: int = 1) -> float:
+    """Learning rate of ``batch`` (0-based) in ``epoch`` (0-based).
+
+    Per epoch: constant warm-up, then ``lr/2 (1 + cos(pi e / epochs))`` (Dassl's
+    ``CosineAnnealingLR(T_max=epochs)`` stepped after each epoch). Per batch: the same
+    cosine over ``t = epoch * batches_per_epoch + batch`` of ``epochs * batches_per_epoch``
+    steps (``CosineAnnealingLR(T_max=epochs * iters)`` stepped after each batch).
+    """
     if epoch < cfg.warmup_epochs:
         return cfg.warmup_lr
     if cfg.schedule == "constant":
         return cfg.lr
     done = epoch - cfg.warmup_epochs
+    if cfg.step == "batch":
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (done * batches_per_epoch + batch)
+                                            / (cfg.epochs * batches_per_epoch)))
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * done / cfg.epochs))
 
 
@@ -105,12 +121,20 @@ def train(
     scaler = torch.amp.GradScaler(device_type, enabled=device_type == "cuda")
     history: dict[str, Any] = {"loss": [], "val": [], "best_epoch": cfg.epochs - 1}
     best_score, best_params = -math.inf, None
+    selecting = val_score is not None and cfg.select_on_val
+    if selecting and cfg.keep_initial:
+        best_score, best_params = float(val_score()), snapshot(params)
+        history["initial_val"], history["best_epoch"] = best_score, -1
     with progress(total=cfg.epochs, description=description) as bar:
         for epoch in range(cfg.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, epoch)
+            batches = make_batches(epoch)
+            if cfg.step == "batch":
+                batches = list(batches)
             total, count = 0.0, 0
-            for batch in make_batches(epoch):
+            for i, batch in enumerate(batches):
+                if i == 0 or cfg.step == "batch":
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(cfg, epoch, i, len(batches) if cfg.step == "batch" else 1)
                 with amp_ctx():
                     loss = loss_fn(batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -122,7 +146,7 @@ def train(
                 scaler.update()
                 total, count = total + float(loss.detach()), count + 1
             history["loss"].append(total / max(count, 1))
-            if val_score is not None and cfg.select_on_val:
+            if selecting:
                 score = float(val_score())
                 history["val"].append(score)
                 if score > best_score:  # strict: ties keep the earlier epoch

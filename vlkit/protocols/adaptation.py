@@ -41,7 +41,7 @@ def build_adaptation_task(backbone: Backbone, source_train: ImageDataset, source
         train_labels=torch.tensor(source_train.labels),
         val_features=store.image_features(backbone, source_val), val_labels=torch.tensor(source_val.labels),
         templates=templates_for(target_train, templates), backbone=backbone, seed=seed,
-        unlabeled_features=target_views[:, 0],
+        logit_scale=float(backbone.logit_scale), unlabeled_features=target_views[:, 0],
         extras={"target_views": target_views, "source_domain": source_train.domain,
                 "target_domain": target_train.domain},
     )

@@ -43,7 +43,7 @@ def build_task(backbone: Backbone, train_pool: ImageDataset, shots: int, seed: i
         classnames=list(train_pool.classnames), text_weights=weights,
         train_features=train_feats, train_labels=torch.tensor(split.train.labels),
         val_features=val_feats, val_labels=torch.tensor(split.val.labels),
-        templates=templates, backbone=backbone, seed=seed,
+        templates=templates, backbone=backbone, seed=seed, logit_scale=float(backbone.logit_scale),
         train_images=split.train if with_images else None, val_images=split.val if with_images else None,
     )
 
