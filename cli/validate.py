@@ -29,7 +29,7 @@ def check_device(device: Any) -> None:
     """``--device``: cpu, cuda or cuda:N (when CUDA is there), mps (when MPS is there)."""
     if device is None:
         return
-    text = str(device).strip().lower()
+    text = str(device)
     if text == "cpu":
         return
     match = re.fullmatch(r"cuda(?::(\d+))?", text)

@@ -10,6 +10,7 @@ a bomb as corrupt. Everything runs on the test-tiny model and a 16-image folder.
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import shutil
 import struct
@@ -185,6 +186,36 @@ def state_outside_by_symlink(ws):
     return ["predict", str(ws["up_run"]), ws["image"]], ["outside"]
 
 
+def method_outside_by_symlink(ws):
+    other = ws["tmp"] / "other-fit"
+    shutil.copytree(ws["fit_run"], other)
+    shutil.rmtree(ws["fit_run"] / "method")
+    (ws["fit_run"] / "method").symlink_to(other / "method")
+    return ["eval", str(ws["fit_run"])], ["outside the run folder"]
+
+
+def upgrade_init_on_a_file(ws):
+    (ws["tmp"] / "classes.txt").write_text("red\nblue\n")
+    (ws["tmp"] / "notes.txt").write_text("mine")
+    return (["upgrade", "init", str(ws["tmp"] / "notes.txt"), "--model", "test-tiny", "--classes",
+             str(ws["tmp"] / "classes.txt")], ["notes.txt", "not a folder"])
+
+
+def upgrade_init_on_a_run(ws):
+    (ws["tmp"] / "classes.txt").write_text("red\nblue\n")
+    return (["upgrade", "init", str(ws["up_run"]), "--model", "test-tiny", "--classes",
+             str(ws["tmp"] / "classes.txt")], ["already holds a run", "--force"])
+
+
+def adapt_setting_of_wrong_type(ws):
+    return (["adapt", "--model", "test-tiny", "--source", ws["folder"], "--target", ws["folder"],
+             "--method", "zero-shot", "--set", "logit_scale=abc"], ["logit_scale", "float", "abc"])
+
+
+def device_upper_case(ws):
+    return ["zeroshot", "--model", "test-tiny", "--data", ws["folder"], "--device", "CPU"], ["'CPU'", "--device"]
+
+
 def fit_args(ws, *extra):
     return ["fit", "linear-probe", "--model", "test-tiny", "--data", ws["folder"], "--shots", "2", "--views", "1",
             *extra]
@@ -238,6 +269,10 @@ def run_dir_is_a_file(ws):
     return fit_args(ws, "--run-dir", str(ws["tmp"] / "notes.txt")), ["notes.txt", "--run-dir"]
 
 
+def run_dir_in_unwritable_place(ws):
+    return fit_args(ws, "--run-dir", "/proc/nope/run"), ["/proc", "--run-dir"]
+
+
 def run_dir_holds_a_run(ws):
     return fit_args(ws, "--run-dir", str(ws["fit_run"])), ["already holds a run", "--force"]
 
@@ -288,10 +323,11 @@ ROWS = [
     damaged_fit_config, damaged_fit_state, extra_key_fit_config, garbage_fit_run_json, fit_run_json_not_a_record,
     damaged_upgrade_config_predict, damaged_upgrade_state_add, extra_key_upgrade_config_add,
     garbage_upgrade_run_json_predict, garbage_upgrade_run_json_add,
-    state_outside_relative, state_outside_absolute, state_outside_by_symlink,
+    state_outside_relative, state_outside_absolute, state_outside_by_symlink, method_outside_by_symlink,
+    upgrade_init_on_a_file, upgrade_init_on_a_run, adapt_setting_of_wrong_type, device_upper_case,
     negative_seed, negative_views, zero_shots, setting_of_wrong_type, unknown_setting,
     device_cuda_without_cuda, device_tpu, output_in_missing_system_folder, output_is_a_folder,
-    run_dir_is_a_file, run_dir_holds_a_run, run_dir_holds_other_files,
+    run_dir_is_a_file, run_dir_in_unwritable_place, run_dir_holds_a_run, run_dir_holds_other_files,
     fewshot_empty_shots, fewshot_empty_methods, bench_empty_seeds, bench_bad_shots, predict_top_k_zero,
     decompression_bomb, decompression_bomb_predict,
 ]
@@ -411,3 +447,31 @@ def test_shard_overwritten_with_same_size_bytes_is_re_encoded(built, tmp_path, m
     assert second.exit_code == 0, second.output
     assert json.loads((tmp_path / "b.json").read_text())["cache_misses"] == 1
     assert shards[0].read_bytes() == original
+
+
+# ---- option types (the check behind `--set key=value` and every config override) -------
+@pytest.mark.parametrize("name, value, ok", [
+    ("alpha", 2, True), ("alpha", 2.5, True), ("alpha", np.float64(1.0), True), ("alpha", None, True),
+    ("alpha", "abc", False), ("alpha", True, False), ("alpha", [1.0], False),
+    ("init_alpha", 1, True), ("init_alpha", None, False),
+])
+def test_option_types_are_checked(name, value, ok):
+    from vlkit.caches.tip_adapter import TipAdapter
+    from vlkit.errors import VlkitError
+
+    if ok:
+        assert getattr(TipAdapter(**{name: value}).config, name) == value
+    else:
+        with pytest.raises(VlkitError, match=rf"option {name} takes float.* got {re.escape(repr(value))}"):
+            TipAdapter(**{name: value})
+
+
+def test_every_default_config_passes_its_own_type_check():
+    import dataclasses
+
+    from vlkit.methods import list_methods, method_class
+
+    for name in list_methods():
+        klass = method_class(name)
+        defaults = {f.name: getattr(klass.Config(), f.name) for f in dataclasses.fields(klass.Config)}
+        klass(**defaults)  # raises if an annotation and its default disagree

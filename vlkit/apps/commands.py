@@ -1,6 +1,7 @@
 """The library functions behind each CLI command; each returns a JSON-ready dict."""
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from vlkit.io import atomic_dir, atomic_write_json, read_json
 from vlkit.methods import Method, create_method, list_methods, method_class
 from vlkit.protocols.fewshot import run_fewshot, templates_for
 from vlkit.protocols.scoring import measure, score
+
+RUN_FILE = "run.json"
+REFIT = "re-create the run with `vlkit fit ... --run-dir DIR --force`"
 
 
 def extract_features(model: str, pretrained: str | None, data: str, split: str, views: int = 0,
@@ -61,7 +65,18 @@ def check_run_dir(run_dir: Path, force: bool = False) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise VlkitError(f"--run-dir {run_dir} is a file, not a folder: name a new folder for the run")
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+    if not run_dir.is_dir():
+        folder = run_dir.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:  # the run is built beside its folder: that place must be writable
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise VlkitError(f"--run-dir {run_dir}: cannot write in {folder} ({exc.strerror or exc}); name a "
+                             "folder in a writable place") from None
+        return
+    if not any(run_dir.iterdir()):
         return
     if not (run_dir / RUN_FILE).is_file():
         raise VlkitError(f"--run-dir {run_dir} is a folder that is not a run and is not empty: name a new folder "
@@ -100,10 +115,6 @@ def fit(method: str, model: str, pretrained: str | None, data: str, shots: int, 
     return result
 
 
-RUN_FILE = "run.json"
-REFIT = "re-create the run with `vlkit fit ... --run-dir DIR --force`"
-
-
 def read_run(run_dir: Path) -> dict[str, Any]:
     """``run.json`` of a ``vlkit fit --run-dir`` folder; a missing or damaged one is a one-line error."""
     run_file = Path(run_dir) / RUN_FILE
@@ -123,6 +134,9 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
     """Load a saved run (``vlkit fit --run-dir``) and score it on ``split`` of its data."""
     run = read_run(run_dir)
     method_dir, fix = Path(run_dir) / "method", f"the run's method is damaged; {REFIT}"
+    if method_dir.resolve().parent != Path(run_dir).resolve():
+        raise VlkitError(f"{method_dir} leads outside the run folder {run_dir} (a link?): a run reads only its "
+                         f"own method; {REFIT}")
     if not method_class(run["method"]).uses_backbone:
         Method.load(method_dir, fix=fix)  # a damaged run fails before the model loads
     backbone = load_backbone(run["model"], run.get("pretrained"), device)
@@ -165,7 +179,7 @@ def adapt(methods: list[str], model: str, pretrained: str | None, source: str, t
         methods = [m for m in ADAPT_BASELINES if m in list_methods()]
         methods += [m for m in list_methods() if method_class(m).task_kind == "adaptation"]
     for name in methods:
-        method_class(name)
+        method_class(name)(**(settings or {}))  # unknown names and bad options fail before any loading
     backbone = load_backbone(model, pretrained, device)
     src = (load_data(source, "train"), load_data(source, "val"))
     tgt = (load_data(target, "train"), load_data(target, "test"))
@@ -181,7 +195,7 @@ def fit_base_to_novel(method: str, model: str, pretrained: str | None, data: str
     """``vlkit fit --base-to-novel``: train on the first half of the classes, score base and novel."""
     from vlkit.protocols.base_to_novel import base_to_novel
 
-    method_class(method)
+    method_class(method)(**(settings or {}))  # unknown names and bad options fail before any loading
     backbone = load_backbone(model, pretrained, device)
     pool, test = load_data(data, "train"), load_data(data, "test")
     result = base_to_novel(backbone, pool, test, method, shots, seed, views=views, **(settings or {}))

@@ -135,6 +135,8 @@ def init_run(run: str | Path, model: str, classes: Sequence[str], pretrained: st
              force: bool = False) -> dict:
     """Create a zero-shot run for ``classes`` with ``model``; returns a summary dict."""
     run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise VlkitError(f"{run} is a file, not a folder: name a new folder for the run")
     if _meta_path(run).exists() and not force:
         raise VlkitError(f"{run} already holds a run: pick another folder or pass --force to replace it")
     if retune_min < 2:
