@@ -36,7 +36,8 @@ def bench_command(
     """Every method x shots x seed on each dataset, accuracy and cost, resumable; Markdown, PNG and HTML reports."""
     from vlkit.protocols import run_bench
 
-    result = run_bench(model, pretrained, parse_list(data), methods, parse_list(shots, int), parse_list(seeds, int),
+    result = run_bench(model, pretrained, parse_list(data, option="--data"), methods,
+                       parse_list(shots, int, "--shots"), parse_list(seeds, int, "--seeds"),
                        out_dir, protocol, compare_published, device, views, fail_fast=fail_fast, schedule=schedule,
                        test_per_class=test_per_class)
     out.print(result["table"], markup=False, highlight=False, soft_wrap=True)

@@ -10,8 +10,10 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from vlkit.cli.validate import check_options
 from vlkit.errors import VlkitError
 from vlkit.io import atomic_write_json
 
@@ -26,18 +28,26 @@ SeedOpt = typer.Option(1, "--seed", help="few-shot sampling and training seed")
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn VlkitError into ``error: <message>`` on stderr and exit code 1 (no traceback)."""
+    """Turn VlkitError into ``error: <message>`` on stderr and exit code 1 (no traceback).
+
+    The shared options (``--seed``, ``--views``, ``--device``, ``--output`` ...) are checked
+    first (:func:`vlkit.cli.validate.check_options`), before the command does any work.
+    Ctrl-C exits with code 130 and one line: the interrupt's own message when the
+    library gave one (what was kept, how to resume), else ``interrupted``.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         try:
+            check_options(kwargs)
             return fn(*args, **kwargs)
         except VlkitError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            message = " ".join(str(exc).split())  # one line, whatever the message held
+            err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("interrupted")
+        except KeyboardInterrupt as exc:
+            err.print(escape(" ".join(str(exc).split())) or "interrupted", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -73,12 +83,20 @@ def table(rows: list[dict], columns: list[str], title: str | None = None) -> Non
     out.print(tab)
 
 
-def parse_list(text: str, kind: type = str) -> list:
-    """'1,4,16' -> [1, 4, 16]; a bad item raises a one-line VlkitError."""
+def parse_list(text: str, kind: type = str, option: str = "") -> list:
+    """'1,4,16' -> [1, 4, 16]; a bad item, or no item at all (',' or ''), raises a one-line VlkitError.
+
+    ``option`` (``"--shots"``) names the option in the message.
+    """
+    name = f"{option} " if option else ""
     try:
-        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+        values = [kind(x.strip()) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise VlkitError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+        raise VlkitError(f"{name}cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+    if not values:
+        raise VlkitError(f"{name}{text!r} holds no values: give a comma-separated list of {kind.__name__}, "
+                         f"such as {'1,4,16' if kind is int else 'a,b'}")
+    return values
 
 
 def parse_settings(pairs: list[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import typer
 
 from vlkit.cli.common import (DeviceOpt, ModelOpt, OutputOpt, PretrainedOpt, SeedOpt, err, parse_list,
                               parse_settings, table, user_errors, write_json)
+from vlkit.errors import VlkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt a frozen CLIP to new image classes with few labels.")
@@ -79,7 +80,9 @@ def fit_command(
     shots: int = typer.Option(16, "--shots", "-k", help="labelled images per class"),
     seed: int = SeedOpt,
     setting: Optional[List[str]] = typer.Option(None, "--set", help="method option key=value (repeatable)"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="save the fitted method and run record here"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="save the fitted method and run record here "
+                                           "(a new or empty folder; an existing run needs --force)"),
+    force: bool = typer.Option(False, "--force", help="replace the run already in --run-dir"),
     views: int = typer.Option(10, "--views", help="cached augmented views per training image"),
     base_to_novel: bool = typer.Option(False, "--base-to-novel", help="train on the first half of the classes; "
                                        "report base, novel and harmonic-mean accuracy"),
@@ -88,6 +91,8 @@ def fit_command(
 ) -> None:
     """Fit one method on a few-shot sample; select on validation; score once on test."""
     settings = parse_settings(setting or [])
+    if base_to_novel and run_dir is not None:
+        raise VlkitError("--run-dir saves one fitted method; --base-to-novel does not save: drop one of them")
     if base_to_novel:
         from vlkit.apps.commands import fit_base_to_novel
 
@@ -97,7 +102,8 @@ def fit_command(
     else:
         from vlkit.apps.commands import fit
 
-        result = fit(method, model, pretrained, data, shots, seed, settings, run_dir, views, device, skip_corrupt)
+        result = fit(method, model, pretrained, data, shots, seed, settings, run_dir, views, device, skip_corrupt,
+                     force=force)
         table([result], COST_COLUMNS, title=f"{method}, {shots} shots, seed {seed}")
     write_json(output, result)
 
@@ -178,12 +184,13 @@ def fewshot_command(
     """The main job: every few-shot method at 1, 4 and 16 shots, accuracy and cost side by side."""
     from vlkit.protocols.presets import by_method, run_fewshot_job
 
-    chosen = None if methods == "all" else parse_list(methods)
-    result = run_fewshot_job(model, pretrained, data, chosen, parse_list(shots, int), parse_list(seeds, int),
+    chosen = None if methods == "all" else parse_list(methods, option="--methods")
+    shot_list, seed_list = parse_list(shots, int, "--shots"), parse_list(seeds, int, "--seeds")
+    result = run_fewshot_job(model, pretrained, data, chosen, shot_list, seed_list,
                              out_dir, device=device, schedule=schedule,
                              on_result=lambda r: err.print(f"{r['method']:>16} {r['shots']:>2} shots: "
                                                            f"{r['top1']:.1f}% in {r['fit_seconds']:.1f}s"))
-    shot_columns = [f"{k}-shot" for k in sorted(set(parse_list(shots, int)))]
+    shot_columns = [f"{k}-shot" for k in sorted(set(shot_list))]
     table(by_method(result["summary"]), ["method", *shot_columns, "params", "fit s", "ms/img"],
           title=f"{model} on {data}: top-1 (%) by shots, cost at {shot_columns[-1]}")
     if schedule == "quick":
@@ -211,7 +218,7 @@ def adapt_command(
     """Adapt from a labelled source to an unlabelled target; target labels are read only to score."""
     from vlkit.apps.commands import adapt
 
-    result = adapt(parse_list(method), model, pretrained, source, target, seed, parse_settings(setting or []),
+    result = adapt(parse_list(method, option="--method"), model, pretrained, source, target, seed, parse_settings(setting or []),
                    views, device)
     table(result["rows"], ["method", "task_kind", "top1", "mean_per_class", "pseudo_label_precision",
                            "trainable_parameters", "fit_seconds"], title=f"{source} -> {target}")

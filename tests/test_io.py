@@ -187,3 +187,37 @@ def test_io_imports_nothing_from_vlkit_but_errors() -> None:
     names = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
     names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert {n for n in names if n.startswith("vlkit")} == {"vlkit.errors"}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700),
+                                                       (0o002, 0o664, 0o775)])
+def test_atomic_writes_follow_the_umask(tmp_path: Path, mask: int, file_mode: int, dir_mode: int) -> None:
+    old = os.umask(mask)
+    try:
+        assert io.current_umask() == mask
+        io.atomic_write_json(tmp_path / "a.json", {"x": 1})
+        with io.atomic_file(tmp_path / "b.npy") as tmp:
+            np.save(tmp, np.zeros(2))
+        with io.atomic_dir(tmp_path / "folder") as tmp:
+            (tmp / "inside.txt").write_text("x")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # what open() gives under this umask: the atomic routes must match it
+    finally:
+        os.umask(old)
+    assert (plain.stat().st_mode & 0o777) == file_mode
+    for name in ("a.json", "b.npy", "folder/inside.txt"):
+        assert ((tmp_path / name).stat().st_mode & 0o777) == file_mode, name
+    assert ((tmp_path / "folder").stat().st_mode & 0o777) == dir_mode
+
+
+def test_read_json_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text('{"a": 1}')
+    assert io.read_json(good, "record", "fix it") == {"a": 1}
+    for content in (b"{not json", b"\x00\xff\xfe", b""):
+        (tmp_path / "bad.json").write_bytes(content)
+        with pytest.raises(VlkitError, match=r"record .*bad\.json is damaged .*: fix it$"):
+            io.read_json(tmp_path / "bad.json", "record", "fix it")
+    with pytest.raises(VlkitError, match="missing: fix it"):
+        io.read_json(tmp_path / "none.json", "record", "fix it")

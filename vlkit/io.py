@@ -20,6 +20,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -28,13 +29,43 @@ import filelock
 from vlkit.errors import VlkitError
 
 __all__ = ["cache_root", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_file",
-           "atomic_dir", "temp_dir_beside", "publish_dir", "FileLock"]
+           "atomic_dir", "temp_dir_beside", "publish_dir", "read_json", "current_umask", "FileLock"]
 
 
 def cache_root() -> Path:
     """The cache root: ``$VLKIT_CACHE`` if set, else ``~/.cache/vlkit`` (not created here)."""
     env = os.environ.get("VLKIT_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "vlkit"
+
+
+# ---- permissions ----------------------------------------------------------------------
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without a window where another thread sees it changed.
+
+    Linux reports it in ``/proc/self/status``; elsewhere ``os.umask`` is set and restored
+    at once under a lock (the only portable way to read it).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _follow_umask(path: Path, folder: bool = False) -> None:
+    """Give a ``mkstemp``/``mkdtemp`` product (private: 0600/0700) the mode a plain
+    ``open``/``mkdir`` would have had: 0666/0777 less the umask."""
+    if os.name == "posix":
+        os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
 
 
 # ---- files ----------------------------------------------------------------------------
@@ -85,6 +116,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
+        _follow_umask(tmp)
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, path)
@@ -111,6 +143,21 @@ def atomic_write_json(path: str | Path, obj: Any, sort_keys: bool = True,
                       default: Callable[[Any], Any] | None = None) -> Path:
     """Write ``obj`` as JSON (indent 1) to ``path`` atomically; ``default`` converts what JSON cannot hold."""
     return atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=sort_keys, default=default).encode())
+
+
+def read_json(path: str | Path, what: str, fix: str) -> Any:
+    """The JSON in ``path``; a missing, unreadable or malformed file is a one-line
+    :class:`VlkitError` naming it as ``what`` and saying ``fix``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise VlkitError(f"{what} {path} is missing: {fix}") from None
+    except OSError as exc:
+        raise VlkitError(f"cannot read {what} {path} ({exc.strerror or exc}): {fix}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = f"not JSON: {exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not text"
+        raise VlkitError(f"{what} {path} is damaged ({reason}): {fix}") from None
 
 
 # ---- folders --------------------------------------------------------------------------
@@ -150,14 +197,15 @@ def _remove_stale_temps(path: Path) -> None:
 def temp_dir_beside(path: str | Path) -> Path:
     """A new empty hidden folder beside ``path`` (``.<name>.partial-<pid>-*``) to build it in.
 
-    Temp folders of ``path`` left by dead processes are deleted first. The folder is
-    ``rwxr-xr-x`` (a cache may be shared), not ``mkdtemp``'s private mode.
+    Temp folders of ``path`` left by dead processes are deleted first. The folder follows
+    the umask (``rwxr-xr-x`` under the usual 022: a cache may be shared), not ``mkdtemp``'s
+    private mode.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
-    tmp.chmod(0o755)
+    _follow_umask(tmp, folder=True)
     return tmp
 
 

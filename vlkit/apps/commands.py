@@ -1,7 +1,7 @@
 """The library functions behind each CLI command; each returns a JSON-ready dict."""
 from __future__ import annotations
 
-import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -12,10 +12,13 @@ from vlkit.backbones import Backbone, load_backbone
 from vlkit.data.resolve import has_splits, load_data
 from vlkit.errors import VlkitError
 from vlkit.features.store import FeatureStore
-from vlkit.io import atomic_write_json
+from vlkit.io import atomic_dir, atomic_write_json, read_json
 from vlkit.methods import Method, create_method, list_methods, method_class
 from vlkit.protocols.fewshot import run_fewshot, templates_for
 from vlkit.protocols.scoring import measure, score
+
+RUN_FILE = "run.json"
+REFIT = "re-create the run with `vlkit fit ... --run-dir DIR --force`"
 
 
 def extract_features(model: str, pretrained: str | None, data: str, split: str, views: int = 0,
@@ -53,33 +56,91 @@ def zeroshot(model: str, pretrained: str | None, data: str, split: str | None = 
                  extras={"data": data, "split": split, "templates": templates_for(dataset, templates)}).to_dict()
 
 
+def check_run_dir(run_dir: Path, force: bool = False) -> None:
+    """Refuse a ``--run-dir`` that cannot take a new run, before any work.
+
+    It must be a new or empty folder, or (with ``force``) a run folder, which the new run
+    then replaces whole. A file, or a folder holding anything but a run, is never replaced.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise VlkitError(f"--run-dir {run_dir} is a file, not a folder: name a new folder for the run")
+    if not run_dir.is_dir():
+        folder = run_dir.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:  # the run is built beside its folder: that place must be writable
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise VlkitError(f"--run-dir {run_dir}: cannot write in {folder} ({exc.strerror or exc}); name a "
+                             "folder in a writable place") from None
+        return
+    if not any(run_dir.iterdir()):
+        return
+    if not (run_dir / RUN_FILE).is_file():
+        raise VlkitError(f"--run-dir {run_dir} is a folder that is not a run and is not empty: name a new folder "
+                         "(a run folder is replaced whole)")
+    if not force:
+        raise VlkitError(f"--run-dir {run_dir} already holds a run: pick another folder, or pass --force to "
+                         "replace it")
+
+
 def fit(method: str, model: str, pretrained: str | None, data: str, shots: int, seed: int,
         settings: dict[str, Any] | None = None, run_dir: Path | None = None, views: int = 10,
-        device: str | None = None, skip_corrupt: bool = False) -> dict[str, Any]:
-    """Fit ``method`` on ``shots`` per class of the train split; score once on the test split."""
-    method_class(method)  # unknown names fail before any loading
+        device: str | None = None, skip_corrupt: bool = False, force: bool = False) -> dict[str, Any]:
+    """Fit ``method`` on ``shots`` per class of the train split; score once on the test split.
+
+    With ``run_dir`` the run (``run.json`` + ``method/``) is built in a temp folder beside it
+    and published in one rename once everything is written: a failed or interrupted fit
+    leaves no run, and an old run (``force``) stays whole until the new one replaces it.
+    """
+    method_class(method)(**(settings or {}))  # unknown names and bad options fail before any loading
+    if run_dir is not None:
+        check_run_dir(run_dir, force)
     backbone = load_backbone(model, pretrained, device)
     pool, test = load_data(data, "train", skip_corrupt), load_data(data, "test", skip_corrupt)
-    fitted = run_fewshot(backbone, pool, test, method, shots, seed, views=views,
-                         save_dir=Path(run_dir) / "method" if run_dir else None, **(settings or {}))
-    fitted.extras["data"] = data
-    result = fitted.to_dict()
-    if run_dir:
-        atomic_write_json(Path(run_dir) / "run.json", {"model": model, "pretrained": pretrained, "data": data,
-                                                        "method": method, "shots": shots, "seed": seed,
-                                                        "settings": settings or {}, "result": result})
+    if run_dir is None:
+        fitted = run_fewshot(backbone, pool, test, method, shots, seed, views=views, **(settings or {}))
+        fitted.extras["data"] = data
+        return fitted.to_dict()
+    with atomic_dir(run_dir) as tmp:
+        fitted = run_fewshot(backbone, pool, test, method, shots, seed, views=views, save_dir=tmp / "method",
+                             **(settings or {}))
+        fitted.extras["data"] = data
+        result = fitted.to_dict()
+        atomic_write_json(tmp / RUN_FILE, {"model": model, "pretrained": pretrained, "data": data,
+                                           "method": method, "shots": shots, "seed": seed,
+                                           "settings": settings or {}, "result": result})
     return result
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` of a ``vlkit fit --run-dir`` folder; a missing or damaged one is a one-line error."""
+    run_file = Path(run_dir) / RUN_FILE
+    if not run_file.is_file():
+        raise VlkitError(f"{run_dir} is not a run folder (no run.json): create one with `vlkit fit ... --run-dir`")
+    run = read_json(run_file, "run record", REFIT)
+    wrong = [] if isinstance(run, dict) else ["a JSON object"]
+    wrong += [key for key, kind in (("model", str), ("data", str), ("method", str)) if isinstance(run, dict)
+              and not isinstance(run.get(key), kind)]
+    if wrong:
+        raise VlkitError(f"run record {run_file} is damaged (missing or malformed: {', '.join(wrong)}): {REFIT}")
+    return run
 
 
 def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
                  device: str | None = None) -> dict[str, Any]:
     """Load a saved run (``vlkit fit --run-dir``) and score it on ``split`` of its data."""
-    run_file = Path(run_dir) / "run.json"
-    if not run_file.is_file():
-        raise VlkitError(f"{run_dir} is not a run folder (no run.json): create one with `vlkit fit ... --run-dir`")
-    run = json.loads(run_file.read_text())
-    backbone = load_backbone(run["model"], run["pretrained"], device)
-    method = Method.load(Path(run_dir) / "method", backbone)
+    run = read_run(run_dir)
+    method_dir, fix = Path(run_dir) / "method", f"the run's method is damaged; {REFIT}"
+    if method_dir.resolve().parent != Path(run_dir).resolve():
+        raise VlkitError(f"{method_dir} leads outside the run folder {run_dir} (a link?): a run reads only its "
+                         f"own method; {REFIT}")
+    if not method_class(run["method"]).uses_backbone:
+        Method.load(method_dir, fix=fix)  # a damaged run fails before the model loads
+    backbone = load_backbone(run["model"], run.get("pretrained"), device)
+    method = Method.load(method_dir, backbone, fix=fix)
     dataset = load_data(data or run["data"], split)
     if dataset.classnames != method.classnames_:
         raise VlkitError(f"{data} has other classes than the run was fitted on ({len(method.classnames_)} classes)")
@@ -118,7 +179,7 @@ def adapt(methods: list[str], model: str, pretrained: str | None, source: str, t
         methods = [m for m in ADAPT_BASELINES if m in list_methods()]
         methods += [m for m in list_methods() if method_class(m).task_kind == "adaptation"]
     for name in methods:
-        method_class(name)
+        method_class(name)(**(settings or {}))  # unknown names and bad options fail before any loading
     backbone = load_backbone(model, pretrained, device)
     src = (load_data(source, "train"), load_data(source, "val"))
     tgt = (load_data(target, "train"), load_data(target, "test"))
@@ -134,7 +195,7 @@ def fit_base_to_novel(method: str, model: str, pretrained: str | None, data: str
     """``vlkit fit --base-to-novel``: train on the first half of the classes, score base and novel."""
     from vlkit.protocols.base_to_novel import base_to_novel
 
-    method_class(method)
+    method_class(method)(**(settings or {}))  # unknown names and bad options fail before any loading
     backbone = load_backbone(model, pretrained, device)
     pool, test = load_data(data, "train"), load_data(data, "test")
     result = base_to_novel(backbone, pool, test, method, shots, seed, views=views, **(settings or {}))

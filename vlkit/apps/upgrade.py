@@ -19,7 +19,6 @@ unreadable image, features from another backbone) raises before anything is writ
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -31,7 +30,7 @@ import torch
 from vlkit.caches.tip_adapter import TipAdapter
 from vlkit.data import open_image
 from vlkit.errors import BackboneMismatchError, DataError, VlkitError
-from vlkit.io import FileLock, atomic_write_json
+from vlkit.io import FileLock, atomic_write_json, read_json
 from vlkit.methods.base import Method
 from vlkit.methods.task import Task
 from vlkit.features.text_weights import zero_shot_weights
@@ -63,18 +62,40 @@ def _meta_path(run: Path) -> Path:
     return Path(run) / RUN_FILE
 
 
+REINIT = "re-create the run with `vlkit upgrade init --force`"
+META_TYPES = {"model": str, "fingerprint": str, "embed_dim": int, "classes": list, "templates": list,
+              "examples": int, "per_class": dict, "history": list, "state": str}
+
+
 def read_meta(run: str | Path) -> dict:
-    """``run.json`` of a run folder (a clear error when the folder is not a run)."""
+    """``run.json`` of a run folder (a clear error when the folder is not a run, or the file is damaged)."""
     path = _meta_path(Path(run))
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise VlkitError(f"{run} is not an upgrade run (no {RUN_FILE}): create it with `vlkit upgrade init`") from None
-    except json.JSONDecodeError as exc:
-        raise VlkitError(f"{path} is corrupt ({exc}); re-create the run with `vlkit upgrade init --force`") from None
+    if not path.exists():
+        raise VlkitError(f"{run} is not an upgrade run (no {RUN_FILE}): create it with `vlkit upgrade init`")
+    meta = read_json(path, "run record", REINIT)
+    if not isinstance(meta, dict):
+        raise VlkitError(f"{path} is damaged (not a JSON object): {REINIT}")
     if meta.get("format") != RUN_FORMAT:
         raise VlkitError(f"{path} has format {meta.get('format')}, this vlkit reads {RUN_FORMAT}: re-create the run")
+    wrong = [key for key, kind in META_TYPES.items() if not isinstance(meta.get(key), kind)]
+    if wrong:
+        raise VlkitError(f"{path} is damaged (missing or malformed: {', '.join(wrong)}): {REINIT}")
     return meta
+
+
+def state_dir(run: str | Path, meta: dict) -> Path:
+    """The folder ``run.json`` names as the current state; it must lie inside the run folder.
+
+    A ``state`` that climbs out (``../other-run/state-1``), is absolute, or is a link to a
+    folder elsewhere is refused: a run folder cannot name state outside itself.
+    """
+    run = Path(run)
+    named = Path(meta["state"])
+    folder = (run / named).resolve()
+    if named.is_absolute() or len(named.parts) != 1 or folder.parent != run.resolve():
+        raise VlkitError(f"{_meta_path(run)} names state {meta['state']!r}, outside the run folder {run}: "
+                         f"a run reads only its own state-N folders; {REINIT}")
+    return folder
 
 
 def _locked(run: Path) -> FileLock:
@@ -114,6 +135,8 @@ def init_run(run: str | Path, model: str, classes: Sequence[str], pretrained: st
              force: bool = False) -> dict:
     """Create a zero-shot run for ``classes`` with ``model``; returns a summary dict."""
     run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise VlkitError(f"{run} is a file, not a folder: name a new folder for the run")
     if _meta_path(run).exists() and not force:
         raise VlkitError(f"{run} already holds a run: pick another folder or pass --force to replace it")
     if retune_min < 2:
@@ -143,7 +166,7 @@ def init_run(run: str | Path, model: str, classes: Sequence[str], pretrained: st
 def load_method(run: str | Path, meta: dict | None = None) -> TipAdapter:
     """The run's current cache model."""
     meta = meta or read_meta(run)
-    method = Method.load(Path(run) / meta["state"])
+    method = Method.load(state_dir(run, meta), fix=f"the run's state is damaged; {REINIT}")
     if not isinstance(method, TipAdapter):
         raise VlkitError(f"{run} holds a {method.name} state, not an upgradeable cache")
     return method
@@ -198,6 +221,7 @@ def add_images(run: str | Path, images: Sequence[str | Path], label: str, backbo
     meta = read_meta(run)
     if label not in meta["classes"]:  # fail before loading a model
         raise VlkitError(f"unknown label {label!r}; this run's classes are: {', '.join(meta['classes'])}")
+    load_method(run, meta)  # a damaged state fails before the model loads
     backbone = load_backbone_for(meta, backbone, device)
     feats = encode_images(backbone, images)
     result = add_features(run, feats, label, fingerprint=backbone.fingerprint)
@@ -210,8 +234,8 @@ def predict_images(run: str | Path, images: Sequence[str | Path], top_k: int = 5
     if top_k < 1:
         raise VlkitError(f"top_k must be >= 1, got {top_k}")
     meta = read_meta(run)
+    method = method or load_method(run, meta)  # a damaged state fails before the model loads
     backbone = load_backbone_for(meta, backbone, device)
-    method = method or load_method(run, meta)
     start = time.perf_counter()
     feats = encode_images(backbone, images)
     probs = method.predict_proba(feats)  # (n, C)

@@ -24,9 +24,17 @@ def open_image(source: ImageSource) -> Image.Image:
         return source().convert("RGB")
     path = Path(source)
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only; over twice the limit PIL raises here
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.size[0] * img.size[1] > limit:  # over the limit: refused before decoding
+                raise Image.DecompressionBombError(img.size)
             img.load()
             return img.convert("RGB")
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"image {path} is too large to decode safely: more than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} "
+            "pixels (a decompression bomb?); remove or shrink it, or pass --skip-corrupt / skip_corrupt=True"
+        ) from None
     except FileNotFoundError:
         raise DataError(f"image not found: {path} (check the dataset root)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

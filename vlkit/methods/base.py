@@ -7,8 +7,12 @@ method on plain arrays; learned attributes (ending in ``_``) exist only after ``
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
+import numbers
+import types
+import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from vlkit.errors import BackboneMismatchError, NotFittedError, ShapeError, VlkitError
-from vlkit.io import atomic_dir
+from vlkit.io import atomic_dir, read_json
 from vlkit.methods.task import Task, as_tensor
 
 
@@ -73,6 +77,8 @@ class Method(ClassifierMixin, BaseEstimator):
         if unknown:
             raise VlkitError(f"{self.name}: unknown option(s) {sorted(unknown)}; options are: "
                              f"{', '.join(names + ['text_weights'])}")
+        for name, value in overrides.items():
+            check_option_type(type(base), name, value, self.name)
         self.config = dataclasses.replace(base, **overrides)
         self.config.validate()
         self.text_weights = text_weights  # stored as given (sklearn.base.clone checks identity)
@@ -251,15 +257,24 @@ class Method(ClassifierMixin, BaseEstimator):
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, backbone: Any = None) -> "Method":
-        """Load a saved method; checks it was fitted with the same backbone."""
+    def load(cls, directory: str | Path, backbone: Any = None, *, fix: str | None = None) -> "Method":
+        """Load a saved method; checks it was fitted with the same backbone.
+
+        A damaged folder (config.json not JSON or not vlkit's, an option the method lacks, a
+        truncated or foreign state.safetensors) is a one-line VlkitError naming the file;
+        ``fix`` is the remedy it ends with (default: fit and save the method again).
+        """
         from vlkit.methods.registry import method_class
 
         directory = Path(directory)
         config_file, state_file = directory / "config.json", directory / "state.safetensors"
         if not config_file.is_file() or not state_file.is_file():
             raise VlkitError(f"{directory} is not a saved vlkit method (needs config.json and state.safetensors)")
-        header = json.loads(config_file.read_text())
+        fix = fix or "the saved method is damaged; fit and save it again (e.g. `vlkit fit ... --run-dir`)"
+        header = read_json(config_file, "method config", fix)
+        if not isinstance(header, dict) or not isinstance(header.get("config"), dict) \
+                or not isinstance(header.get("meta"), dict) or not isinstance(header.get("method"), str):
+            raise VlkitError(f"{config_file} lacks the method, config and meta entries vlkit saves: {fix}")
         klass = method_class(header["method"])
         if cls is not Method and klass is not cls:
             raise VlkitError(f"{directory} holds {header['method']}, not {cls.name}")
@@ -270,13 +285,95 @@ class Method(ClassifierMixin, BaseEstimator):
             )
         if klass.uses_backbone and backbone is None:
             raise VlkitError(f"{klass.name} needs the backbone it was fitted with: load(dir, backbone)")
-        method = klass(klass.Config(**header["config"]))
+        fields = {f.name for f in dataclasses.fields(klass.Config)}
+        unknown = sorted(set(header["config"]) - fields)
+        if unknown:
+            raise VlkitError(f"{config_file} sets option(s) {unknown} that {klass.name} does not have "
+                             f"(saved by another vlkit version, or edited): {fix}")
+        try:
+            method = klass(**header["config"])
+        except VlkitError as exc:
+            raise VlkitError(f"{config_file}: {exc}") from None
         meta = header["meta"]
+        if not isinstance(meta.get("classnames"), list) or not isinstance(meta.get("dim"), int):
+            raise VlkitError(f"{config_file} lacks the class names and feature width of the fit: {fix}")
         method.classnames_ = meta["classnames"]
         method.dim_ = meta["dim"]
         method.fit_info_ = meta.get("fit_info", {})
-        method.restore(load_file(str(state_file)), meta, backbone)
+        try:
+            state = load_file(str(state_file))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, or OSError
+            raise VlkitError(f"{state_file} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0]}): "
+                             f"{fix}") from None
+        try:
+            method.restore(state, meta, backbone)
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
+            method._forget_fit()
+            raise VlkitError(f"{state_file} does not hold the state {klass.name} saved "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): {fix}") from None
         return method
+
+
+def _type_matches(value: Any, expected: Any) -> bool:
+    """Whether ``value`` fits the annotation ``expected`` (unknown annotations accept anything).
+
+    int takes any integral number but not a bool; float takes any real number but not a bool;
+    a tuple or list annotation takes a tuple or a list (JSON has only lists)."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if expected is Any or isinstance(expected, (str, typing.TypeVar)):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, (bool, np.bool_))
+    if expected is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if expected is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if expected is str:
+        return isinstance(value, str)
+    if origin in (tuple, list, collections.abc.Sequence) or expected in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        items = [a for a in args if a is not Ellipsis]
+        if origin is tuple and args and Ellipsis not in args:
+            return len(value) == len(args) and all(_type_matches(v, a) for v, a in zip(value, args))
+        return not items or all(_type_matches(v, items[0]) for v in value)
+    if origin is dict or expected is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(expected: Any) -> str:
+    """'float', 'float or None', 'one of a, b' for an annotation."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if expected is type(None):
+        return "None"
+    if origin in (tuple, list):
+        return "a list"
+    return getattr(expected, "__name__", str(expected))
+
+
+def check_option_type(config_class: type, name: str, value: Any, owner: str = "") -> None:
+    """Raise a one-line VlkitError unless ``value`` fits the type of ``config_class``'s field ``name``.
+
+    Unknown field names are left to the caller (the constructor lists the options).
+    """
+    try:
+        hints = typing.get_type_hints(config_class)
+    except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is not checked
+        return
+    if name in hints and not _type_matches(value, hints[name]):
+        raise VlkitError(f"{owner + ': ' if owner else ''}option {name} takes {_type_name(hints[name])}, "
+                         f"got {value!r}")
 
 
 def _numpy(x: Any) -> np.ndarray:

@@ -48,23 +48,56 @@ def run_fewshot_job(model: str = "vlkit-mini", pretrained: str | None = None, da
 
     Cells already in ``out_dir/cells.jsonl`` are reused. A method that fails is recorded
     with its error and the job goes on; the caller decides the exit code from ``failures``.
+    On Ctrl-C, ``results.json`` is written with the rows finished so far (``"interrupted":
+    true`` and a note) and a KeyboardInterrupt saying how to resume is raised.
     """
     methods = list(methods or fewshot_methods())
-    bench = run_bench(model, pretrained, [data], methods, shots, seeds, out_dir, "fewshot", device=device,
-                      views=views, schedule=schedule, on_result=on_result)
-    order = {m: i for i, m in enumerate(methods)}
-    records = sorted(bench["records"], key=lambda r: (order[r["cell"]["method"]], r["cell"]["shots"],
-                                                      r["cell"]["seed"]))
-    rows = [{**r["result"], "schedule": schedule_text(r["cell"]["method"], r["result"]["settings"])} for r in records]
+    try:
+        bench = run_bench(model, pretrained, [data], methods, shots, seeds, out_dir, "fewshot", device=device,
+                          views=views, schedule=schedule, on_result=on_result)
+    except KeyboardInterrupt:
+        records = _finished_records(model, pretrained, data, methods, shots, seeds, out_dir, views, schedule)
+        note = (f"interrupted after {len(records)} finished row(s); run the same command again to resume "
+                f"(finished cells in {Path(out_dir) / 'cells.jsonl'} are reused)")
+        _write_results(model, pretrained, data, methods, shots, seeds, out_dir, schedule, records, [],
+                       {"interrupted": True, "note": note})
+        raise KeyboardInterrupt(f"{note}; the finished rows are in {Path(out_dir) / 'results.json'}") from None
     failures = [{k: f[k] for k in ("method", "shots", "seed", "error")} for f in bench["failed"]]
+    result = _write_results(model, pretrained, data, methods, shots, seeds, out_dir, schedule, bench["records"],
+                            failures)
+    result["plot"] = bench["files"].get("shots_plot", "")
+    return result
+
+
+def _write_results(model: str, pretrained: str | None, data: str, methods: Sequence[str], shots: Sequence[int],
+                   seeds: Sequence[int], out_dir: Path, schedule: str, records: Sequence[dict[str, Any]],
+                   failures: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the job's ``results.json`` (rows in method, shots, seed order) and return it."""
+    order = {m: i for i, m in enumerate(methods)}
+    records = sorted(records, key=lambda r: (order[r["cell"]["method"]], r["cell"]["shots"], r["cell"]["seed"]))
+    rows = [{**r["result"], "schedule": schedule_text(r["cell"]["method"], r["result"]["settings"])} for r in records]
     result = {"model": model, "pretrained": pretrained, "data": data, "shots": list(shots), "seeds": list(seeds),
               "schedule": schedule,
               "quick_schedules": {m: quick_settings(m) for m in methods} if schedule == "quick" else {},
-              "rows": rows, "summary": job_summary(records, methods), "failures": failures}
-    out_dir = Path(out_dir)
-    atomic_write_json(out_dir / "results.json", result)
-    result["plot"] = bench["files"].get("shots_plot", "")
+              "rows": rows, "summary": job_summary(records, methods), "failures": failures, **(extra or {})}
+    atomic_write_json(Path(out_dir) / "results.json", result)
     return result
+
+
+def _finished_records(model: str, pretrained: str | None, data: str, methods: Sequence[str],
+                      shots: Sequence[int], seeds: Sequence[int], out_dir: Path, views: int,
+                      schedule: str) -> list[dict[str, Any]]:
+    """The job's cells already in ``out_dir/cells.jsonl`` (the cells the runner would skip)."""
+    from vlkit.protocols.cells import CellLog, grid
+    from vlkit.protocols.runner import schedule_overrides, weights_identity
+    from vlkit.protocols.sources import sources_from_specs
+
+    names = [s.name for s in sources_from_specs([data])]
+    cells = grid(names, methods, list(dict.fromkeys(shots)), list(dict.fromkeys(seeds)), "fewshot", model,
+                 pretrained or "", views, schedule_overrides(methods, schedule),
+                 weights_identity(model, pretrained or ""))
+    done = CellLog(Path(out_dir) / "cells.jsonl").done()
+    return [done[c.key] for c in cells if c.key in done]
 
 
 def job_summary(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:

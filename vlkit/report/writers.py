@@ -38,7 +38,5 @@ def write_reports(out: Path, records: Sequence[dict[str, Any]], datasets: Sequen
     no_match = published_md.split("\n\n", 1)[1] if published_md and comparison is None else None
     page = to_html(summary, plots, comparison or no_match, failures)
     atomic_write_bytes(paths["html"], page.encode())
-    for key in ("markdown", "summary", "html"):  # temp files are private (0600); reports are for sharing
-        paths[key].chmod(0o644)
     return {"files": {k: str(v) for k, v in paths.items()}, "summary": summary.as_dict(), "table": markdown,
             "published": published_md}
