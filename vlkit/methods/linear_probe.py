@@ -6,22 +6,18 @@ on a validation split over 1e-6..1e6. The search is the one the few-shot CLIP
 literature runs for this baseline (CoOp's ``lpclip/linear_probe.py``, LP++'s
 ``methods/linear_probe.py``): a coarse sweep over ``C`` in {1e6, 1e4, ..., 1e-6}, then
 8 steps of a binary search in log10 C between ``C*/10`` and ``10 C*`` around the best
-coarse value ``C*``: at each step the two ends are fitted and scored on validation, the
+coarse value ``C*``: at each step both ends are fitted and scored on validation, the
 better end is kept and the other end moves to the log-midpoint; the chosen ``C`` is the
 end kept at the last step, and the model fitted there is the result.
 
-Ties (issue 21; a 4-image-per-class validation split often scores every C the same):
-among equal validation scores the search keeps the candidate nearest (in log10 C) to the
-centre of the coarse sweep's best plateau, and at equal distance the smaller C (the
-stronger regularisation, the reference's own binary-search tie). The reference breaks
-coarse ties toward the largest C (``argmax`` over a descending list) and binary-search
-ties toward the smaller end; with every score equal it lands at C ~ 1e5 (no
-regularisation), and a first-of-ascending-grid rule lands at the smallest C (the
-strongest): both are edges picked by list order, not by the data. The plateau's centre
-is the C farthest from where validation accuracy falls off, and with no signal at all
-it is C = 1, the middle of the range.
-
-Fits are memoised by C (the binary search re-scores the end it keeps).
+Departures (docs/fidelity.md, "Linear probe"):
+- ties go to the candidate nearest (log10 C) the centre of the coarse sweep's best
+  plateau, then to the smaller C (the reference: coarse ties to the largest C, binary
+  ties to the smaller end, which lands at C ~ 1e5 when every score ties; the plateau's
+  centre is farthest from where accuracy falls off, and C = 1 when nothing differs);
+- CLIP's paper sweeps 96 log-spaced values; this search (CoOp's, LP++'s) covers the
+  same range in 7 + up to 16 fits, memoised by C;
+- ``fit_info_["val_scores"]`` is ``[C, accuracy]`` pairs in numeric order.
 """
 from __future__ import annotations
 

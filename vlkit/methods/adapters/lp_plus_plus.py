@@ -17,17 +17,17 @@ this follows step for step:
   where ``alpha.grad`` is never zeroed: each update uses the gradient summed over every
   epoch since the start;
 - after each epoch the validation accuracy is computed; the last of the best epochs
-  (``>=``) is kept.
+  (``>=``) is kept (the state before training is not a candidate, as in the reference).
 
 Departures (docs/fidelity.md, "LP++"):
 - the augmented pass is the feature store's cached view 1 (random resized crop, scale
   0.5-1, + flip), not a fresh crop;
 - the bias draw comes from a generator seeded with the task's seed (the reference draws
   it from the global RNG after the weight's own draw);
-- float32 throughout (the reference runs in CLIP's float16 on GPU);
-- the validation split is the task's (the papers' min(K, 4) per class, or the data's own),
-  and the test split is never read during fitting (the reference scores test at every
-  new best epoch and reports it).
+- float32 throughout (the reference runs in CLIP's float16 on GPU).
+
+Besides these, the two departures every method shares (docs/fidelity.md): selection on
+the task's validation split (the test split is never read while fitting), cached views.
 """
 from __future__ import annotations
 
