@@ -36,7 +36,7 @@ def accuracy(method, x, y) -> float:
     return float((method.predict(x) == y).float().mean())
 
 
-QUICK = {"clip-adapter": {"epochs": 40}, "zs-linear-probe": {"epochs": 40}, "clap": {"epochs": 40}, "lp++": {}}
+QUICK = {"clip-adapter": {"epochs": 60, "lr": 0.05}, "zs-linear-probe": {"epochs": 40}, "clap": {"epochs": 40}, "lp++": {}}
 
 
 @pytest.mark.parametrize("name", list(QUICK))
@@ -69,7 +69,7 @@ def test_clip_adapter_text_branch_is_trained_and_saved(synthetic, tmp_path):
 def test_zs_linear_probe_starts_at_zero_shot(synthetic):
     task, tx, _ = synthetic
     method = create_method("zs-linear-probe", epochs=1)
-    method.prototypes_ = task.text_weights.clone()
+    method.prototypes_, method.logit_scale_ = task.text_weights.clone(), task.logit_scale
     zero = create_method("zero-shot").fit(task)
     torch.testing.assert_close(method._forward(tx), zero.logits(tx), atol=1e-4, rtol=1e-5)
 
@@ -79,9 +79,9 @@ def test_clap_multipliers_and_anchor(synthetic):
     torch.manual_seed(0)
     clap = create_method("clap", epochs=40).fit(task)
     lam = torch.tensor(clap.fit_info_["multipliers"])
-    feats = task.train_features.reshape(-1, D)
-    labels = task.train_labels.repeat_interleave(task.train_features.shape[1])
-    probs = (100 * feats @ task.text_weights.T).softmax(-1)
+    feats = task.train_features[:, 1:].reshape(-1, D)  # the augmented views only, as the reference's pool
+    labels = task.train_labels.repeat_interleave(task.train_features.shape[1] - 1)
+    probs = (task.logit_scale * feats @ task.text_weights.T).softmax(-1)
     expected = torch.stack([probs[labels == c, c].mean() for c in range(C)])
     torch.testing.assert_close(lam, expected, atol=1e-4, rtol=1e-4)
     # same schedule, no epoch selection: the penalty alone keeps CLAP nearer the zero-shot prototypes

@@ -29,12 +29,17 @@ def test_zero_shot_logits(colour_task):
 
 
 def test_linear_probe_selects_c_on_validation_like_a_plain_loop(colour_task):
-    method = create_method("linear-probe", c_grid=[0.01, 1.0, 100.0]).fit(colour_task)
+    grid = [0.01, 1.0, 100.0]
+    method = create_method("linear-probe", c_grid=grid, search_steps=0).fit(colour_task)
     x, y = colour_task.train_features[:, 0].numpy(), colour_task.train_labels.numpy()
     vx, vy = colour_task.val_features.numpy(), colour_task.val_labels.numpy()
     scores = [(LogisticRegression(C=c, max_iter=1000, random_state=0).fit(x, y).predict(vx) == vy).mean()
-              for c in (0.01, 1.0, 100.0)]
-    assert method.fit_info_["C"] == [0.01, 1.0, 100.0][int(np.argmax(scores))]
+              for c in grid]
+    # ties: the tied C nearest the middle (log10) of the tied span, then the smaller C
+    tied = [np.log10(c) for c, s in zip(grid, scores) if s == max(scores)]
+    middle = (min(tied) + max(tied)) / 2
+    assert method.fit_info_["C"] == min((c for c, s in zip(grid, scores) if s == max(scores)),
+                                        key=lambda c: (abs(np.log10(c) - middle), c))
     ref = LogisticRegression(C=method.fit_info_["C"], max_iter=1000, random_state=0).fit(x, y)
     assert torch.allclose(method.logits(torch.from_numpy(vx)), torch.from_numpy(ref.decision_function(vx)).float(),
                           atol=1e-4)

@@ -21,3 +21,27 @@ def zero_shot_weights(backbone, classnames: list[str], templates: list[str], sto
     feats = store.text_features(backbone, texts) if store is not None else backbone.encode_texts(texts).cpu()
     feats = feats.view(len(classnames), len(templates), -1)  # (C, T, D)
     return F.normalize(F.normalize(feats, dim=-1).mean(dim=1), dim=-1)
+
+
+_EMBEDDINGS: dict[tuple[str, tuple[str, ...], int], torch.Tensor] = {}  # per-process memo
+
+
+@torch.no_grad()
+def class_text_embeddings(backbone, classnames: list[str], templates: list[str], batch_size: int = 512) -> torch.Tensor:
+    """(C, D): per class, the mean over templates of the text encoder's *unnormalised* outputs.
+
+    The prototypes CLAP/ZS-LP start from (``zero_shot_weights`` normalises each output
+    before averaging and the mean after). Float32 on the CPU; memoised per process by the
+    backbone's fingerprint and the exact strings.
+    """
+    texts = fill_templates(classnames, templates)
+    key = (backbone.fingerprint, tuple(texts), len(classnames))
+    if key not in _EMBEDDINGS:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tokens = backbone.tokenize(texts[start:start + batch_size])
+            with backbone.autocast():
+                out.append(backbone.model.encode_text(tokens).float().cpu())
+        feats = torch.cat(out).view(len(classnames), len(templates), -1)  # (C, T, D)
+        _EMBEDDINGS[key] = feats.mean(dim=1)
+    return _EMBEDDINGS[key].clone()

@@ -2,13 +2,30 @@
 
 Silva-Rodriguez et al., "A Closer Look at the Few-Shot Adaptation of Large
 Vision-Language Models", CVPR 2024. ZS-LP (Sec. 3): class prototypes ``W`` (C, D)
-start at the zero-shot text weights ``T``; ``logits = tau * cos(f, w_c)`` with CLIP's
-temperature ``tau`` (100); cross-entropy on augmented features. CLAP (Sec. 4) adds a
-class-adaptive penalty ``mean_c lambda_c ||w_c - t_c||^2``, with ``lambda_c`` set from
-the zero-shot model itself: the mean zero-shot softmax probability of class c on its
-own support samples (the authors' "l2" setting). Training as the authors' config: SGD
-lr 0.1, momentum 0.9, no weight decay, batch 256, 300 epochs, cosine schedule after
-one constant warm-up epoch; every epoch passes over all cached augmented views.
+start at the class text embeddings ``T``; ``logits = tau * cos(f, w_c)`` with the
+backbone's temperature ``tau = exp(logit_scale)``; cross-entropy on augmented features.
+CLAP (Sec. 4) adds a class-adaptive penalty ``mean_c lambda_c ||w_c - t_c||^2`` with
+``lambda_c`` the mean zero-shot softmax probability of class c on its own augmented
+support features (the "l2" constraint). The authors' code (jusiro/CLAP,
+``trainers/adapters.py`` with ``configs/trainers/SGD_lr1e-1_B256_ep300.yaml``), followed here:
+
+- ``T`` and the anchor are the per-class mean of the text encoder's unnormalised outputs
+  over the templates (``vlkit.features.text_weights.class_text_embeddings``);
+- the training pool is the augmented support set (no evaluation view), shuffled each
+  epoch, of which ``max(1, floor(N / 256))`` batches of 256 are drawn per epoch
+  (N = support images: the length of Dassl's drop-last loader);
+- ``lambda_c`` from the zero-shot logits (at ``tau``) of that pool;
+- SGD lr 0.1, momentum 0.9, no weight decay, 300 epochs, one warm-up epoch at 1e-5,
+  then cosine stepped per epoch (Dassl).
+
+Departures (docs/fidelity.md, "ZS-LP and CLAP"):
+- the pool is the feature store's cached augmented views (10 by default), not 20 fresh passes;
+- the templates are the task's (the reference: one hand-written template per dataset,
+  ImageNet's 7 selected templates plus it for ImageNet);
+- the epoch is chosen on validation, with the zero-shot start as a candidate (the
+  reference has no selection: it keeps the last epoch);
+- without a backbone (``Task.from_arrays``) and no ``task.extras["text_embeddings"]``,
+  ``T`` is the unit-norm zero-shot weights (``fit_info_["anchor"]`` says which was used).
 """
 from __future__ import annotations
 
@@ -18,30 +35,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlkit.features.text_weights import class_text_embeddings
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method
 from vlkit.methods.task import Task
 from vlkit.methods.training import TrainConfig, train
 
 
-def all_view_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                     generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch over every augmented view (views 1..V-1; view 0 when V = 1), shuffled."""
+def augmented_pool(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, V, D) cached views -> the augmented views 1..V-1 as (N * (V-1), D) and labels (view 0 when V = 1)."""
     n, v, d = features.shape
     views = features[:, 1:] if v > 1 else features  # (N, V', D)
-    x = views.reshape(-1, d)  # (N * V', D)
-    y = labels.repeat_interleave(views.shape[1])
-    order = torch.randperm(len(x), generator=generator)
-    x, y = x[order], y[order]
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return views.reshape(-1, d), labels.repeat_interleave(views.shape[1])
+
+
+def pool_batches(pool: torch.Tensor, labels: torch.Tensor, images: int, batch_size: int,
+                 generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch: ``max(1, images // batch_size)`` consecutive batches of the shuffled pool."""
+    order = torch.randperm(len(pool), generator=generator)
+    count = max(1, images // batch_size)
+    return [(pool[idx], labels[idx]) for idx in (order[i * batch_size:(i + 1) * batch_size] for i in range(count))]
+
+
+def text_anchor(task: Task) -> tuple[torch.Tensor, str]:
+    """(C, D) class text embeddings (unnormalised when the backbone is known) and where they came from."""
+    given = task.extras.get("text_embeddings")
+    if given is not None:
+        return torch.as_tensor(given, dtype=torch.float32).clone(), "task.extras"
+    if task.backbone is not None:
+        return class_text_embeddings(task.backbone, task.classnames, task.templates), "text encoder (unnormalised)"
+    return task.text_weights.clone(), "zero-shot weights (unit norm)"
 
 
 @dataclass
 class ZSLinearProbeConfig(MethodConfig):
-    """``constraint``: "none" (ZS-LP) or "l2" (CLAP's class-adaptive penalty)."""
+    """``constraint``: "none" (ZS-LP) or "l2" (CLAP). ``logit_scale``: None = the task's (the backbone's)."""
 
     constraint: str = "none"
-    logit_scale: float = 100.0
+    logit_scale: float | None = None
     epochs: int = 300
     lr: float = 0.1
     batch_size: int = 256
@@ -49,13 +80,14 @@ class ZSLinearProbeConfig(MethodConfig):
 
     def validate(self) -> None:
         self.check(self.constraint in ("none", "l2"), f"constraint must be 'none' or 'l2', got {self.constraint!r}")
-        self.check(self.logit_scale > 0 and self.epochs >= 1 and self.lr > 0 and self.batch_size >= 1,
-                   "logit_scale, epochs, lr and batch_size must be positive")
+        self.check(self.logit_scale is None or self.logit_scale > 0, f"logit_scale must be > 0, got {self.logit_scale}")
+        self.check(self.epochs >= 1 and self.lr > 0 and self.batch_size >= 1,
+                   "epochs, lr and batch_size must be positive")
 
 
 @register_method
 class ZSLinearProbe(Method):
-    """Linear probe on normalised features whose prototypes start at the zero-shot weights."""
+    """Linear probe on normalised features whose prototypes start at the class text embeddings."""
 
     name = "zs-linear-probe"
     family = "adapter"
@@ -65,26 +97,24 @@ class ZSLinearProbe(Method):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (N, C): ``tau * cos(f, w_c)``."""
-        return self.config.logit_scale * F.normalize(x, dim=-1) @ F.normalize(self.prototypes_, dim=-1).T
+        return self.logit_scale_ * F.normalize(x, dim=-1) @ F.normalize(self.prototypes_, dim=-1).T
 
-    def _multipliers(self, task: Task) -> torch.Tensor:
-        """(C,) lambda_c: mean zero-shot probability of class c on its support views."""
-        feats = task.train_features.reshape(-1, task.dim)  # (N * V, D)
-        labels = task.train_labels.repeat_interleave(task.train_features.shape[1])
-        probs = (self.config.logit_scale * F.normalize(feats, dim=-1) @ task.text_weights.T).softmax(-1)
-        own = probs[torch.arange(len(labels)), labels]  # (N * V,)
-        lam = torch.zeros(task.num_classes).index_add_(0, labels, own)
-        counts = torch.bincount(labels, minlength=task.num_classes).clamp(min=1)
-        return lam / counts
+    def _multipliers(self, pool: torch.Tensor, labels: torch.Tensor, anchor: torch.Tensor, c: int) -> torch.Tensor:
+        """(C,) lambda_c: mean zero-shot probability of class c on its augmented support features."""
+        probs = (self.logit_scale_ * F.normalize(pool, dim=-1) @ F.normalize(anchor, dim=-1).T).softmax(-1)
+        own = probs[torch.arange(len(labels)), labels]  # (P,)
+        return torch.zeros(c).index_add_(0, labels, own) / torch.bincount(labels, minlength=c).clamp(min=1)
 
     def _fit(self, task: Task) -> None:
         c = self.config
-        anchor = task.text_weights.clone()  # (C, D)
+        self.logit_scale_ = float(c.logit_scale if c.logit_scale is not None else task.logit_scale)
+        anchor, source = text_anchor(task)  # (C, D)
         self.prototypes_ = nn.Parameter(anchor.clone())
-        lam = self._multipliers(task) if c.constraint == "l2" else None
+        pool, pool_labels = augmented_pool(task.train_features, task.train_labels)  # (P, D), (P,)
+        lam = self._multipliers(pool, pool_labels, anchor, task.num_classes) if c.constraint == "l2" else None
         generator = torch.Generator().manual_seed(task.seed)
-        cfg = TrainConfig(epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, weight_decay=0.0,
-                          warmup_epochs=c.warmup_epochs)
+        cfg = TrainConfig(epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, momentum=0.9, weight_decay=0.0,
+                          warmup_epochs=c.warmup_epochs, keep_initial=True)
 
         def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
             loss = F.cross_entropy(self._forward(batch[0]), batch[1])
@@ -96,11 +126,14 @@ class ZSLinearProbe(Method):
             with torch.no_grad():
                 return float((self._forward(task.val_features).argmax(-1) == task.val_labels).float().mean())
 
+        images = len(task.train_labels)
         history = train([self.prototypes_], loss_fn,
-                        lambda _: all_view_batches(task.train_features, task.train_labels, c.batch_size, generator),
+                        lambda _: pool_batches(pool, pool_labels, images, c.batch_size, generator),
                         cfg, val_score if task.has_val else None, description=self.name)
         self.prototypes_ = self.prototypes_.detach()
         self.fit_info_ = {"best_epoch": history["best_epoch"], "best_val": history.get("best_val"),
+                          "initial_val": history.get("initial_val"), "logit_scale": self.logit_scale_,
+                          "anchor": source, "batches_per_epoch": max(1, images // c.batch_size),
                           "multipliers": None if lam is None else [round(float(v), 4) for v in lam]}
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,10 +144,12 @@ class ZSLinearProbe(Method):
         return int(self.prototypes_.numel()) if hasattr(self, "prototypes_") else 0
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"prototypes": self.prototypes_}
+        return {"prototypes": self.prototypes_, "logit_scale": torch.tensor([self.logit_scale_])}
 
     def restore(self, state: dict[str, torch.Tensor], meta: dict, backbone) -> None:
         self.prototypes_ = state["prototypes"]
+        saved = state.get("logit_scale")  # runs saved before the scale was learned from the task: the config's
+        self.logit_scale_ = float(saved[0]) if saved is not None else float(self.config.logit_scale or 100.0)
 
 
 @dataclass
