@@ -198,9 +198,9 @@ def test_clip_adapter_forward_and_one_step_match_the_equations():
     x = feats[:, 1]  # the one cached augmented view; one batch holds every image
     loss = F.cross_entropy(forward(x, w1, w2), labels)
     loss.backward()
-    with torch.no_grad():  # plain SGD (no momentum, no weight decay) at the cosine's first rate: lr
-        w1 -= 1e-2 * w1.grad
-        w2 -= 1e-2 * w2.grad
+    with torch.no_grad():  # Dassl's SGD, first step (momentum buffer = gradient + 5e-4 w) at the cosine's first rate
+        w1 -= 1e-2 * (w1.grad + 5e-4 * w1)
+        w2 -= 1e-2 * (w2.grad + 5e-4 * w2)
         expected = forward(feats[:, 0], w1, w2)
     torch.testing.assert_close(method.logits(feats[:, 0]), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     assert method.fit_info_["logit_scale"] == pytest.approx(43.96)
