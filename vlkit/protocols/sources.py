@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from vlkit.data.dataset import ImageDataset
+from vlkit.data.dataset import ImageDataset, MissingSplitError
 from vlkit.data.resolve import load_data
 from vlkit.errors import DataError, VlkitError
 
@@ -29,15 +29,32 @@ class DataSource:
     _cache: dict[str, ImageDataset] = field(default_factory=dict, repr=False)
 
     def split(self, split: str) -> ImageDataset:
-        """The ``train`` pool or the ``test`` set, loaded once."""
+        """The ``train`` pool, the ``val`` split or the ``test`` set, loaded once."""
         if split not in self._cache:
             self._cache[split] = self.load(split)
         return self._cache[split]
 
+    def val_split(self) -> ImageDataset | None:
+        """The data's own val split, or None when it has none (loaded once)."""
+        if "val" not in self._cache:
+            try:
+                self._cache["val"] = self.load("val")
+            except MissingSplitError:
+                self._cache["val"] = None
+        return self._cache["val"]
+
     @classmethod
-    def from_datasets(cls, name: str, train: ImageDataset, test: ImageDataset) -> "DataSource":
-        """A source over two datasets already in memory (tests, notebooks)."""
-        return cls(name, {"train": train, "test": test}.__getitem__)
+    def from_datasets(cls, name: str, train: ImageDataset, test: ImageDataset,
+                      val: ImageDataset | None = None) -> "DataSource":
+        """A source over datasets already in memory (tests, notebooks); ``val`` is optional."""
+        splits = {"train": train, "test": test, **({"val": val} if val is not None else {})}
+
+        def load(split: str) -> ImageDataset:
+            if split not in splits:
+                raise MissingSplitError(f"{name} has no {split} split")
+            return splits[split]
+
+        return cls(name, load)
 
 
 def _resolver(spec: str) -> Loader:
