@@ -4,8 +4,10 @@
 
 - ``NAME@ROOT``: benchmark ``NAME`` (e.g. ``OxfordPets``) from a CoOp-style data root;
 - ``coop@ROOT``: every one of the 11 CoOp benchmarks found under ``ROOT``;
-- anything else: ``vlkit.data.resolve.load_data(spec, split)`` (offline name, ImageFolder
-  tree, CoOp dataset folder).
+- anything else: an offline name, an ImageFolder tree or a CoOp-style folder.
+
+Every split is loaded by ``vlkit.data.resolve.load_data`` (the one resolver); a source's
+``val`` split is optional (:meth:`DataSource.val_split`).
 """
 from __future__ import annotations
 
@@ -65,10 +67,10 @@ def _resolver(spec: str) -> Loader:
 
 
 def _benchmark(name: str, root: str) -> DataSource:
-    from vlkit.data.coop_suite import benchmark_info, load_benchmark
+    from vlkit.data.coop_suite import benchmark_info
 
     info = benchmark_info(name)
-    return DataSource(info.name, lambda split: load_benchmark(info.name, root, split))
+    return DataSource(info.name, _resolver(f"{info.name}@{root}"))  # the one resolver, as every command
 
 
 def _display_name(spec: str) -> str:
