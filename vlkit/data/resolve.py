@@ -105,8 +105,8 @@ def check_dataset(dataset: ImageDataset, spec: str) -> ImageDataset:
     """``dataset`` if it has at least 2 classes, else a DataError naming what was found."""
     if len(dataset.classnames) < 2:
         found = ", ".join(dataset.classnames) or "none"
-        raise _layout_error(f"{spec} resolves to {len(dataset.classnames)} class ({found}): "
-                            "classification needs 2 or more")
+        raise _layout_error(f"{spec} resolves to {len(dataset.classnames)} class{'es' * (not dataset.classnames)} "
+                            f"({found}): classification needs 2 or more")
     return dataset
 
 
