@@ -25,6 +25,9 @@ PretrainedOpt = typer.Option(None, "--pretrained", "-p", help="pretrained tag (e
 DeviceOpt = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)")
 OutputOpt = typer.Option(None, "--output", "-o", help="write the result as JSON to this file")
 SeedOpt = typer.Option(1, "--seed", help="few-shot sampling and training seed")
+ValOpt = typer.Option("auto", "--val", help="validation for selection: auto (the data's val split when it has "
+                      "one, else min(shots, 4) per class from train), split (the val split or an error), from-train")
+ValPerClassOpt = typer.Option(16, "--val-per-class", help="at most this many val-split images per class")
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from vlkit.cli.common import (DeviceOpt, ModelOpt, OutputOpt, PretrainedOpt, SeedOpt, err, parse_list,
-                              parse_settings, table, user_errors, write_json)
+from vlkit.cli.common import (DeviceOpt, ModelOpt, OutputOpt, PretrainedOpt, SeedOpt, ValOpt, ValPerClassOpt, err,
+                              parse_list, parse_settings, table, user_errors, write_json)
 from vlkit.errors import VlkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -86,6 +86,7 @@ def fit_command(
     views: int = typer.Option(10, "--views", help="cached augmented views per training image"),
     base_to_novel: bool = typer.Option(False, "--base-to-novel", help="train on the first half of the classes; "
                                        "report base, novel and harmonic-mean accuracy"),
+    val: str = ValOpt, val_per_class: int = ValPerClassOpt,
     skip_corrupt: bool = SkipOpt, model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
     output: Optional[Path] = OutputOpt,
 ) -> None:
@@ -96,14 +97,15 @@ def fit_command(
     if base_to_novel:
         from vlkit.apps.commands import fit_base_to_novel
 
-        result = fit_base_to_novel(method, model, pretrained, data, shots, seed, settings, views, device)
+        result = fit_base_to_novel(method, model, pretrained, data, shots, seed, settings, views, device, val,
+                                   val_per_class)
         table([result], ["base", "novel", "hm", "trainable_parameters", "fit_seconds"],
               title=f"{method} base-to-novel, {shots} shots")
     else:
         from vlkit.apps.commands import fit
 
         result = fit(method, model, pretrained, data, shots, seed, settings, run_dir, views, device, skip_corrupt,
-                     force=force)
+                     val, val_per_class, force=force)
         table([result], COST_COLUMNS, title=f"{method}, {shots} shots, seed {seed}")
     write_json(output, result)
 

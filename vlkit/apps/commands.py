@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from vlkit.backbones import Backbone, load_backbone
+from vlkit.data import DEFAULT_VAL_PER_CLASS, ImageDataset, MissingSplitError, check_val_options
 from vlkit.data.resolve import has_splits, load_data
 from vlkit.errors import VlkitError
 from vlkit.features.store import FeatureStore
@@ -42,7 +43,7 @@ def zeroshot(model: str, pretrained: str | None, data: str, split: str | None = 
     """Zero-shot accuracy and cost of ``model`` on ``data`` (whole folder if it has no splits)."""
     backbone = load_backbone(model, pretrained, device)
     split = split or ("test" if has_splits(data) else "all")
-    dataset = load_data(data, split, skip_corrupt=skip_corrupt)
+    dataset = load_data(data, split, skip_corrupt=skip_corrupt)  # the one resolver: a misread layout fails here
     store = FeatureStore()
     from vlkit.methods.task import Task
     from vlkit.features.text_weights import zero_shot_weights
@@ -86,32 +87,49 @@ def check_run_dir(run_dir: Path, force: bool = False) -> None:
                          "replace it")
 
 
+def load_val_split(data: str, val: str, skip_corrupt: bool = False) -> ImageDataset | None:
+    """The val split of ``data`` for selection, or None (``val`` is from-train, or the data has none)."""
+    if val == "from-train":
+        return None
+    try:
+        return load_data(data, "val", skip_corrupt)
+    except MissingSplitError:
+        return None
+
+
 def fit(method: str, model: str, pretrained: str | None, data: str, shots: int, seed: int,
         settings: dict[str, Any] | None = None, run_dir: Path | None = None, views: int = 10,
-        device: str | None = None, skip_corrupt: bool = False, force: bool = False) -> dict[str, Any]:
+        device: str | None = None, skip_corrupt: bool = False, val: str = "auto",
+        val_per_class: int = DEFAULT_VAL_PER_CLASS, force: bool = False) -> dict[str, Any]:
     """Fit ``method`` on ``shots`` per class of the train split; score once on the test split.
 
-    With ``run_dir`` the run (``run.json`` + ``method/``) is built in a temp folder beside it
-    and published in one rename once everything is written: a failed or interrupted fit
-    leaves no run, and an old run (``force``) stays whole until the new one replaces it.
+    Selection uses the data's val split (at most ``val_per_class`` per class) unless
+    ``val`` is ``from-train`` or the data has none (then min(shots, 4) per class from the
+    train pool); the result's ``validation`` says which. With ``run_dir`` the run
+    (``run.json`` + ``method/``) is built in a temp folder beside it and published in one
+    rename once everything is written: a failed or interrupted fit leaves no run, and an
+    old run (``force``) stays whole until the new one replaces it.
     """
     method_class(method)(**(settings or {}))  # unknown names and bad options fail before any loading
+    check_val_options(val, val_per_class)
     if run_dir is not None:
         check_run_dir(run_dir, force)
     backbone = load_backbone(model, pretrained, device)
     pool, test = load_data(data, "train", skip_corrupt), load_data(data, "test", skip_corrupt)
+    val_set = load_val_split(data, val, skip_corrupt)
+    options = dict(views=views, val_set=val_set, val=val, val_per_class=val_per_class, **(settings or {}))
     if run_dir is None:
-        fitted = run_fewshot(backbone, pool, test, method, shots, seed, views=views, **(settings or {}))
+        fitted = run_fewshot(backbone, pool, test, method, shots, seed, **options)
         fitted.extras["data"] = data
         return fitted.to_dict()
     with atomic_dir(run_dir) as tmp:
-        fitted = run_fewshot(backbone, pool, test, method, shots, seed, views=views, save_dir=tmp / "method",
-                             **(settings or {}))
+        fitted = run_fewshot(backbone, pool, test, method, shots, seed, save_dir=tmp / "method", **options)
         fitted.extras["data"] = data
         result = fitted.to_dict()
         atomic_write_json(tmp / RUN_FILE, {"model": model, "pretrained": pretrained, "data": data,
                                            "method": method, "shots": shots, "seed": seed,
-                                           "settings": settings or {}, "result": result})
+                                           "settings": settings or {},
+                                           "validation": result.get("validation", {}), "result": result})
     return result
 
 
@@ -191,13 +209,16 @@ def adapt(methods: list[str], model: str, pretrained: str | None, source: str, t
 
 def fit_base_to_novel(method: str, model: str, pretrained: str | None, data: str, shots: int, seed: int,
                       settings: dict[str, Any] | None = None, views: int = 10,
-                      device: str | None = None) -> dict[str, Any]:
+                      device: str | None = None, val: str = "auto",
+                      val_per_class: int = DEFAULT_VAL_PER_CLASS) -> dict[str, Any]:
     """``vlkit fit --base-to-novel``: train on the first half of the classes, score base and novel."""
     from vlkit.protocols.base_to_novel import base_to_novel
 
     method_class(method)(**(settings or {}))  # unknown names and bad options fail before any loading
+    check_val_options(val, val_per_class)
     backbone = load_backbone(model, pretrained, device)
-    pool, test = load_data(data, "train"), load_data(data, "test")
-    result = base_to_novel(backbone, pool, test, method, shots, seed, views=views, **(settings or {}))
+    pool, test, val_set = load_data(data, "train"), load_data(data, "test"), load_val_split(data, val)
+    result = base_to_novel(backbone, pool, test, method, shots, seed, views=views, val_set=val_set, val=val,
+                           val_per_class=val_per_class, **(settings or {}))
     result.extras["data"] = data
     return result.to_dict()

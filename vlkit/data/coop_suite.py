@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from vlkit.data.dataset import ImageDataset
-from vlkit.data.loaders import load_image_folder, load_split_file
+from vlkit.data.dataset import ImageDataset, MissingSplitError
+from vlkit.data.loaders import load_image_folder, load_split_file, read_split_file
 from vlkit.errors import DataError, VlkitError
 
 log = logging.getLogger("vlkit.data")
@@ -152,7 +152,7 @@ def _read_imagenet_names(path: Path) -> dict[str, str]:
 
 def _load_imagenet(info: BenchmarkInfo, root: Path, split: str) -> ImageDataset:
     if split == "val":
-        raise DataError(
+        raise MissingSplitError(
             f"{info.name} has no validation split in CoOp's layout (images/val is the test set); "
             "take validation images from the train split, e.g. with few_shot()"
         )
@@ -225,7 +225,7 @@ def load_benchmark(name: str, root: str | Path, split: str = "test", templates: 
     info = benchmark_info(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for {info.name}; use one of {', '.join(SPLITS)}")
-    chosen = info.templates(templates)
+    info.templates(templates)  # an unknown kind fails before any file is read
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(
@@ -234,14 +234,72 @@ def load_benchmark(name: str, root: str | Path, split: str = "test", templates: 
         )
     if not (root / info.folder).is_dir():
         raise _missing("dataset folder", root / info.folder, info, root)
-    dataset = _LOADERS[info.layout](info, root, split)
+    return _with_prompts(_LOADERS[info.layout](info, root, split), info, split, templates, root / info.folder)
+
+
+def _with_prompts(dataset: ImageDataset, info: BenchmarkInfo, split: str, templates: str, folder: Path
+                  ) -> ImageDataset:
+    """``dataset`` with CoOp's class-name spelling and the benchmark's prompts and facts."""
     dataset.classnames = [c.replace("_", " ") for c in dataset.classnames]
     if info.classnames is not None and len(info.classnames) != len(dataset.classnames):
-        log.warning("%s at %s has %d classes; the registry lists %d", info.name, root / info.folder,
+        log.warning("%s at %s has %d classes; the registry lists %d", info.name, folder,
                     len(dataset.classnames), len(info.classnames))
-    dataset.templates = chosen
+    dataset.templates = info.templates(templates)
     dataset.meta.update(
         benchmark=info.name, split=split, template_kind=templates,
         coop_template=info.coop_template, clip_templates=list(info.clip_templates),
     )
+    return dataset
+
+
+def split_files(folder: str | Path) -> list[Path]:
+    """The CoOp-style split files (``split*.json``) directly in ``folder``, sorted."""
+    return sorted(p for p in Path(folder).glob("split*.json") if p.is_file())
+
+
+def _image_root(split_file: Path, folder: Path, candidates: list[Path]) -> Path:
+    """The first of ``candidates`` under which the split file's first image exists."""
+    content = read_split_file(split_file)
+    first = next((rows[0][0] for rows in content.values() if rows), None)
+    if first is None:
+        raise DataError(f"{split_file} lists no images")
+    for root in candidates:
+        if (root / first).is_file():
+            return root
+    tried = " or ".join(str(root / first) for root in candidates)
+    raise DataError(f"{split_file} names {first!r}, which is not at {tried}: its paths are relative to the "
+                    f"image folder (CoOp: {folder}/images/<relpath>)")
+
+
+def load_split_folder(folder: str | Path, split: str = "test", templates: str = "clip") -> ImageDataset:
+    """One split of a folder holding a CoOp-style split file (any ``split*.json``) and its images.
+
+    One of the 11 benchmarks' split files in the benchmark's own folder is read as
+    :func:`load_benchmark` reads it (its prompts included). Any other split file (a
+    user's ``split.json``, ``split_zhou_<name>.json``) is read by the same reader,
+    :func:`~vlkit.data.loaders.load_split_file`, with paths relative to ``images/``
+    (or to the folder itself, whichever holds the first listed image); class names show
+    underscores as spaces, as CoOp prompts them. Several split files, none a benchmark's,
+    is a DataError naming them.
+    """
+    folder = Path(folder).expanduser()
+    files = split_files(folder)
+    by_file = {b.split_file: b for b in BENCHMARKS.values() if b.split_file}
+    known = [f for f in files if f.name in by_file]
+    chosen = known[0] if len(known) == 1 else files[0] if len(files) == 1 else None
+    if chosen is None:
+        found = ", ".join(f.name for f in files) or "none"
+        raise DataError(f"{folder} must hold exactly one CoOp split file (split*.json), found: {found}; "
+                        "keep one of them")
+    info = by_file.get(chosen.name)
+    if info is not None and folder.name == info.folder:
+        return load_benchmark(info.name, folder.parent, split, templates)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} for {chosen}; use one of {', '.join(SPLITS)}")
+    candidates = [folder / d for d in dict.fromkeys([info.image_dir if info else "images", "images", ""])]
+    dataset = load_split_file(chosen, _image_root(chosen, folder, candidates), split, name=folder.name)
+    if info is not None:
+        return _with_prompts(dataset, info, split, templates, folder)
+    dataset.classnames = [c.replace("_", " ") for c in dataset.classnames]
+    dataset.meta.update(split=split, split_file=str(chosen))
     return dataset

@@ -16,6 +16,14 @@ log = logging.getLogger("vlkit.data")
 ImageSource = Union[str, Path, Image.Image, Callable[[], Image.Image]]
 
 
+class MissingSplitError(DataError):
+    """The data has no such split (no ``val/`` folder, no ``val`` in its split file, ...).
+
+    Callers that can do without the split (validation falls back to the train pool) catch
+    this one; every other DataError means the data is broken.
+    """
+
+
 def open_image(source: ImageSource) -> Image.Image:
     """Decode one image to RGB; a corrupt or missing file raises a DataError naming it."""
     if isinstance(source, Image.Image):

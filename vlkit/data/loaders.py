@@ -5,7 +5,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from vlkit.data.dataset import ImageDataset, drop_unreadable
+from vlkit.data.dataset import ImageDataset, MissingSplitError, drop_unreadable
 from vlkit.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -51,29 +51,43 @@ def load_image_folder(root: str | Path, skip_corrupt: bool = False, name: str | 
     return dataset
 
 
+def read_split_file(split_file: str | Path) -> dict[str, list[list]]:
+    """The rows of a CoOp-style split JSON, checked: ``{split: [[relpath, label, classname], ...]}``."""
+    split_file = Path(split_file)
+    if not split_file.is_file():
+        raise DataError(f"split file not found: {split_file} (see CoOp's DATASETS.md for the layout)")
+    try:
+        content = json.loads(split_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"split file {split_file} is not valid JSON: {exc}") from None
+    if not isinstance(content, dict) or not all(isinstance(rows, list) for rows in content.values()):
+        raise DataError(f"{split_file} is not a CoOp split file: expected "
+                        '{"train": [[relpath, label, classname], ...], "val": [...], "test": [...]}')
+    for rows in content.values():
+        for row in rows:
+            if not isinstance(row, list) or len(row) != 3 or not isinstance(row[1], int) or isinstance(row[1], bool):
+                raise DataError(f"{split_file}: expected [relpath, label, classname] rows, got {row!r}")
+    return content
+
+
 def load_split_file(
     split_file: str | Path, image_root: str | Path, split: str, name: str | None = None
 ) -> ImageDataset:
     """Read one split of a CoOp-style JSON: ``{"train": [[relpath, label, classname], ...], ...}``.
 
     Class names come from the file (label -> classname over all splits), so every split
-    of one file shares the same label space.
+    of one file shares the same label space. A split the file lacks raises
+    :class:`~vlkit.data.dataset.MissingSplitError`.
     """
     split_file, image_root = Path(split_file), Path(image_root)
-    if not split_file.is_file():
-        raise DataError(f"split file not found: {split_file} (see CoOp's DATASETS.md for the layout)")
-    try:
-        content = json.loads(split_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"split file {split_file} is not valid JSON: {exc}") from None
+    content = read_split_file(split_file)
     if split not in content:
-        raise DataError(f"split {split!r} not in {split_file}; it has {sorted(content)}")
+        raise MissingSplitError(f"split {split!r} not in {split_file}; it has {sorted(content)}")
     names: dict[int, str] = {}
     for rows in content.values():
-        for row in rows:
-            if len(row) != 3:
-                raise DataError(f"{split_file}: expected [relpath, label, classname] rows, got {row!r}")
-            names[int(row[1])] = str(row[2])
+        for _, label, classname in rows:
+            if names.setdefault(label, str(classname)) != str(classname):
+                raise DataError(f"{split_file}: label {label} is named both {names[label]!r} and {classname!r}")
     if sorted(names) != list(range(len(names))):
         raise DataError(f"{split_file}: labels are not 0..{len(names) - 1}")
     classnames = [names[i] for i in range(len(names))]

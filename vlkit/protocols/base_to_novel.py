@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-from vlkit.data import ImageDataset
+from vlkit.data import DEFAULT_VAL_PER_CLASS, ImageDataset
 from vlkit.errors import DataError, VlkitError
 from vlkit.features.store import FeatureStore
 from vlkit.features.text_weights import zero_shot_weights
 from vlkit.methods import Method, create_method
-from vlkit.protocols.fewshot import DEFAULT_VIEWS, build_task, templates_for
+from vlkit.protocols.fewshot import DEFAULT_VIEWS, build_task, templates_for, validation_record
 from vlkit.protocols.scoring import accuracy, measure, method_logits, score
 from vlkit.report.result import Result
 
@@ -56,7 +56,8 @@ def _zero_shot_top1(backbone, dataset: ImageDataset, templates: list[str], store
 
 def base_to_novel(backbone, train_pool: ImageDataset, test_set: ImageDataset, method: str | Method,
                   shots: int, seed: int, store: FeatureStore | None = None, views: int = DEFAULT_VIEWS,
-                  templates: list[str] | None = None, **config: Any) -> Result:
+                  templates: list[str] | None = None, val_set: ImageDataset | None = None, val: str = "auto",
+                  val_per_class: int = DEFAULT_VAL_PER_CLASS, **config: Any) -> Result:
     """Train ``method`` on the base half of the classes; score base, novel and their harmonic mean.
 
     Returns the :class:`Result` of the base half (its ``top1``, ``per_class``, ``test_size``
@@ -76,13 +77,15 @@ def base_to_novel(backbone, train_pool: ImageDataset, test_set: ImageDataset, me
     templates = templates_for(train_pool, templates)
     base_pool = class_subset(train_pool, base_ids, "base")
     base_test, novel_test = class_subset(test_set, base_ids, "base"), class_subset(test_set, novel_ids, "novel")
+    base_val = class_subset(val_set, base_ids, "base") if val_set is not None else None
     task = build_task(backbone, base_pool, shots, seed, store, views, templates,
-                      with_images=method.input_kind == "images" or method.uses_backbone)
+                      with_images=method.input_kind == "images" or method.uses_backbone,
+                      val_set=base_val, val=val, val_per_class=val_per_class)
     torch.manual_seed(seed)
     with measure(backbone.device) as cost:
         method.fit(task)
     result = score(method, backbone, base_test, store, cost, shots=shots, seed=seed, dataset=train_pool.name,
-                   settings=config)
+                   settings=config, extras=validation_record(task))
     novel = method.retarget(novel_test.classnames)
     novel_acc = accuracy(method_logits(novel, backbone, novel_test, store), torch.tensor(novel_test.labels))["top1"]
     zs_base = _zero_shot_top1(backbone, base_test, templates, store)

@@ -1,8 +1,8 @@
 """Evaluation protocols of the bench: what one cell runs and which metrics it reports.
 
 ``fewshot``: the few-shot protocol of CoOp/Tip-Adapter: ``shots`` images per class from
-the training pool (validation ``min(shots, 4)`` per class, disjoint), scored once on
-the test split (:func:`vlkit.protocols.fewshot.run_fewshot`).
+the training pool (validation: the data's val split, else ``min(shots, 4)`` per class from the
+pool, disjoint), scored once on the test split (:func:`vlkit.protocols.fewshot.run_fewshot`).
 
 ``base2novel``: CoCoOp's protocol: classes split in halves, fit on the base half, scored
 on base and novel test classes, harmonic mean reported
@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from vlkit.data.fewshot import DEFAULT_VAL_PER_CLASS
 from vlkit.errors import VlkitError
 from vlkit.protocols.base_to_novel import base_to_novel
 from vlkit.protocols.fewshot import run_fewshot
@@ -33,10 +34,15 @@ class Protocol:
     accepts: Callable[[str], bool]
 
     def run(self, backbone: Any, source: DataSource, method: str, shots: int, seed: int, store: Any,
-            views: int, **config: Any) -> Result:
-        """Fit ``method`` (with option overrides ``config``) on one cell; its result (accuracy + cost)."""
+            views: int, val: str = "auto", val_per_class: int = DEFAULT_VAL_PER_CLASS, **config: Any) -> Result:
+        """Fit ``method`` (with option overrides ``config``) on one cell; its result (accuracy + cost).
+
+        Validation: ``source``'s val split unless ``val`` is ``from-train`` (see
+        :func:`vlkit.data.choose_validation`), at most ``val_per_class`` per class."""
+        val_set = None if val == "from-train" else source.val_split()
         return self.runner(backbone, source.split("train"), source.split("test"), method, shots, seed,
-                           store=store, views=views, **config)
+                           store=store, views=views, val_set=val_set, val=val, val_per_class=val_per_class,
+                           **config)
 
 
 def _fewshot_method(name: str) -> bool:

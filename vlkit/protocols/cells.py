@@ -35,13 +35,23 @@ class Cell:
     views: int = 10
     config: str = ""  # method option overrides as sorted JSON ("" = the method's defaults)
     weights: str = ""  # which weights the model name stood for (a digest; "" when the name says it all)
+    val: str = ""  # the validation protocol: "auto:16" (val split, <= 16 per class) or "from-train"
 
     @property
     def key(self) -> str:
         """A stable string naming the cell (the resume key): a change of any field is another cell."""
         fields = (self.protocol, self.model, self.pretrained, self.data, self.method, self.shots, self.seed,
-                  f"views={self.views}", self.config) + ((f"weights={self.weights}",) if self.weights else ())
+                  f"views={self.views}", self.config) + ((f"weights={self.weights}",) if self.weights else ()) \
+            + ((f"val={self.val}",) if self.val else ())
         return "|".join(str(v) for v in fields)
+
+    @property
+    def validation(self) -> dict[str, Any]:
+        """The validation options this cell runs with: ``{"val": mode, "val_per_class": n}`` ({} if unset)."""
+        if not self.val:
+            return {}
+        mode, _, per_class = self.val.partition(":")
+        return {"val": mode, **({"val_per_class": int(per_class)} if per_class else {})}
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -58,21 +68,27 @@ class Cell:
         c = record["cell"]
         return cls(c["data"], c["method"], int(c["shots"]), int(c["seed"]), c.get("protocol", "fewshot"),
                    c.get("model", ""), c.get("pretrained", ""), int(c.get("views", 10)), c.get("config", ""),
-                   c.get("weights", ""))
+                   c.get("weights", ""), c.get("val", ""))
 
 
 def grid(data: Iterable[str], methods: Iterable[str], shots: Iterable[int], seeds: Iterable[int],
          protocol: str = "fewshot", model: str = "", pretrained: str = "", views: int = 10,
-         overrides: dict[str, dict[str, Any]] | None = None, weights: str = "") -> list[Cell]:
+         overrides: dict[str, dict[str, Any]] | None = None, weights: str = "", val: str = "") -> list[Cell]:
     """Every cell, dataset-major so one dataset's features are encoded and reused together.
 
     ``overrides`` maps a method to the options its cells set (a schedule, say); ``weights``
-    names the model's weights, so cells of other weights under the same name are not reused.
+    names the model's weights, so cells of other weights under the same name are not reused;
+    ``val`` names the validation protocol (:func:`val_key`), so protocols never mix on resume.
     """
     methods, shots, seeds = list(methods), list(shots), list(seeds)
     configs = {m: json.dumps((overrides or {}).get(m) or {}, sort_keys=True) for m in methods}
     return [Cell(d, m, k, s, protocol, model, pretrained or "", views, "" if configs[m] == "{}" else configs[m],
-                 weights) for d in data for k in shots for s in seeds for m in methods]
+                 weights, val) for d in data for k in shots for s in seeds for m in methods]
+
+
+def val_key(val: str, val_per_class: int) -> str:
+    """The cell field naming a validation protocol: ``"from-train"`` or ``"<mode>:<per class>"``."""
+    return val if val == "from-train" else f"{val}:{int(val_per_class)}"
 
 
 class CellLog:

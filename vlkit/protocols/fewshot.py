@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from vlkit.backbones import Backbone
-from vlkit.data import ImageDataset, few_shot
+from vlkit.data import DEFAULT_VAL_PER_CLASS, ImageDataset, choose_validation, few_shot
 from vlkit.errors import DataError
 from vlkit.features.store import FeatureStore
 from vlkit.features.text_weights import zero_shot_weights
@@ -17,7 +17,7 @@ from vlkit.methods.task import Task
 from vlkit.protocols.scoring import measure, score
 from vlkit.report.result import Result
 
-__all__ = ["DEFAULT_TEMPLATES", "DEFAULT_VIEWS", "build_task", "run_fewshot", "templates_for"]
+__all__ = ["DEFAULT_TEMPLATES", "DEFAULT_VIEWS", "build_task", "run_fewshot", "templates_for", "validation_record"]
 
 log = logging.getLogger("vlkit.protocols.fewshot")
 DEFAULT_VIEWS = 10  # Tip-Adapter's 10 augmented passes over the cache
@@ -31,10 +31,19 @@ def templates_for(dataset: ImageDataset, templates: list[str] | None = None) -> 
 
 def build_task(backbone: Backbone, train_pool: ImageDataset, shots: int, seed: int,
                store: FeatureStore | None = None, views: int = DEFAULT_VIEWS,
-               templates: list[str] | None = None, with_images: bool = False) -> Task:
-    """Sample ``shots`` per class (+ validation) and read their features from the store."""
+               templates: list[str] | None = None, with_images: bool = False,
+               val_set: ImageDataset | None = None, val: str = "auto",
+               val_per_class: int = DEFAULT_VAL_PER_CLASS) -> Task:
+    """Sample ``shots`` per class (+ validation) and read their features from the store.
+
+    Validation comes from ``val_set`` (the data's val split, at most ``val_per_class``
+    per class) unless ``val`` is ``"from-train"`` or there is none (then min(shots, 4) per
+    class from ``train_pool``); see :func:`vlkit.data.choose_validation`. The choice is
+    recorded in ``task.extras["validation"]``.
+    """
     store = store or FeatureStore()
-    split = few_shot(train_pool, shots, seed)
+    val_pool, fallback = choose_validation(val, val_set, train_pool.name)
+    split = few_shot(train_pool, shots, seed, val_pool=val_pool, val_per_class=val_per_class, fallback=fallback)
     templates = templates_for(train_pool, templates)
     train_feats = store.view_features(backbone, split.train, views)  # (N, 1 + views, D)
     val_feats = store.image_features(backbone, split.val)  # (M, D)
@@ -45,7 +54,14 @@ def build_task(backbone: Backbone, train_pool: ImageDataset, shots: int, seed: i
         val_features=val_feats, val_labels=torch.tensor(split.val.labels),
         templates=templates, backbone=backbone, seed=seed, logit_scale=float(backbone.logit_scale),
         train_images=split.train if with_images else None, val_images=split.val if with_images else None,
+        extras={"validation": dict(split.validation, val_mode=val)},
     )
+
+
+def validation_record(task: Task) -> dict[str, Any]:
+    """What a result records about a task's validation: ``{"validation": {...}}`` (empty if unknown)."""
+    record = task.extras.get("validation")
+    return {"validation": dict(record)} if record else {}
 
 
 def with_method_images(task: Task, method: Method, backbone: Backbone, store: FeatureStore) -> Task:
@@ -63,12 +79,15 @@ def with_method_images(task: Task, method: Method, backbone: Backbone, store: Fe
 
 def run_fewshot(backbone: Backbone, train_pool: ImageDataset, test_set: ImageDataset, method: str | Method,
                 shots: int, seed: int, store: FeatureStore | None = None, views: int = DEFAULT_VIEWS,
-                templates: list[str] | None = None, save_dir: Any = None, **config: Any) -> Result:
+                templates: list[str] | None = None, save_dir: Any = None, val_set: ImageDataset | None = None,
+                val: str = "auto", val_per_class: int = DEFAULT_VAL_PER_CLASS, **config: Any) -> Result:
     """Fit one method on a few-shot sample of ``train_pool``; score it once on ``test_set``.
 
-    ``config`` are method options (recorded as the result's ``settings``).
-    Selection (hyper-parameters, epochs) sees only the training and validation
-    samples; ``test_set`` is encoded and its labels read after ``fit`` returns.
+    ``config`` are method options (recorded as the result's ``settings``). ``val_set``,
+    ``val`` and ``val_per_class`` choose the validation sample (:func:`build_task`); the
+    choice is the result's ``validation`` extra. Selection (hyper-parameters, epochs)
+    sees only the training and validation samples; ``test_set`` is encoded and its
+    labels read after ``fit`` returns.
     """
     if test_set.classnames != train_pool.classnames:
         raise DataError(f"train and test class names differ ({len(train_pool.classnames)} vs "
@@ -76,13 +95,14 @@ def run_fewshot(backbone: Backbone, train_pool: ImageDataset, test_set: ImageDat
     store = store or FeatureStore()
     method = create_method(method, **config) if isinstance(method, str) else method
     task = build_task(backbone, train_pool, shots, seed, store, views, templates,
-                      with_images=method.input_kind == "images" or method.uses_backbone)
+                      with_images=method.input_kind == "images" or method.uses_backbone,
+                      val_set=val_set, val=val, val_per_class=val_per_class)
     task = with_method_images(task, method, backbone, store)
     torch.manual_seed(seed)
     with measure(backbone.device) as cost:
         method.fit(task)
     result = score(method, backbone, test_set, store, cost, shots=shots, seed=seed, dataset=train_pool.name,
-                   settings=config)
+                   settings=config, extras=validation_record(task))
     if save_dir is not None:
         method.save(save_dir, backbone_fingerprint=backbone.fingerprint)
     return result

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from vlkit.backbones.registry import offline_weights_digest
-from vlkit.protocols.cells import Cell, CellLog, grid
+from vlkit.data.fewshot import DEFAULT_VAL_PER_CLASS, check_val_options
+from vlkit.protocols.cells import Cell, CellLog, grid, val_key
 from vlkit.protocols.sources import DataSource, sources_from_specs, with_test_subset
 from vlkit.protocols.bench_progress import BenchProgress
 from vlkit.protocols.catalog import get_protocol
@@ -110,7 +111,8 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
               device: str | None = None, views: int | None = None, store: Any = None, backbone: Any = None,
               fail_fast: bool = False, schedule: str = "quick", test_per_class: int | None = None,
               settings: dict[str, dict[str, Any]] | None = None,
-              on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              on_result: Callable[[dict[str, Any]], None] | None = None, val: str = "auto",
+              val_per_class: int = DEFAULT_VAL_PER_CLASS) -> dict[str, Any]:
     """Run every missing cell, store each as it finishes, and write the reports into ``out``.
 
     A cell already in ``out/cells.jsonl`` is skipped, so a re-run after a crash or
@@ -123,12 +125,16 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     with, and which weights the model name stood for, are part of its key and record;
     ``settings`` (method -> options) set options over the schedule's. Each cell stores
     its :class:`~vlkit.report.result.Result` as a dict; ``on_result`` is called with it.
+    Validation (``val``, ``val_per_class``; :func:`vlkit.data.choose_validation`) comes from
+    each dataset's val split by default (at most ``val_per_class`` per class), else from its
+    train pool; the choice is part of each cell's key and recorded in its result.
     Returns counts, the output files, the summary, this run's cell ``records`` (log order
     of the grid) and, with ``compare_published``, the published numbers that match the
     model and protocol.
     """
     proto = get_protocol(protocol)
     shots, seeds = _check_ints(shots, "shots", 1), _check_ints(seeds, "seeds", 0)
+    check_val_options(val, val_per_class)
     method_names = resolve_methods(methods, proto.name)
     specs = [d for d in data if isinstance(d, str)]
     sources = [d for d in data if isinstance(d, DataSource)] + (sources_from_specs(specs) if specs else [])
@@ -145,7 +151,7 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     tag = getattr(backbone, "pretrained", pretrained) or ""
     overrides = schedule_overrides(method_names, schedule, settings)
     cells = grid([s.name for s in sources], method_names, shots, seeds, proto.name, model_name, tag, views,
-                 overrides, weights_identity(model_name, tag, backbone))
+                 overrides, weights_identity(model_name, tag, backbone), val_key(val, val_per_class))
     out = Path(out).expanduser()
     cell_log = CellLog(out / "cells.jsonl")
     started = time.perf_counter()
@@ -213,11 +219,13 @@ class _Context:
             self.store = FeatureStore()
         for split in ("train", "test"):
             self.sources[cell.data].split(split)
+        if cell.validation.get("val") != "from-train":
+            self.sources[cell.data].val_split()
 
     def run(self, proto: Any, cell: Cell) -> Result:
         """Run one cell with the shared backbone and store (after :meth:`prepare`)."""
         return proto.run(self.backbone, self.sources[cell.data], cell.method, cell.shots, cell.seed, self.store,
-                         self.views, **cell.overrides)
+                         self.views, **cell.validation, **cell.overrides)
 
 
 def _record_failure(out: Path, cell: Cell, exc: Exception) -> dict[str, str]:

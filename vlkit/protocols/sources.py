@@ -4,8 +4,10 @@
 
 - ``NAME@ROOT``: benchmark ``NAME`` (e.g. ``OxfordPets``) from a CoOp-style data root;
 - ``coop@ROOT``: every one of the 11 CoOp benchmarks found under ``ROOT``;
-- anything else: ``vlkit.data.resolve.load_data(spec, split)`` (offline name, ImageFolder
-  tree, CoOp dataset folder).
+- anything else: an offline name, an ImageFolder tree or a CoOp-style folder.
+
+Every split is loaded by ``vlkit.data.resolve.load_data`` (the one resolver); a source's
+``val`` split is optional (:meth:`DataSource.val_split`).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from vlkit.data.dataset import ImageDataset
+from vlkit.data.dataset import ImageDataset, MissingSplitError
 from vlkit.data.resolve import load_data
 from vlkit.errors import DataError, VlkitError
 
@@ -29,15 +31,32 @@ class DataSource:
     _cache: dict[str, ImageDataset] = field(default_factory=dict, repr=False)
 
     def split(self, split: str) -> ImageDataset:
-        """The ``train`` pool or the ``test`` set, loaded once."""
+        """The ``train`` pool, the ``val`` split or the ``test`` set, loaded once."""
         if split not in self._cache:
             self._cache[split] = self.load(split)
         return self._cache[split]
 
+    def val_split(self) -> ImageDataset | None:
+        """The data's own val split, or None when it has none (loaded once)."""
+        if "val" not in self._cache:
+            try:
+                self._cache["val"] = self.load("val")
+            except MissingSplitError:
+                self._cache["val"] = None
+        return self._cache["val"]
+
     @classmethod
-    def from_datasets(cls, name: str, train: ImageDataset, test: ImageDataset) -> "DataSource":
-        """A source over two datasets already in memory (tests, notebooks)."""
-        return cls(name, {"train": train, "test": test}.__getitem__)
+    def from_datasets(cls, name: str, train: ImageDataset, test: ImageDataset,
+                      val: ImageDataset | None = None) -> "DataSource":
+        """A source over datasets already in memory (tests, notebooks); ``val`` is optional."""
+        splits = {"train": train, "test": test, **({"val": val} if val is not None else {})}
+
+        def load(split: str) -> ImageDataset:
+            if split not in splits:
+                raise MissingSplitError(f"{name} has no {split} split")
+            return splits[split]
+
+        return cls(name, load)
 
 
 def _resolver(spec: str) -> Loader:
@@ -48,10 +67,10 @@ def _resolver(spec: str) -> Loader:
 
 
 def _benchmark(name: str, root: str) -> DataSource:
-    from vlkit.data.coop_suite import benchmark_info, load_benchmark
+    from vlkit.data.coop_suite import benchmark_info
 
     info = benchmark_info(name)
-    return DataSource(info.name, lambda split: load_benchmark(info.name, root, split))
+    return DataSource(info.name, _resolver(f"{info.name}@{root}"))  # the one resolver, as every command
 
 
 def _display_name(spec: str) -> str:
