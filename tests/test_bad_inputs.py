@@ -422,8 +422,7 @@ def test_ctrl_c_in_fewshot_keeps_the_finished_rows(ws, monkeypatch):
     assert len(saved["rows"]) == 4 and "interrupted" not in saved
 
 
-# ---- inputs owned by other helpers (marks dropped once their branches merge) ----------
-@pytest.mark.xfail(strict=True, reason="fixed on branch data/store")
+# ---- a one-class folder (the resolver) and a damaged feature shard (the store) ----------
 def test_one_class_image_folder_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("VLKIT_CACHE", str(tmp_path / "cache"))
     folder = write_colour_folder(tmp_path / "one", classes=("red",))

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from vlkit.io import atomic_write_json
 from vlkit.methods import list_methods, method_class
-from vlkit.protocols.runner import quick_settings, run_bench
+from vlkit.protocols.runner import BenchInterrupted, quick_settings, run_bench
 from vlkit.report.summary import summarize
 
 log = logging.getLogger("vlkit.fewshot")
@@ -55,8 +55,8 @@ def run_fewshot_job(model: str = "vlkit-mini", pretrained: str | None = None, da
     try:
         bench = run_bench(model, pretrained, [data], methods, shots, seeds, out_dir, "fewshot", device=device,
                           views=views, schedule=schedule, on_result=on_result)
-    except KeyboardInterrupt:
-        records = _finished_records(model, pretrained, data, methods, shots, seeds, out_dir, views, schedule)
+    except BenchInterrupted as stop:
+        records = stop.records
         note = (f"interrupted after {len(records)} finished row(s); run the same command again to resume "
                 f"(finished cells in {Path(out_dir) / 'cells.jsonl'} are reused)")
         _write_results(model, pretrained, data, methods, shots, seeds, out_dir, schedule, records, [],
@@ -82,22 +82,6 @@ def _write_results(model: str, pretrained: str | None, data: str, methods: Seque
               "rows": rows, "summary": job_summary(records, methods), "failures": failures, **(extra or {})}
     atomic_write_json(Path(out_dir) / "results.json", result)
     return result
-
-
-def _finished_records(model: str, pretrained: str | None, data: str, methods: Sequence[str],
-                      shots: Sequence[int], seeds: Sequence[int], out_dir: Path, views: int,
-                      schedule: str) -> list[dict[str, Any]]:
-    """The job's cells already in ``out_dir/cells.jsonl`` (the cells the runner would skip)."""
-    from vlkit.protocols.cells import CellLog, grid
-    from vlkit.protocols.runner import schedule_overrides, weights_identity
-    from vlkit.protocols.sources import sources_from_specs
-
-    names = [s.name for s in sources_from_specs([data])]
-    cells = grid(names, methods, list(dict.fromkeys(shots)), list(dict.fromkeys(seeds)), "fewshot", model,
-                 pretrained or "", views, schedule_overrides(methods, schedule),
-                 weights_identity(model, pretrained or ""))
-    done = CellLog(Path(out_dir) / "cells.jsonl").done()
-    return [done[c.key] for c in cells if c.key in done]
 
 
 def job_summary(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:

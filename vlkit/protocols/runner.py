@@ -1,6 +1,7 @@
 """``run_bench``: every cell (dataset x method x shots x seed) of one model, resumable, then the reports."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -8,7 +9,7 @@ import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from vlkit.backbones.registry import offline_weights_digest
 from vlkit.data.fewshot import DEFAULT_VAL_PER_CLASS, check_val_options
@@ -162,7 +163,8 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
         log.info("bench: %d cells, %d done, %d to run, output in %s", len(cells), len(cells) - len(todo),
                  len(todo), out)
         context = _Context(model, pretrained, device, views, store, backbone, {s.name: s for s in sources})
-        with BenchProgress(len(cells), len(cells) - len(todo), todo, done.values()) as bar:
+        with BenchProgress(len(cells), len(cells) - len(todo), todo, done.values()) as bar, \
+                _interruption_keeps(cells, cell_log):
             for cell in todo:
                 bar.start(cell)
                 t0 = time.perf_counter()
@@ -193,6 +195,26 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     return {"out": str(out), "cells": len(cells), "ran": ran, "skipped": len(cells) - len(todo),
             "failed": failed, "missing": len(cells) - len(records), "seconds": time.perf_counter() - started,
             "records": records, **reports}
+
+
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a bench; ``records`` are the grid's finished cells (those in ``cells.jsonl``)."""
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        super().__init__(f"interrupted with {len(records)} finished cell(s)")
+        self.records = records
+
+
+@contextlib.contextmanager
+def _interruption_keeps(cells: Sequence[Cell], cell_log: CellLog) -> Iterator[None]:
+    """Turn a KeyboardInterrupt into :class:`BenchInterrupted` carrying the finished cells."""
+    try:
+        yield
+    except BenchInterrupted:
+        raise
+    except KeyboardInterrupt:
+        done = cell_log.done()
+        raise BenchInterrupted([done[c.key] for c in cells if c.key in done]) from None
 
 
 class _Context:
