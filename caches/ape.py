@@ -109,7 +109,7 @@ class APE(Method):
     def _fit(self, task: Task) -> None:
         cfg = self.config
         self.text_weights_ = check_text_weights(task.text_weights, task.dim)  # (C, D)
-        keys = cache_keys(task.train_features)  # (N, D)
+        keys = cache_keys(task.train_features, task.train_norms)  # (N, D)
         self.labels_ = task.train_labels.clone()  # (N,)
         self._values = LabelValues(self.labels_, task.num_classes)
         crit = channel_criterion(self.text_weights_, keys, task.train_labels, *cfg.channel_weights)

@@ -91,7 +91,7 @@ class TipX(Method):
         cfg = self.config
         self.text_weights_ = check_text_weights(task.text_weights, task.dim)  # (C, D)
         if cfg.support == "fewshot":
-            keys, labels = cache_keys(task.train_features), task.train_labels
+            keys, labels = cache_keys(task.train_features, task.train_norms), task.train_labels
         else:
             keys, labels = support_set(task, self.text_weights_, cfg.support, cfg.pool, cfg.support_per_class)
         self.keys_ = F.normalize(keys, dim=-1)  # (N, D)
