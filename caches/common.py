@@ -19,14 +19,26 @@ from vlkit.features.index import VectorIndex
 from vlkit.methods.task import Task
 
 
-def cache_keys(train_features: torch.Tensor) -> torch.Tensor:
-    """(N, V, D) cached views -> (N, D) keys: mean of the augmented views, renormalised.
+def cache_keys(train_features: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, V, D) cached views -> (N, D) keys: the mean of the augmented views, L2-normalised.
 
-    Tip-Adapter (Sec. 3.2) builds keys from 10 augmented passes; views 1.. are those
-    passes, view 0 (the eval transform) is used only when no augmented view exists.
+    Tip-Adapter (Sec. 3.2; its code's cache builder, which APE and TIP-X reuse) averages
+    the encoder's raw outputs over 10 augmented passes and then normalises. With
+    ``norms`` (N, V), each view's norm before normalising (``Task.train_norms``, filled
+    from the feature store), the raw views are rebuilt as ``norm * unit`` and this is that
+    formula: ``normalize(mean_v(norm_v * unit_v))``. Without norms (``Task.from_arrays``,
+    plain arrays) the views are normalised, averaged and renormalised: every view weighs
+    the same instead of in proportion to its norm. Views
+    1.. are the augmented passes; view 0 (the eval transform) is used only when no
+    augmented view exists.
     """
-    views = train_features[:, 1:] if train_features.shape[1] > 1 else train_features  # (N, V', D)
-    return F.normalize(F.normalize(views, dim=-1).mean(dim=1), dim=-1)  # (N, D)
+    first = 1 if train_features.shape[1] > 1 else 0
+    views = F.normalize(train_features[:, first:], dim=-1)  # (N, V', D)
+    if norms is not None:
+        if norms.shape != train_features.shape[:2]:
+            raise ShapeError(f"norms must be (N, V) = {tuple(train_features.shape[:2])}, got {tuple(norms.shape)}")
+        views = views * norms[:, first:, None].to(views.dtype)  # raw views
+    return F.normalize(views.mean(dim=1), dim=-1)  # (N, D)
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -80,7 +80,7 @@ class TipAdapter(Method):
     # ---- fitting -----------------------------------------------------------------------
     def _build_cache(self, task: Task) -> None:
         self.text_weights_ = check_text_weights(task.text_weights, task.dim)  # (C, D)
-        self.keys_ = cache_keys(task.train_features)  # (N, D)
+        self.keys_ = cache_keys(task.train_features, task.train_norms)  # (N, D), raw views averaged
         self.labels_ = task.train_labels.clone()  # (N,)
         self._values = LabelValues(self.labels_, task.num_classes)
         self._store = KeyStore(self.keys_, self.config.sparse_above, self.config.top_k)

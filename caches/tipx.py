@@ -13,9 +13,19 @@ per class (e.g. generated ones), or (c) name-only: for each class the nearest im
 an unlabelled pool to its text weight, retrieved through the FAISS index (the offline
 form of SuS-LC). Folders are encoded by the caller from its feature store (the method
 names them in ``images_to_encode``; ``vlkit.protocols.fewshot`` puts their features in
-``task.extras``). The rescaling's min/max are measured once at fit time on validation
-(the reference rescales each evaluation batch with its own extremes, which makes a
-prediction depend on the rest of the batch); alpha/beta/gamma use the authors' grids.
+``task.extras``). Few-shot keys are Tip-Adapter's: the mean of the raw augmented views,
+then normalised (``cache_keys`` with the store's norms).
+
+As the authors' code (vishaal27/SuS-X, ``tipx.py``): signatures at temperature 0.5,
+KL(query || support) per pair, KL rescaled into [min, max] of the validation
+affinities, grids alpha ``0.1 + i * 49.9 / 20``, beta ``1 + i * 49 / 200``, gamma
+``0.1 + i * 29.9 / 50``, first best on validation. Departures, one line each:
+
+- the KL's min/max are measured on validation at fit time; the reference takes the whole test set's own
+  KL extremes, so there a prediction depends on the rest of the test set;
+- every query row gets its KL (the reference's loop in blocks of 100 leaves the last N mod 100 rows at 0);
+- the KL logits stay in float32 (the reference casts them to float16);
+- the search runs on vlkit's validation split.
 """
 from __future__ import annotations
 
@@ -91,7 +101,7 @@ class TipX(Method):
         cfg = self.config
         self.text_weights_ = check_text_weights(task.text_weights, task.dim)  # (C, D)
         if cfg.support == "fewshot":
-            keys, labels = cache_keys(task.train_features), task.train_labels
+            keys, labels = cache_keys(task.train_features, task.train_norms), task.train_labels
         else:
             keys, labels = support_set(task, self.text_weights_, cfg.support, cfg.pool, cfg.support_per_class)
         self.keys_ = F.normalize(keys, dim=-1)  # (N, D)

@@ -430,7 +430,6 @@ def test_one_class_image_folder_is_an_error(tmp_path, monkeypatch):
     assert_one_line_error(result, ["class"])
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on branch data/store")
 def test_shard_overwritten_with_same_size_bytes_is_re_encoded(built, tmp_path, monkeypatch):
     monkeypatch.setenv("VLKIT_CACHE", str(tmp_path / "cache"))
     args = ["features", "extract", "--model", "test-tiny", "--data", str(built["folder"]), "--split", "all"]

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from test_caches_tip import random_problem
+from test_cache_keys import reference_keys, task_with_norms
 from vlkit.caches import APE, APET
-from vlkit.caches.ape import channel_criterion
+from vlkit.caches.ape import APEConfig, channel_criterion, select_channels
 
 
 def criterion_loop(text, keys, labels, w_sim, w_var):
@@ -71,7 +72,7 @@ def test_ape_search_picks_the_brute_force_point():
     idx = model.channels_
     betas = [0.1 + i * (7.0 - 0.1) / steps[0] for i in range(steps[0])]
     alphas = [0.1 + i * (7.0 - 0.1) / steps[1] for i in range(steps[1])]
-    gammas = [i * 1.0 / steps[2] for i in range(steps[2])]
+    gammas = [i * 0.5 / steps[2] for i in range(steps[2])]  # the ImageNet config's gamma scale
     best, choice = -1, None
     for beta in betas:
         for alpha in alphas:
@@ -101,3 +102,26 @@ def test_ape_t_logits_match_equation_and_count_parameters():
     expected = 100.0 * f @ new_text.T + model.alpha_ * torch.exp(-model.beta_ * (1 - f @ keys.T)) @ (
         one_hot * weights[:, None])
     torch.testing.assert_close(model.logits(val), expected)
+
+
+def test_ape_defaults_are_the_authors_imagenet_config():
+    """configs/imagenet.yaml of yangyangyang127/APE: 500 of 1024 channels, (0.7, 0.3), (7, 7, 0.5) x (200, 20, 5)."""
+    cfg = APEConfig()
+    assert (cfg.init_beta, cfg.init_alpha, cfg.init_gamma) == (1.0, 2.0, 0.1)
+    assert cfg.channel_weights == (0.7, 0.3)
+    assert cfg.search_scale == (7.0, 7.0, 0.5) and cfg.search_steps == (200, 20, 5)
+    assert select_channels(torch.randn(1024), cfg.channels).numel() == 500  # RN50's width
+    assert select_channels(torch.randn(512), cfg.channels).numel() == 250  # ViT-B's
+
+
+def test_ape_on_raw_view_keys_matches_the_reference_pipeline():
+    """Raw-view keys -> criterion loop -> top-Q channels -> refinement, KL reweighting, logits (1e-5 relative)."""
+    task, raw, val, labels = task_with_norms(seed=5)
+    text = task.text_weights
+    model = APE(alpha=1.7, beta=2.2, gamma=0.3).fit(task)
+    keys = reference_keys(raw)  # mean of the raw augmented passes, normalised
+    q = round(text.shape[1] * 500 / 1024)
+    idx = torch.topk(criterion_loop(text, keys, labels, 0.7, 0.3), q).indices
+    assert sorted(model.channels_.tolist()) == sorted(idx.tolist())
+    expected = ape_equation(val, keys, labels, text, idx, 1.7, 2.2, 0.3)
+    torch.testing.assert_close(model.logits(val), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())

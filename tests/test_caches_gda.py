@@ -1,47 +1,80 @@
-"""GDA against its equations written out (NumPy), and its alpha search against a loop."""
+"""GDA against a plain transcription of the authors' classifier (mrflogs/ICLR24, ``run`` in
+``main_few_shots.py``): features from the augmented passes, class means, the shrunk shared
+covariance, Bayes' linear classifier with uniform priors, the zero-shot residual and the
+alpha search, all written out here in float64."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from test_caches_tip import random_problem
 from vlkit.caches import GDA
 
+GRID = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
 
-def gda_equation(feats, labels, text, f, alpha):
-    """Class means, the shrunk shared covariance, Bayes' linear classifier, plus zero-shot."""
-    x = feats.reshape(-1, feats.shape[-1]).double().numpy()
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    y = labels.repeat_interleave(feats.shape[1]).numpy()
+
+def reference_gda(feats, labels, text):
+    """W (D, C) and b (C,) as the reference builds them from its augmented passes (views 1..)."""
+    passes = [feats[:, v].double() for v in range(1, feats.shape[1])]  # one (N, D) batch per augment epoch
+    vecs = torch.cat([p / p.norm(dim=-1, keepdim=True) for p in passes])  # (P * N, D)
+    ys = torch.cat([labels for _ in passes])
     c, d = text.shape
-    mus = np.stack([x[y == k].mean(0) for k in range(c)])
-    centred = x - mus[y]
-    cov = np.cov(centred.T)  # divides by n - 1
-    precision = d * np.linalg.pinv((len(x) - 1) * cov + np.trace(cov) * np.eye(d))
-    w = mus @ precision
-    b = np.log(1.0 / c) - 0.5 * np.einsum("cd,de,ce->c", mus, precision, mus)
-    q = f.double().numpy()
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    return torch.from_numpy(100.0 * q @ text.double().numpy().T + alpha * (q @ w.T + b)).float()
+    mus = torch.cat([vecs[ys == i].mean(dim=0, keepdim=True) for i in range(c)])  # (C, D)
+    centred = torch.cat([vecs[ys == i] - mus[i].unsqueeze(0) for i in range(c)])
+    cov = centred.T.cov()
+    cov_inv = d * torch.linalg.pinv((centred.shape[0] - 1) * cov + cov.trace() * torch.eye(d, dtype=torch.float64))
+    priors = torch.ones(c, dtype=torch.float64) / c
+    w = torch.einsum("nd,dc->cn", mus, cov_inv)  # (D, C)
+    b = priors.log() - torch.einsum("nd,dc,nc->n", mus, cov_inv, mus) / 2  # (C,)
+    return w, b
 
 
-def test_gda_logits_match_equation():
+def reference_logits(f, text, w, b, alpha):
+    f = f.double() / f.double().norm(dim=-1, keepdim=True)
+    return 100.0 * f @ text.double().T + alpha * (f @ w + b)
+
+
+def reference_alpha(val, val_labels, text, w, b):
+    """The reference's loop: starts at 0.1, keeps an alpha only when it is strictly better."""
+    best_acc, best_alpha = 0.0, 0.1
+    for alpha in GRID:
+        acc = float((reference_logits(val, text, w, b, alpha).argmax(-1) == val_labels).float().mean())
+        if acc > best_acc:
+            best_acc, best_alpha = acc, alpha
+    return best_alpha
+
+
+def test_gda_logits_match_the_reference_transcription():
     feats, labels, text, val, _ = random_problem()
-    model = GDA(alpha=0.3).fit(feats, labels, text)
-    torch.testing.assert_close(model.logits(val), gda_equation(feats, labels, text, val, 0.3), rtol=1e-4, atol=1e-3)
+    w, b = reference_gda(feats, labels, text)
+    queries = torch.cat([val, torch.nn.functional.normalize(torch.randn(7, text.shape[1]), dim=-1)])
+    for alpha in (0.3, 10.0):
+        model = GDA(alpha=alpha).fit(feats, labels, text)
+        expected = reference_logits(queries, text, w, b, alpha)
+        torch.testing.assert_close(model.logits(queries).double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
     assert model.trainable_parameters == 0
 
 
-def test_gda_alpha_search_picks_the_loop_choice():
-    grid = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
-    for seed in range(3):
-        feats, labels, text, val, val_labels = random_problem(seed=seed, shots=2)
+def test_gda_default_uses_the_augmented_passes_only():
+    feats, labels, text, val, _ = random_problem(seed=4)
+    default = GDA(alpha=1.0).fit(feats, labels, text)
+    augmented = GDA(alpha=1.0, views="augmented").fit(feats, labels, text)
+    every = GDA(alpha=1.0, views="all").fit(feats, labels, text)  # the former default stays an option
+    torch.testing.assert_close(default.logits(val), augmented.logits(val))
+    assert not torch.allclose(every.logits(val), default.logits(val), rtol=1e-3)
+    w_all, b_all = reference_gda(torch.cat([feats[:, :1], feats], dim=1), labels, text)  # views 0.. as passes
+    torch.testing.assert_close(every.logits(val).double(), reference_logits(val, text, w_all, b_all, 1.0),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_gda_alpha_search_picks_the_reference_choice():
+    chosen = []
+    for seed in range(6):
+        feats, labels, text, val, val_labels = random_problem(seed=seed, c=6, d=16, shots=3, views=3, m=60)
+        g = torch.Generator().manual_seed(seed)
+        text = torch.nn.functional.normalize(text + 0.3 * torch.randn(text.shape, generator=g), dim=-1)  # (C, D)
         model = GDA().fit(feats, labels, text, val, val_labels)
-        best, choice = -1, None
-        for alpha in grid:
-            logits = 100.0 * torch.nn.functional.normalize(val, dim=-1) @ text.T + alpha * model._gda(
-                torch.nn.functional.normalize(val, dim=-1))
-            acc = int((logits.argmax(-1) == val_labels).sum())
-            if acc > best:
-                best, choice = acc, alpha
-        assert model.alpha_ == choice
+        w, b = reference_gda(feats, labels, text)
+        assert model.alpha_ == reference_alpha(val, val_labels, text, w, b)
+        assert model.fit_info_["searched"]
+        chosen.append(model.alpha_)
+    assert len(set(chosen)) >= 3  # the problems are varied enough for the search to matter

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import COLOURS
+from test_cache_keys import reference_keys, task_with_norms
 from test_caches_tip import random_problem
 from vlkit.caches import TipX
 from vlkit.caches.support import name_only_support
@@ -51,6 +52,35 @@ def test_tipx_logits_match_equation_with_ranges_fixed_on_validation():
     torch.testing.assert_close(model.logits(queries), expected, rtol=1e-4, atol=1e-3)
     # one query's prediction does not depend on the rest of its batch
     torch.testing.assert_close(model.logits(queries[:1]), model.logits(queries)[:1])
+
+
+def test_tipx_on_raw_view_keys_matches_the_reference_in_float64():
+    """SuS-X's tipx.py written out in float64: keys from the raw views (Tip-Adapter's cache), signatures
+    softmax(f W^T / 0.5), KL(query || key) pair by pair, rescaled into the affinity range, logits (1e-5 relative)."""
+    task, raw, val, labels = task_with_norms(seed=6)
+    model = TipX(alpha=2.0, beta=5.0, gamma=0.9).fit(task)
+    keys = reference_keys(raw).double()  # (N, D)
+    text = task.text_weights.double()
+    one_hot = torch.zeros(len(labels), text.shape[0], dtype=torch.float64)
+    one_hot[torch.arange(len(labels)), labels] = 1.0
+
+    def signatures(x):
+        return torch.softmax(x @ text.T / 0.5, dim=-1)
+
+    def kl(queries):
+        p, q = signatures(queries), signatures(keys)
+        return torch.stack([(p[m] * (p[m].log() - q.log())).sum(-1) for m in range(len(p))])  # (M, N)
+
+    f_val = val.double() / val.double().norm(dim=-1, keepdim=True)
+    kl_val, aff_val = kl(f_val), f_val @ keys.T
+    queries = F.normalize(torch.randn(9, text.shape[1], generator=torch.Generator().manual_seed(1)), dim=-1)
+    f = queries.double()
+    scaled = (kl(f) - kl_val.min()) / (kl_val.max() - kl_val.min()) * (aff_val.max() - aff_val.min()) + aff_val.min()
+    expected = (100.0 * f @ text.T + 2.0 * torch.exp(-5.0 * (1.0 - f @ keys.T)) @ one_hot
+                + 0.9 * (-scaled) @ one_hot)
+    torch.testing.assert_close(model.keys_.double(), keys, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.logits(queries).double(), expected, rtol=1e-5,
+                               atol=1e-5 * expected.abs().max().item())
 
 
 def test_tipx_search_picks_the_brute_force_point():

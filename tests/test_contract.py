@@ -145,8 +145,9 @@ def test_sklearn_arrays_in_numpy_out(name, colour_task, colour_arrays):
     check_is_fitted(method)
     assert {"classnames_", "dim_", "fit_info_"} <= set(learned(method))
     # arrays give the numbers the Task path gives (same seed), and the fit argument equals the parameter;
-    # arrays carry no backbone: the Task.from_arrays defaults (logit scale 100, no text encoder)
-    plain = dataclasses.replace(colour_task, backbone=None, logit_scale=100.0)
+    # arrays carry no backbone and no view norms: the Task.from_arrays defaults (logit scale 100, no text
+    # encoder, cache keys averaging normalised views)
+    plain = dataclasses.replace(colour_task, backbone=None, logit_scale=100.0, train_norms=None)
     reference = fitted(name, plain).logits(colour_task.val_features)
     logits = method.logits(vx)
     assert isinstance(logits, torch.Tensor) and torch.equal(logits, reference)

@@ -1,4 +1,4 @@
-"""The feature store: cache hits, resume after interruption, corruption, atomic writes."""
+"""The feature store: cache hits, resume after interruption, corruption and checksums, norms, atomic writes."""
 from __future__ import annotations
 
 import pytest
@@ -18,12 +18,12 @@ class CountingBackbone:
     def __getattr__(self, name):
         return getattr(self._b, name)
 
-    def encode_images(self, images):
+    def encode_images_with_norms(self, images):
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise KeyboardInterrupt("killed mid-extraction")
         self.encoded += len(images)
-        return self._b.encode_images(images)
+        return self._b.encode_images_with_norms(images)
 
 
 def test_second_extraction_is_a_cache_hit(tmp_path, tiny_backbone):
@@ -149,3 +149,76 @@ def test_key_changes_with_the_preprocessing_alone(tmp_path, tiny_backbone):
     assert store.entry_dir(tiny_backbone, data, 1) != store.entry_dir(tiny_backbone, data, 0)
     again = vlkit.load_backbone("test-tiny", device="cpu")
     assert store.entry_dir(again, data, 0) == store.entry_dir(tiny_backbone, data, 0)  # stable across loads
+
+
+def test_same_size_garbage_in_a_shard_is_re_encoded_on_the_next_read(tmp_path, tiny_backbone, caplog):
+    """The sidecar's sha256 is checked on read: a shard overwritten with bytes of the same size is never served."""
+    import os
+
+    import vlkit.features.store as store_module
+
+    store = FeatureStore(tmp_path, shard_size=8, batch_size=8, num_workers=0)
+    data = colour_dataset(4)  # 16 images = 2 shards
+    good = store.image_features(tiny_backbone, data)
+    entry = store.entry_dir(tiny_backbone, data, 0)
+    for kind in ("shard", "norms"):
+        path = entry / f"{kind}-00001.npy"
+        size = path.stat().st_size
+        path.write_bytes(path.read_bytes()[:128] + os.urandom(size - 128))  # header kept: np.load would succeed
+        assert path.stat().st_size == size
+        counting = CountingBackbone(tiny_backbone)
+        with caplog.at_level("WARNING", logger="vlkit.features.store"):
+            again = store.image_features(counting, data)
+        assert "does not match its checksum" in caplog.text
+        assert counting.encoded == 8  # that shard only, re-encoded
+        assert torch.equal(again, good)
+        caplog.clear()
+    # a file this process already verified, changed later (a new mtime): checked again, not trusted
+    shard = entry / "shard-00000.npy"
+    store.image_features(tiny_backbone, data)
+    stat = shard.stat()
+    shard.write_bytes(bytes(stat.st_size))
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    counting = CountingBackbone(tiny_backbone)
+    assert torch.equal(store.image_features(counting, data), good) and counting.encoded == 8
+    # an unchanged file is hashed once per process, not on every read
+    hashed = []
+    real = store_module._sha256_file
+    store_module._sha256_file = lambda p: hashed.append(p) or real(p)
+    try:
+        store.image_features(tiny_backbone, data)  # hashes the files re-encoded above, once
+        hashed.clear()
+        store.image_features(tiny_backbone, data)
+    finally:
+        store_module._sha256_file = real
+    assert hashed == []
+
+
+def test_norms_give_back_the_raw_features(tmp_path, tiny_backbone):
+    """norm * unit feature == the encoder's output before normalising (to float16 storage precision)."""
+    store = FeatureStore(tmp_path, num_workers=0)
+    data = colour_dataset(2)
+    feats, norms = store.views(tiny_backbone, data, views=2)  # (N, 3, D), (N, 3)
+    assert feats.shape[:2] == norms.shape == (8, 3)
+    assert torch.equal(norms, store.view_norms(tiny_backbone, data, 2))
+    assert torch.equal(feats, store.view_features(tiny_backbone, data, 2))
+    images = torch.stack([tiny_backbone.preprocess(data.image(i)) for i in range(len(data))])
+    with torch.no_grad():
+        raw = tiny_backbone.model.encode_image(images).float()  # (N, D), the eval view
+    torch.testing.assert_close(norms[:, 0], raw.norm(dim=-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(norms[:, 0, None] * feats[:, 0], raw, rtol=2e-3, atol=2e-3 * raw.abs().max().item())
+    assert not torch.allclose(norms[:, 0], norms[:, 1])  # each view has its own norms
+
+
+def test_entries_of_the_old_format_are_never_read(tmp_path, tiny_backbone, monkeypatch):
+    """Version 1 (features, no norms) lives under another key: a version-2 store re-encodes, never mixes."""
+    import vlkit.features.store as store_module
+
+    data = colour_dataset(2)
+    monkeypatch.setattr(store_module, "STORE_VERSION", 1)
+    old_dir = FeatureStore(tmp_path, num_workers=0).entry_dir(tiny_backbone, data, 0)
+    monkeypatch.setattr(store_module, "STORE_VERSION", 2)
+    store = FeatureStore(tmp_path, num_workers=0)
+    assert store.entry_dir(tiny_backbone, data, 0) != old_dir
+    store.image_features(tiny_backbone, data)
+    assert store.misses == 1 and store.verify() == []

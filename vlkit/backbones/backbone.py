@@ -105,6 +105,13 @@ class Backbone:
             feats = self.model.encode_image(images.to(self.device, non_blocking=True))
         return normalize(feats)
 
+    @torch.no_grad()
+    def encode_images_with_norms(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) -> (N, D) normalised float32 features and (N,) their L2 norms before normalising."""
+        with self.autocast():
+            feats = self.model.encode_image(images.to(self.device, non_blocking=True)).float()
+        return normalize(feats), feats.norm(dim=-1)
+
     def encode_pil(self, images: Sequence[Image.Image], batch_size: int = 256) -> torch.Tensor:
         """PIL images -> (N, D) normalised features through ``preprocess``."""
         out = []

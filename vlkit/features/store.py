@@ -1,10 +1,20 @@
 """The feature store: encode images once, read them memory-mapped forever after.
 
 An entry is keyed by backbone fingerprint + dataset identity + transform + view.
-Each entry is a folder of shards (``shard-00000.npy`` ...) plus ``meta.json``;
-shards and the sidecar are written to a temp file and renamed, so a half-written
-file is never read. A killed extraction resumes from its finished shards. Each
-shard's size and checksum are recorded; a shard that fails the check is re-encoded.
+Each entry is a folder of shards plus ``meta.json``: ``shard-00000.npy`` holds the
+rows' L2-normalised features (n, D) float16, ``norms-00000.npy`` their L2 norms
+before normalising (n,) float32, so the raw feature is ``norm * unit`` (Tip-Adapter's
+keys average raw views, then normalise). Shards and the sidecar are written to a temp
+file and renamed, so a half-written file is never read; a killed extraction resumes
+from its finished shards. The sidecar records each file's size and sha256: a file of
+the wrong size, or whose bytes no longer match its checksum, is re-encoded (with a
+warning), never served. The checksum is verified on the first read of a file in a
+process and again whenever its size, mtime, ctime or inode changes (hashing is about as
+costly as loading: 3 ms per 2048 x 512 float16 shard on a busy 2-core machine, so
+a bench that re-reads an entry per cell does not re-hash it each time).
+
+Format version 2 (the norms) is part of the key: entries written by version 1
+(features only) are never read, and are re-encoded on first use.
 """
 from __future__ import annotations
 
@@ -28,7 +38,8 @@ from vlkit.io import atomic_write_bytes, atomic_write_json, cache_root
 from vlkit.progress import progress
 
 log = logging.getLogger("vlkit.features.store")
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: per-row norms beside the features
+_VERIFIED: dict[str, tuple] = {}  # path -> (size, mtime_ns, ctime_ns, inode, sha256) when its checksum last matched
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -37,6 +48,23 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
+
+
+def _shard_path(entry: Path, shard: int, kind: str) -> Path:
+    """``shard-00000.npy`` (normalised features) or ``norms-00000.npy`` (their norms) of an entry."""
+    return entry / f"{kind}-{shard:05d}.npy"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stamp(stat: os.stat_result, digest: str) -> tuple:
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, digest
 
 
 class _ImageTensors(Dataset):
@@ -83,7 +111,35 @@ class FeatureStore:
 
     # ---- image features ------------------------------------------------------------
     def image_features(self, backbone: Backbone, dataset: ImageDataset, view: int = 0) -> torch.Tensor:
-        """(N, D) float32 features of every item in ``dataset`` for one view, cached."""
+        """(N, D) float32 L2-normalised features of every item in ``dataset`` for one view, cached."""
+        entry, meta = self._entry(backbone, dataset, view)
+        return self._load(entry, meta, "shard")
+
+    def image_norms(self, backbone: Backbone, dataset: ImageDataset, view: int = 0) -> torch.Tensor:
+        """(N,) float32 L2 norms of the features before normalising (same entry as ``image_features``)."""
+        entry, meta = self._entry(backbone, dataset, view)
+        return self._load(entry, meta, "norms")
+
+    def views(self, backbone: Backbone, dataset: ImageDataset, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (N, 1 + views, D) and their norms (N, 1 + views): the eval view then ``views``
+        augmented views, each entry checked once."""
+        feats, norms = [], []
+        for v in range(views + 1):
+            entry, meta = self._entry(backbone, dataset, v)
+            feats.append(self._load(entry, meta, "shard"))  # (N, D)
+            norms.append(self._load(entry, meta, "norms"))  # (N,)
+        return torch.stack(feats, dim=1), torch.stack(norms, dim=1)
+
+    def view_features(self, backbone: Backbone, dataset: ImageDataset, views: int) -> torch.Tensor:
+        """(N, 1 + views, D): the eval view then ``views`` augmented views, each cached."""
+        return torch.stack([self.image_features(backbone, dataset, v) for v in range(views + 1)], dim=1)
+
+    def view_norms(self, backbone: Backbone, dataset: ImageDataset, views: int) -> torch.Tensor:
+        """(N, 1 + views) pre-normalisation norms of ``view_features``' rows."""
+        return torch.stack([self.image_norms(backbone, dataset, v) for v in range(views + 1)], dim=1)
+
+    def _entry(self, backbone: Backbone, dataset: ImageDataset, view: int) -> tuple[Path, dict]:
+        """The folder and sidecar of a complete, checked entry, encoding whatever is missing or damaged."""
         if len(dataset) == 0:
             raise DataError(f"dataset {dataset.name} is empty: nothing to encode")
         entry = self.entry_dir(backbone, dataset, view)
@@ -92,57 +148,63 @@ class FeatureStore:
         meta = self._read_meta(meta_path)
         if meta is not None and meta.get("complete") and self._shards_valid(entry, meta, backbone):
             try:
-                loaded = self._load(entry, meta)
+                self._check_shapes(entry, meta)
                 self.hits += 1
-                return loaded
+                return entry, meta
             except (ValueError, OSError, EOFError):
                 log.warning("feature entry %s is corrupt; re-encoding it", entry)
                 shutil.rmtree(entry, ignore_errors=True)
                 meta = None
         self.misses += 1
-        meta = meta if meta and meta.get("fingerprint") == backbone.fingerprint else None
-        shards = dict(meta["shards"]) if meta else {}
+        usable = (meta and meta.get("fingerprint") == backbone.fingerprint and meta.get("version") == STORE_VERSION
+                  and meta.get("shard_size") == self.shard_size)
+        shards = dict(meta["shards"]) if usable else {}
         entry.mkdir(parents=True, exist_ok=True)
         todo = [s for s in range(n_shards) if not self._shard_ok(entry, str(s), shards.get(str(s)))]
         with progress(total=len(dataset), description=f"encoding {dataset.name} view {view}") as bar:
             bar.advance(len(dataset) - sum(self._shard_len(s, len(dataset)) for s in todo))
             for shard in todo:
-                feats = self._encode_shard(backbone, dataset, view, shard, bar)
-                data = _npy_bytes(feats.numpy().astype(np.float16))
-                atomic_write_bytes(entry / f"shard-{shard:05d}.npy", data)
-                shards[str(shard)] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                feats, norms = self._encode_shard(backbone, dataset, view, shard, bar)  # (n, D), (n,)
+                record = {}
+                for kind, array in (("shard", feats.numpy().astype(np.float16)),
+                                    ("norms", norms.numpy().astype(np.float32))):
+                    data = _npy_bytes(array)
+                    path = _shard_path(entry, shard, kind)
+                    atomic_write_bytes(path, data)
+                    digest = hashlib.sha256(data).hexdigest()
+                    prefix = "" if kind == "shard" else "norms_"
+                    record.update({f"{prefix}bytes": len(data), f"{prefix}sha256": digest})
+                shards[str(shard)] = record
                 atomic_write_json(meta_path, self._meta(backbone, dataset, view, shards, complete=False))
-        atomic_write_json(meta_path, self._meta(backbone, dataset, view, shards, complete=True))
-        return self._load(entry, self._read_meta(meta_path))
-
-    def view_features(self, backbone: Backbone, dataset: ImageDataset, views: int) -> torch.Tensor:
-        """(N, 1 + views, D): the eval view then ``views`` augmented views, each cached."""
-        stacked = [self.image_features(backbone, dataset, v) for v in range(views + 1)]
-        return torch.stack(stacked, dim=1)
+        meta = self._meta(backbone, dataset, view, shards, complete=True)
+        atomic_write_json(meta_path, meta)
+        self._check_shapes(entry, meta)
+        return entry, meta
 
     def _shard_len(self, shard: int, total: int) -> int:
         return min(self.shard_size, total - shard * self.shard_size)
 
-    def _encode_shard(self, backbone: Backbone, dataset: ImageDataset, view: int, shard: int, bar) -> torch.Tensor:
+    def _encode_shard(self, backbone: Backbone, dataset: ImageDataset, view: int, shard: int,
+                      bar) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised features (n, D) and pre-normalisation norms (n,) of one shard's images."""
         start = shard * self.shard_size
         stop = min(len(dataset), start + self.shard_size)
         jpegs = gpu_paths_for(backbone, dataset, view, start, stop)
         if jpegs is not None:  # CUDA + eval view + JPEG files: decode and resize on the GPU
-            out = []
-            for batch in gpu_image_batches(jpegs, preprocess_params(backbone), self.batch_size, backbone.device):
-                out.append(backbone.encode_images(batch).cpu())
-                bar.advance(len(batch))
-            return torch.cat(out)
-        transform = backbone.preprocess if view == 0 else backbone.train_transform
-        images = _ImageTensors(dataset, transform, start, stop, seed=view if view else None)
-        workers = self.num_workers if stop - start > self.batch_size else 0
-        loader = DataLoader(images, batch_size=self.batch_size, num_workers=workers,
-                            pin_memory=backbone.device.type == "cuda", persistent_workers=False)
-        out = []
-        for batch in loader:  # (B, 3, H, W)
-            out.append(backbone.encode_images(batch).cpu())
+            batches = gpu_image_batches(jpegs, preprocess_params(backbone), self.batch_size, backbone.device)
+        else:
+            transform = backbone.preprocess if view == 0 else backbone.train_transform
+            images = _ImageTensors(dataset, transform, start, stop, seed=view if view else None)
+            workers = self.num_workers if stop - start > self.batch_size else 0
+            batches = DataLoader(images, batch_size=self.batch_size, num_workers=workers,
+                                 pin_memory=backbone.device.type == "cuda", persistent_workers=False)
+        feats, norms = [], []
+        for batch in batches:  # (B, 3, H, W)
+            unit, norm = backbone.encode_images_with_norms(batch)
+            feats.append(unit.cpu())
+            norms.append(norm.float().cpu())
             bar.advance(len(batch))
-        return torch.cat(out)
+        return torch.cat(feats), torch.cat(norms)
 
     # ---- text features ---------------------------------------------------------------
     def text_features(self, backbone: Backbone, texts: list[str]) -> torch.Tensor:
@@ -166,43 +228,75 @@ class FeatureStore:
     def _meta(self, backbone: Backbone, dataset: ImageDataset, view: int, shards: dict, complete: bool) -> dict:
         return {"version": STORE_VERSION, "fingerprint": backbone.fingerprint, "dataset": dataset.identity,
                 "view": view, "count": len(dataset), "dim": backbone.embed_dim, "dtype": "float16",
-                "shard_size": self.shard_size, "shards": shards, "complete": complete}
+                "norms_dtype": "float32", "shard_size": self.shard_size, "shards": shards, "complete": complete}
 
     @staticmethod
     def _read_meta(path: Path) -> dict | None:
         try:
-            return json.loads(path.read_text())
+            meta = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             return None
+        return meta if isinstance(meta, dict) else None
 
     def _shards_valid(self, entry: Path, meta: dict, backbone: Backbone) -> bool:
-        if meta.get("fingerprint") != backbone.fingerprint or meta.get("dim") != backbone.embed_dim:
+        if (meta.get("version") != STORE_VERSION or meta.get("fingerprint") != backbone.fingerprint
+                or meta.get("dim") != backbone.embed_dim):
             return False
-        n_shards = (meta["count"] + meta["shard_size"] - 1) // meta["shard_size"]
-        return all(self._shard_ok(entry, str(s), meta["shards"].get(str(s))) for s in range(n_shards))
+        try:
+            n_shards = (meta["count"] + meta["shard_size"] - 1) // meta["shard_size"]
+            return all(self._shard_ok(entry, str(s), meta["shards"].get(str(s))) for s in range(n_shards))
+        except (KeyError, TypeError, AttributeError):
+            return False
 
     @staticmethod
     def _shard_ok(entry: Path, shard: str, record: dict | None, verify_hash: bool = False) -> bool:
-        if record is None:
+        """Whether both files of a shard match their record: size always, sha256 on the first read in this
+        process (or every time with ``verify_hash``) and whenever the file's size, mtime or inode changed."""
+        if not isinstance(record, dict):
             return False
-        path = entry / f"shard-{int(shard):05d}.npy"
-        try:
-            if path.stat().st_size != record["bytes"]:
-                log.warning("feature shard %s has the wrong size; it will be re-encoded", path)
+        for kind, prefix in (("shard", ""), ("norms", "norms_")):
+            path = _shard_path(entry, int(shard), kind)
+            try:
+                stat = path.stat()
+                size, digest = record[f"{prefix}bytes"], record[f"{prefix}sha256"]
+            except (OSError, KeyError):
                 return False
-        except OSError:
-            return False
-        if verify_hash:
-            return hashlib.sha256(path.read_bytes()).hexdigest() == record["sha256"]
+            if stat.st_size != size:
+                log.warning("feature file %s has the wrong size; it will be re-encoded", path)
+                return False
+            seen = _VERIFIED.get(str(path))
+            if not verify_hash and seen == _stamp(stat, digest):
+                continue
+            try:
+                actual = _sha256_file(path)
+            except OSError:
+                return False
+            if actual != digest:
+                log.warning("feature file %s does not match its checksum; it will be re-encoded", path)
+                _VERIFIED.pop(str(path), None)
+                return False
+            _VERIFIED[str(path)] = _stamp(stat, digest)
         return True
 
-    def _load(self, entry: Path, meta: dict) -> torch.Tensor:
+    @staticmethod
+    def _check_shapes(entry: Path, meta: dict) -> None:
+        """Raise ValueError unless the shards hold (count, dim) features and (count,) norms."""
         n_shards = (meta["count"] + meta["shard_size"] - 1) // meta["shard_size"]
-        parts = [np.load(entry / f"shard-{s:05d}.npy", mmap_mode="r") for s in range(n_shards)]  # (n, D) each
-        features = np.concatenate(parts).astype(np.float32)
-        if features.shape != (meta["count"], meta["dim"]):
-            raise ValueError(f"entry {entry} holds {features.shape}, expected {(meta['count'], meta['dim'])}")
-        return torch.from_numpy(features)
+        rows = 0
+        for s in range(n_shards):
+            feats = np.load(_shard_path(entry, s, "shard"), mmap_mode="r")  # (n, D)
+            norms = np.load(_shard_path(entry, s, "norms"), mmap_mode="r")  # (n,)
+            if feats.ndim != 2 or feats.shape[1] != meta["dim"] or norms.shape != (feats.shape[0],):
+                raise ValueError(f"shard {s} of {entry} holds {feats.shape} features and {norms.shape} norms")
+            rows += feats.shape[0]
+        if rows != meta["count"]:
+            raise ValueError(f"entry {entry} holds {rows} rows, expected {meta['count']}")
+
+    def _load(self, entry: Path, meta: dict, kind: str) -> torch.Tensor:
+        """(N, D) features (``kind="shard"``) or (N,) norms (``kind="norms"``) as float32."""
+        n_shards = (meta["count"] + meta["shard_size"] - 1) // meta["shard_size"]
+        parts = [np.load(_shard_path(entry, s, kind), mmap_mode="r") for s in range(n_shards)]
+        return torch.from_numpy(np.concatenate(parts).astype(np.float32))
 
     def verify(self) -> list[Path]:
         """Check every shard's checksum; delete and return those that fail (rebuilt on next use)."""
@@ -213,11 +307,15 @@ class FeatureStore:
                 shutil.rmtree(meta_path.parent, ignore_errors=True)
                 bad.append(meta_path.parent)
                 continue
-            for shard, record in meta["shards"].items():
+            if meta.get("version") != STORE_VERSION:
+                continue  # an older format's entry: never read (its key differs), not damaged
+            for shard, record in dict(meta.get("shards") or {}).items():
                 if not self._shard_ok(meta_path.parent, shard, record, verify_hash=True):
-                    path = meta_path.parent / f"shard-{int(shard):05d}.npy"
-                    path.unlink(missing_ok=True)
-                    bad.append(path)
+                    for kind in ("shard", "norms"):
+                        path = _shard_path(meta_path.parent, int(shard), kind)
+                        if path.exists():
+                            path.unlink()
+                            bad.append(path)
         return bad
 
     def check_features(self, features: torch.Tensor, backbone: Backbone, what: str = "features") -> None:

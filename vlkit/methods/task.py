@@ -28,7 +28,9 @@ class Task:
 
     ``train_features`` is (N, V, D): view 0 is the evaluation transform, views 1..V-1
     are cached augmented views (random resized crop + flip). ``text_weights`` is the
-    (C, D) zero-shot classifier of the task's templates. Image-tower methods also get
+    (C, D) zero-shot classifier of the task's templates. ``train_norms`` (N, V), when the
+    features come from the store, holds each view's L2 norm before normalising (the raw
+    feature is ``norm * feature``; cache keys average raw views). Image-tower methods also get
     the image datasets. Nothing here holds test data.
     """
 
@@ -46,6 +48,7 @@ class Task:
     seed: int = 0
     extras: dict = field(default_factory=dict)
     logit_scale: float = 100.0  # the backbone's exp(logit_scale); 100 is OpenAI CLIP's
+    train_norms: torch.Tensor | None = None  # (N, V) pre-normalisation norms of train_features' views
 
     def __post_init__(self) -> None:
         self.text_weights = as_tensor(self.text_weights, "text_weights", (2,))
@@ -62,6 +65,12 @@ class Task:
             raise ShapeError(f"labels must be ({n},) for {n} training features, got {tuple(self.train_labels.shape)}")
         if n and (self.train_labels.min() < 0 or self.train_labels.max() >= c):
             raise ShapeError(f"labels must be in 0..{c - 1}")
+        if self.train_norms is not None:
+            self.train_norms = as_tensor(self.train_norms, "train_norms", (1, 2))
+            self.train_norms = self.train_norms[:, None] if self.train_norms.ndim == 1 else self.train_norms
+            if self.train_norms.shape != self.train_features.shape[:2]:
+                raise ShapeError(f"train_norms must be (N, V) = {tuple(self.train_features.shape[:2])} like "
+                                 f"train_features' views, got {tuple(self.train_norms.shape)}")
         if not self.logit_scale > 0:
             raise ShapeError(f"logit_scale must be > 0, got {self.logit_scale}")
         if self.val_features is not None:

@@ -35,9 +35,10 @@ def build_adaptation_task(backbone: Backbone, source_train: ImageDataset, source
                         f"{len(target_train.classnames)}): adaptation needs one shared label set")
     target_views = store.view_features(backbone, target_train, views)  # (Nt, 1 + V, D)
     weights = zero_shot_weights(backbone, source_train.classnames, templates_for(target_train, templates), store)
+    source_views, source_norms = store.views(backbone, source_train, views)  # (N, 1 + V, D), (N, 1 + V)
     return Task(
         classnames=list(source_train.classnames), text_weights=weights,
-        train_features=store.view_features(backbone, source_train, views),
+        train_features=source_views, train_norms=source_norms,
         train_labels=torch.tensor(source_train.labels),
         val_features=store.image_features(backbone, source_val), val_labels=torch.tensor(source_val.labels),
         templates=templates_for(target_train, templates), backbone=backbone, seed=seed,

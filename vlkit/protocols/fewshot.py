@@ -45,12 +45,12 @@ def build_task(backbone: Backbone, train_pool: ImageDataset, shots: int, seed: i
     val_pool, fallback = choose_validation(val, val_set, train_pool.name)
     split = few_shot(train_pool, shots, seed, val_pool=val_pool, val_per_class=val_per_class, fallback=fallback)
     templates = templates_for(train_pool, templates)
-    train_feats = store.view_features(backbone, split.train, views)  # (N, 1 + views, D)
+    train_feats, train_norms = store.views(backbone, split.train, views)  # (N, 1 + views, D), (N, 1 + views)
     val_feats = store.image_features(backbone, split.val)  # (M, D)
     weights = zero_shot_weights(backbone, train_pool.classnames, templates, store)
     return Task(
         classnames=list(train_pool.classnames), text_weights=weights,
-        train_features=train_feats, train_labels=torch.tensor(split.train.labels),
+        train_features=train_feats, train_norms=train_norms, train_labels=torch.tensor(split.train.labels),
         val_features=val_feats, val_labels=torch.tensor(split.val.labels),
         templates=templates, backbone=backbone, seed=seed, logit_scale=float(backbone.logit_scale),
         train_images=split.train if with_images else None, val_images=split.val if with_images else None,
