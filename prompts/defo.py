@@ -19,6 +19,7 @@ is that a query initialised from a phrase encodes exactly as that phrase's text.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,10 @@ class DeFoConfig(PromptConfig):
     n_queries: int = 32
     n_ctx: int = 8
     query_init: str = ""
+    # Not shown by the quick job: DeFo starts at chance (a random head, no zero-shot state) and a short
+    # schedule has not been shown to reach half of the paper schedule's gain (issue 21).
+    quick_not_run: ClassVar[str] = ("it starts at chance and no short schedule is shown to reach half of the paper "
+                                    "schedule's gain; --schedule paper runs it")
 
     def validate(self) -> None:
         super().validate()

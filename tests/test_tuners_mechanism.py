@@ -119,12 +119,16 @@ def test_untrained_tuner_is_kept_when_no_chunk_beats_it(colour_task, monkeypatch
     """Selection on validation includes the identity start: a useless run falls back to it."""
     import vlkit.methods.tuners.base as base
 
-    def ruin(params, *args, **kwargs):
-        with torch.no_grad():
-            for p in params:
-                p.add_(100.0)
-        return {"loss": [0.0], "val": [-1.0], "best_epoch": 0, "best_val": -1.0}
+    real_train = base.train
 
+    def ruin(params, loss_fn, batches, cfg, val_score=None, *args, **kwargs):
+        def ruined_loss(batch):
+            return loss_fn(batch) - 100.0 * sum(p.sum() for p in params)  # pushes every parameter up
+
+        return real_train(params, ruined_loss, batches, cfg, lambda: (val_score(), -1.0)[1] if ruin.started else
+                          (setattr(ruin, "started", True), val_score())[1], *args, **kwargs)
+
+    ruin.started = False
     monkeypatch.setattr(base, "train", ruin)
     torch.manual_seed(0)
     method = create_method("ia3", iters_per_shot=1, val_checks=1, batch_size=8).fit(colour_task)
