@@ -13,7 +13,8 @@ Defaults where the paper is silent for few-shot use (chosen, not the authors'):
 N(0, 0.02) query init, the linear layer initialised
 with PyTorch's default uniform law from the method's seed, CoOp's optimiser and
 schedule (SGD lr 0.002, cosine, one warm-up epoch, batch 32, 50/100/200 epochs by
-shots). DeFo has no zero-shot identity: its queries carry no class names. Its check
+shots); the quick job (``vlkit fewshot``) does not run it (``quick_not_run``). DeFo has
+no zero-shot identity: its queries carry no class names. Its check
 is that a query initialised from a phrase encodes exactly as that phrase's text.
 """
 from __future__ import annotations

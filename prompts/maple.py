@@ -12,7 +12,8 @@ mixed precision on CUDA; ``logits`` takes preprocessed images.
 
 Paper defaults: 2 context tokens from "a photo of a", depth J = 9 (capped at the
 towers' layer count), SGD lr 0.0035, cosine, one warm-up epoch at 1e-5, 5 epochs,
-batch 4. As the authors' code, the J-1 deep projections start as copies of one
+batch 4; the quick job (``vlkit fewshot``) does not run it (``quick_not_run``). As the
+authors' code does, the J-1 deep projections start as copies of one
 randomly initialised linear layer and the deep text prompts as N(0, 0.02) draws.
 """
 from __future__ import annotations

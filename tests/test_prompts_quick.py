@@ -6,7 +6,6 @@ import dataclasses
 import pytest
 import torch
 
-import vlkit.methods.tuners.base as tuner_base
 from vlkit.methods import create_method
 from vlkit.protocols.presets import quick_settings
 
@@ -35,18 +34,3 @@ def test_prompt_learner_keeps_a_better_trained_epoch(colour_task):
     """The candidate does not block learning: on the real labels a trained epoch is chosen."""
     method = create_method("coop", **quick_settings("coop"), ctx_init="a photo of a").fit(colour_task)
     assert method.fit_info_["best_epoch"] >= 0
-
-
-def test_tuner_start_is_a_candidate_of_the_shared_loop(colour_task, monkeypatch):
-    """The untrained (identity) tuner is scored first by the shared loop and kept when no chunk beats it."""
-    real_train = tuner_base.train
-
-    def scripted(params, loss_fn, batches, cfg, val_score=None, *args, **kwargs):
-        assert cfg.keep_initial
-        scores = iter([1.0] + [0.0] * 100)  # the start scores best
-        return real_train(params, loss_fn, batches, cfg, lambda: (val_score(), next(scores))[1], *args, **kwargs)
-
-    monkeypatch.setattr(tuner_base, "train", scripted)
-    method = create_method("ia3", iters_per_shot=2, val_checks=2, batch_size=8, lr=0.5).fit(colour_task)
-    assert method.fit_info_["best_chunk"] == -1 and method.fit_info_["initial_val"] == 1.0
-    assert all(torch.equal(p, torch.ones_like(p)) for p in method.state().values())
