@@ -4,7 +4,7 @@ A prompt learner owns one ``nn.Module`` (``net_``) holding only its learned tens
 (context vectors, meta-net, heads); the frozen text tower is reached through
 :class:`~vlkit.prompts.encoder.PromptedTextEncoder`. Training goes through
 ``vlkit.methods.training.train`` (SGD, constant warm-up then cosine, epoch selection on the
-validation split). Image features come from the feature store: one cached augmented
+validation split, the untrained prompts a candidate too). Image features come from the feature store: one cached augmented
 view per image per epoch, so the image tower never runs while training.
 """
 from __future__ import annotations
@@ -49,6 +49,10 @@ class PromptConfig(MethodConfig):
     grad_clip: float | None = None
     select_on_val: bool = True
     augment: bool = True  # one cached augmented view per image per epoch
+    # The state before training is a selection candidate (scored on validation first; kept
+    # when no epoch beats it, fit_info_["best_epoch"] == -1): a learner that starts at the
+    # hand-written prompt never returns something worse on validation than where it began.
+    keep_initial: bool = True
 
     def validate(self) -> None:
         self.check(self.epochs is None or self.epochs >= 0, f"epochs must be >= 0 or None, got {self.epochs}")
@@ -68,7 +72,7 @@ class PromptConfig(MethodConfig):
             epochs=epochs, lr=self.lr, optimizer=self.optimizer, momentum=self.momentum,
             weight_decay=self.weight_decay, batch_size=self.batch_size,
             warmup_epochs=min(self.warmup_epochs, max(epochs - 1, 0)), warmup_lr=self.warmup_lr,
-            grad_clip=self.grad_clip, select_on_val=self.select_on_val,
+            grad_clip=self.grad_clip, select_on_val=self.select_on_val, keep_initial=self.keep_initial,
         )
 
 

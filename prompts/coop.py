@@ -11,7 +11,10 @@ formulas are written out instead.)
 Paper defaults: M = 16, random N(0, 0.02) initialisation, class token at the end,
 SGD lr 0.002 with cosine decay and one warm-up epoch at 1e-5, batch 32, 50 / 100 / 200
 epochs for 1 / 2-4 / 8-16 shots. ``ctx_init="a photo of a"`` initialises from that
-phrase (its token count then sets M, as the authors' code).
+phrase (its token count then sets M; the authors' code counts words, the same for
+one-token words such as "a photo of a"). The untrained
+context is a selection candidate (``keep_initial``), so a phrase-initialised CoOp never
+returns prompts worse on validation than the phrase.
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ class CoOpConfig(PromptConfig):
     ctx_init: str = ""
     position: str = "end"
     class_specific: bool = False
+    # Quick schedule: 20 epochs at lr 0.02 without warm-up (the paper: 200 at 0.002 after a warm-up
+    # epoch at 1e-5). Fashion-MNIST 16-shot seed 1, vlkit-mini: zero-shot 27.6, quick 67.4 (test top-1).
+    quick = {"epochs": 20, "lr": 2e-2, "warmup_epochs": 0}
 
     def validate(self) -> None:
         super().validate()

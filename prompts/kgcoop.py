@@ -30,6 +30,9 @@ class KgCoOpConfig(CoOpConfig):
     ctx_init: str = "a photo of a"
     batch_size: int = 128
     weight: float = 8.0
+    # Quick schedule: 20 epochs of batch 32 at lr 0.02, no warm-up (the paper: 100 epochs of batch 128
+    # at 0.002). Fashion-MNIST 16-shot seed 1, vlkit-mini: zero-shot 27.6, quick 51.6 (test top-1).
+    quick = {"epochs": 20, "lr": 2e-2, "warmup_epochs": 0, "batch_size": 32}
 
     def validate(self) -> None:
         super().validate()

@@ -48,7 +48,8 @@ def test_quick_settings_live_on_the_method_configs():
     from vlkit.methods import method_class
     from vlkit.protocols.presets import quick_settings
 
-    assert quick_settings("coop") == {"epochs": 5} and quick_settings("maple") == {"epochs": 1}
+    assert quick_settings("coop") == {"epochs": 20, "lr": 2e-2, "warmup_epochs": 0}
+    assert quick_settings("maple") == {"epochs": 1}
     assert quick_settings("cocoop") == {"epochs": 1, "warmup_epochs": 0}
     assert quick_settings("ia3") == {"iters_per_shot": 2, "batch_size": 16, "val_checks": 1, "lr": 3e-2}
     assert quick_settings("linear-probe") == {} and quick_settings("tip-adapter-f") == {}
@@ -84,3 +85,24 @@ def test_terminal_table_has_one_row_per_method_with_quick_marked():
     assert [r["method"] for r in rows] == ["coop*", "zero-shot"]
     assert rows[0]["1-shot"] == "10.0 ± 1.0" and rows[0]["16-shot"] == "160.0 ± 1.0" and rows[0]["fit s"] == 16.0
     assert rows[1]["16-shot"] == "160.0"
+
+
+def test_quick_job_shows_not_run_instead_of_a_number(tmp_path, monkeypatch):
+    """A method whose quick schedule is not worth showing is not run; its row says so in every column."""
+    from vlkit.methods import method_class
+    from vlkit.protocols.presets import NOT_RUN, by_method
+
+    monkeypatch.setattr(method_class("coop").Config, "quick_not_run", "quick schedule not shown to learn", raising=False)
+    job = run_fewshot_job("test-tiny", data="fashion-mnist-mini", methods=["zero-shot", "coop"], shots=[1, 4],
+                          seeds=[1], out_dir=tmp_path, views=1)
+    assert {r["method"] for r in job["rows"]} == {"zero-shot"}  # coop never ran
+    assert job["not_run"] == {"coop": "quick schedule not shown to learn"} and "coop" not in job["quick_schedules"]
+    rows = by_method(job["summary"])
+    assert [r["method"] for r in rows] == ["zero-shot", "coop"]
+    assert rows[1]["1-shot"] == rows[1]["4-shot"] == NOT_RUN == "not run (quick)"
+    assert rows[0]["1-shot"] not in ("", NOT_RUN)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["top1"] for r in saved["summary"] if r["method"] == "coop"] == [None, None]
+    paper = run_fewshot_job("test-tiny", data="fashion-mnist-mini", methods=["coop"], shots=[1], seeds=[1],
+                            out_dir=tmp_path / "paper", views=1, schedule="paper")
+    assert paper["not_run"] == {} and [r["method"] for r in paper["rows"]] == ["coop"]  # the paper job runs it

@@ -116,17 +116,19 @@ def test_layer_selection(tiny_backbone):
 
 
 def test_untrained_tuner_is_kept_when_no_chunk_beats_it(colour_task, monkeypatch):
-    """Selection on validation includes the identity start: a useless run falls back to it."""
+    """Selection on validation includes the identity start (the shared loop's ``keep_initial``):
+    a run whose every chunk scores below the start falls back to it."""
     import vlkit.methods.tuners.base as base
 
-    def ruin(params, *args, **kwargs):
-        with torch.no_grad():
-            for p in params:
-                p.add_(100.0)
-        return {"loss": [0.0], "val": [-1.0], "best_epoch": 0, "best_val": -1.0}
+    real_train = base.train
 
-    monkeypatch.setattr(base, "train", ruin)
+    def hurting(params, loss_fn, batches, cfg, val_score=None, *args, **kwargs):
+        assert cfg.keep_initial
+        scores = iter([0.5] + [0.0] * 100)  # the start scores 0.5, every trained chunk 0
+        return real_train(params, loss_fn, batches, cfg, lambda: (val_score(), next(scores))[1], *args, **kwargs)
+
+    monkeypatch.setattr(base, "train", hurting)
     torch.manual_seed(0)
-    method = create_method("ia3", iters_per_shot=1, val_checks=1, batch_size=8).fit(colour_task)
-    assert method.fit_info_["best_chunk"] == -1
+    method = create_method("ia3", iters_per_shot=2, val_checks=2, batch_size=8, lr=0.5).fit(colour_task)
+    assert method.fit_info_["best_chunk"] == -1 and method.fit_info_["initial_val"] == 0.5
     assert all(torch.equal(p, torch.ones_like(p)) for p in method.state().values())

@@ -142,20 +142,13 @@ class TunerMethod(Method):
 
         cfg = TrainConfig(epochs=chunks, lr=self.config.lr, optimizer="adamw", weight_decay=self.config.weight_decay,
                           batch_size=self.config.batch_size, grad_clip=self.config.grad_clip,
-                          select_on_val=task.has_val)
-        initial = [p.detach().clone() for p in params]
-        initial_score = val_score() if task.has_val else None  # the untrained tuner is a candidate too
+                          select_on_val=task.has_val, keep_initial=True)  # the untrained tuner is a candidate
         self.tuned_.tuning(True)
         history = train(params, loss_fn, lambda _: (next(stream) for _ in range(per_chunk)), cfg,
                         val_score if task.has_val else None, backbone.autocast, description=f"tuning {self.name}")
-        kept_initial = initial_score is not None and history.get("best_val", -1.0) < initial_score
-        if kept_initial:  # no chunk beat the identity start on validation: keep it
-            with torch.no_grad():
-                for p, start in zip(params, initial):
-                    p.copy_(start)
         self._finalize(backbone)
-        self.fit_info_ = {"iterations": per_chunk * chunks, "best_chunk": -1 if kept_initial else history["best_epoch"],
-                          "chunks": chunks, "initial_val": initial_score, "val": history["val"],
+        self.fit_info_ = {"iterations": per_chunk * chunks, "best_chunk": history["best_epoch"],
+                          "chunks": chunks, "initial_val": history.get("initial_val"), "val": history["val"],
                           "loss": history["loss"]}
 
     def _batches(self, task: Task, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
