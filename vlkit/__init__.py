@@ -1,15 +1,42 @@
-"""vlkit: adapt a frozen CLIP to new image-classification tasks with few labels."""
-from vlkit.backbones import Backbone, load_backbone
-from vlkit.data import ImageDataset, few_shot, load_image_folder, load_split_file
-from vlkit.data.resolve import load_data
-from vlkit.errors import DataError, NotFittedError, VlkitError
-from vlkit.methods import Method, MethodConfig, create_method, list_methods, method_class, register_method
-from vlkit.protocols.fewshot import build_task, run_fewshot
-from vlkit.features.store import FeatureStore
-from vlkit.methods.task import Task
-from vlkit.report.result import Result
+"""vlkit: adapt a frozen CLIP to new image-classification tasks with few labels.
+
+The public names below load on first use (PEP 562 ``__getattr__``): ``import vlkit`` and
+``vlkit --help`` stay fast because torch, open_clip, faiss and scikit-learn are imported
+only by the modules that use them. ``from vlkit import Backbone`` works as before.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Backbone", "DataError", "FeatureStore", "ImageDataset", "Method", "MethodConfig", "NotFittedError",
-           "Result", "Task", "VlkitError", "build_task", "create_method", "few_shot", "list_methods", "load_backbone",
-           "load_data", "load_image_folder", "load_split_file", "method_class", "register_method", "run_fewshot"]
+
+# public name -> the module that defines it
+_PUBLIC = {
+    "Backbone": "vlkit.backbones", "load_backbone": "vlkit.backbones",
+    "ImageDataset": "vlkit.data", "few_shot": "vlkit.data", "load_image_folder": "vlkit.data",
+    "load_split_file": "vlkit.data",
+    "load_data": "vlkit.data.resolve",
+    "DataError": "vlkit.errors", "NotFittedError": "vlkit.errors", "VlkitError": "vlkit.errors",
+    "Method": "vlkit.methods", "MethodConfig": "vlkit.methods", "create_method": "vlkit.methods",
+    "list_methods": "vlkit.methods", "method_class": "vlkit.methods", "register_method": "vlkit.methods",
+    "build_task": "vlkit.protocols.fewshot", "run_fewshot": "vlkit.protocols.fewshot",
+    "FeatureStore": "vlkit.features.store",
+    "Task": "vlkit.methods.task",
+    "Result": "vlkit.report.result",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module behind a public name on first access and cache the name here."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vlkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
