@@ -1,42 +1,38 @@
 """vlkit: adapt a frozen CLIP to new image-classification tasks with few labels.
 
-The public names below load on first use (PEP 562 ``__getattr__``): ``import vlkit`` and
-``vlkit --help`` stay fast because torch, open_clip, faiss and scikit-learn are imported
-only by the modules that use them. ``from vlkit import Backbone`` works as before.
+The public names load on first use (PEP 562 ``__getattr__``): ``import vlkit``, ``vlkit
+--help`` and ``vlkit.__version__`` stay fast because torch, open_clip, faiss and
+scikit-learn are imported only when a public name is first asked for (then all of them
+load, as a plain import did before). ``from vlkit import Backbone`` works as before.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-
-# public name -> the module that defines it
-_PUBLIC = {
-    "Backbone": "vlkit.backbones", "load_backbone": "vlkit.backbones",
-    "ImageDataset": "vlkit.data", "few_shot": "vlkit.data", "load_image_folder": "vlkit.data",
-    "load_split_file": "vlkit.data",
-    "load_data": "vlkit.data.resolve",
-    "DataError": "vlkit.errors", "NotFittedError": "vlkit.errors", "VlkitError": "vlkit.errors",
-    "Method": "vlkit.methods", "MethodConfig": "vlkit.methods", "create_method": "vlkit.methods",
-    "list_methods": "vlkit.methods", "method_class": "vlkit.methods", "register_method": "vlkit.methods",
-    "build_task": "vlkit.protocols.fewshot", "run_fewshot": "vlkit.protocols.fewshot",
-    "FeatureStore": "vlkit.features.store",
-    "Task": "vlkit.methods.task",
-    "Result": "vlkit.report.result",
-}
-__all__ = sorted(_PUBLIC)
+__all__ = ["Backbone", "DataError", "FeatureStore", "ImageDataset", "Method", "MethodConfig", "NotFittedError",
+           "Result", "Task", "VlkitError", "build_task", "create_method", "few_shot", "list_methods", "load_backbone",
+           "load_data", "load_image_folder", "load_split_file", "method_class", "register_method", "run_fewshot"]
 
 
 def __getattr__(name: str) -> Any:
-    """Import the module behind a public name on first access and cache the name here."""
-    module = _PUBLIC.get(name)
-    if module is None:
+    """Import the public names on the first access to one of them; other names are not attributes."""
+    if name not in __all__:
         raise AttributeError(f"module 'vlkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    from vlkit.backbones import Backbone, load_backbone
+    from vlkit.data import ImageDataset, few_shot, load_image_folder, load_split_file
+    from vlkit.data.resolve import load_data
+    from vlkit.errors import DataError, NotFittedError, VlkitError
+    from vlkit.features.store import FeatureStore
+    from vlkit.methods import Method, MethodConfig, create_method, list_methods, method_class, register_method
+    from vlkit.methods.task import Task
+    from vlkit.protocols.fewshot import build_task, run_fewshot
+    from vlkit.report.result import Result
+
+    public = {key: value for key, value in locals().items() if key in __all__}
+    globals().update(public)
+    return public[name]
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+    return sorted(set(globals()) | set(__all__))
