@@ -128,3 +128,45 @@ def test_fit_help_names_the_folder_layouts() -> None:
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert "images/" in text and "split JSON" in text and "train/" in text and "val/" in text
+
+
+def test_skip_corrupt_drops_unreadable_images_for_predict_and_add(tmp_path, caplog) -> None:
+    from PIL import Image
+
+    from vlkit.cli.upgrade_commands import readable_images
+    from vlkit.errors import VlkitError
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(good)
+    bad.write_bytes(b"not an image")
+    assert readable_images([good, bad], skip_corrupt=False) == [good, bad]  # the library then names the bad one
+    with caplog.at_level("WARNING", logger="vlkit.data"):
+        assert readable_images([good, bad], skip_corrupt=True) == [good]
+    assert "skipped 1 unreadable image(s), first: " in caplog.text and "bad.png" in caplog.text
+    with pytest.raises(VlkitError, match="none of the 1 image"):
+        readable_images([bad], skip_corrupt=True)
+    for command in (["predict", "--help"], ["upgrade", "add", "--help"]):
+        assert "--skip-corrupt" in CliRunner().invoke(_app(), command).output
+
+
+def test_a_repeated_warning_prints_once() -> None:
+    import logging
+
+    from vlkit.cli.common import OnceFilter
+
+    once = OnceFilter()
+    record = logging.LogRecord("vlkit.data", logging.WARNING, "", 0, "skipped %d unreadable image(s)", (3,), None)
+    again = logging.LogRecord("vlkit.data", logging.WARNING, "", 0, "skipped %d unreadable image(s)", (3,), None)
+    other = logging.LogRecord("vlkit.data", logging.WARNING, "", 0, "skipped %d unreadable image(s)", (4,), None)
+    assert once.filter(record) and not once.filter(again) and once.filter(other)
+
+
+def test_tables_keep_whole_headers_when_printed_to_a_file(capsys) -> None:
+    from vlkit.cli.common import table
+
+    rows = [{"method": f"method-{i}", "trainable_parameters": 123456, "latency_ms_per_image": 1.5,
+             "paper": "Somebody et al., A Long Title That Would Wrap At Eighty Columns, CONF 2024"} for i in range(3)]
+    table(rows, ["method", "trainable_parameters", "latency_ms_per_image", "paper"], title="wide")
+    text = capsys.readouterr().out
+    assert "trainable_parameters" in text and "latency_ms_per_image" in text and "…" not in text
+    assert "A Long Title That Would Wrap At Eighty Columns, CONF 2024" in text
