@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -52,14 +53,18 @@ def old_python(rev: str, tmp: Path) -> str:
 
 def time_command(python: str, args: list[str], repeat: int, cwd: Path) -> dict:
     """Wall seconds of ``python -m vlkit.cli.main ARGS`` in fresh processes, and the heavy modules it loaded."""
-    walls, heavy = [], ""
+    walls, cpus, heavy = [], [], ""
     for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run([python, "-c", PROBE, *args], capture_output=True, text=True, cwd=cwd,
                               env={**os.environ, "VLKIT_QUIET": "1"})
         walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         heavy = [line for line in done.stderr.splitlines() if line.startswith("HEAVY ")][-1][6:]
     return {"min_s": round(min(walls), 3), "median_s": round(statistics.median(walls), 3),
+            "cpu_min_s": round(min(cpus), 3),
             "heavy_imports": heavy.split(",") if heavy else []}
 
 
@@ -81,6 +86,8 @@ def main() -> None:
                            capture_output=True)
     ratios = {f"old_over_new_{name}": round(timings["old"][name]["min_s"] / timings["new"][name]["min_s"], 1)
               for name in COMMANDS}
+    ratios.update({f"old_over_new_{name}_cpu": round(timings["old"][name]["cpu_min_s"]
+                                                     / timings["new"][name]["cpu_min_s"], 1) for name in COMMANDS})
     result = {
         "benchmark": "startup",
         "title": "start-up of `vlkit --help` and `vlkit methods`: this checkout vs " + args.old_rev,
@@ -92,7 +99,9 @@ def main() -> None:
         "repeat": args.repeat, "old_rev": args.old_rev,
         "new_help_s": timings["new"]["help"]["min_s"], "new_methods_s": timings["new"]["methods"]["min_s"],
         "timings": timings, "ratios": ratios,
-        "notes": "min_s: fastest of the repeats (least disturbed by other work on a shared machine)",
+        "new_help_cpu_s": timings["new"]["help"]["cpu_min_s"], "new_methods_cpu_s": timings["new"]["methods"]["cpu_min_s"],
+        "notes": "min_s: fastest of the repeats (least disturbed by other work on a shared machine); cpu_min_s: "
+                 "user + system CPU-seconds of the process, which other work on the machine barely changes",
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=1) + "\n")
