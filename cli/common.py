@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from vlkit.cli.validate import check_options
@@ -30,6 +31,31 @@ ValOpt = typer.Option("auto", "--val", help="validation for selection: auto (the
 ValPerClassOpt = typer.Option(16, "--val-per-class", help="at most this many val-split images per class")
 
 
+class OnceFilter(logging.Filter):
+    """Let each distinct message through once (the same warning from the train and the test split
+    of one folder, e.g. ``--skip-corrupt``'s count, is printed once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def setup_logging() -> None:
+    """Warnings to stderr, each once; progress lines (INFO, ``vlkit.progress``) when stderr is a log."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and not any(isinstance(f, OnceFilter) for f in handler.filters):
+            handler.addFilter(OnceFilter())
+    logging.getLogger("vlkit.progress").setLevel(logging.INFO)
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn VlkitError into ``error: <message>`` on stderr and exit code 1 (no traceback).
 
@@ -41,7 +67,7 @@ def user_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        setup_logging()
         try:
             check_options(kwargs)
             return fn(*args, **kwargs)
@@ -74,16 +100,26 @@ def fmt(value: Any) -> str:
 
 
 def table(rows: list[dict], columns: list[str], title: str | None = None) -> None:
-    """Print ``rows`` as a rich table with ``columns`` on stdout."""
+    """Print ``rows`` as a rich table with ``columns`` on stdout.
+
+    Headers are never cut: every column is at least as wide as its header, the first
+    column and the numbers never wrap. On a terminal the text columns wrap to fit; into
+    a file or a pipe the table is printed at its natural width, however wide.
+    """
     tab = Table(title=title)
     for i, col in enumerate(columns):
+        cells = [fmt(r.get(col)) for r in rows]
         numeric = rows and isinstance(rows[0].get(col), (int, float)) or col.endswith("-shot")
-        # the first column names the row: never truncated, the others give way
-        tab.add_column(col, justify="right" if numeric else "left", no_wrap=i == 0,
-                       min_width=max((len(fmt(r.get(col))) for r in rows), default=0) if i == 0 else None)
+        whole = i == 0 or bool(numeric)  # the row's name and numbers stay on one line
+        tab.add_column(col, justify="right" if numeric else "left", no_wrap=whole,
+                       min_width=max([len(col), *(len(c) for c in cells)]) if whole else len(col))
     for row in rows:
         tab.add_row(*(fmt(row.get(c)) for c in columns))
-    out.print(tab)
+    if out.is_terminal:
+        out.print(tab)
+        return
+    natural = Measurement.get(out, out.options.update(width=10_000), tab).maximum
+    Console(width=max(out.width, natural)).print(tab)
 
 
 def parse_list(text: str, kind: type = str, option: str = "") -> list:

@@ -18,6 +18,31 @@ app.add_typer(features_app, name="features")
 app.add_typer(datasets_app, name="datasets")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from vlkit import __version__
+
+        typer.echo(f"vlkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def global_options(
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="CPU threads for torch, faiss and BLAS (default: one per core); "
+                                               "on a shared machine fewer threads waste less CPU"),
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
+    """Adapt a frozen CLIP to new image classes with few labels.
+
+    Waiting threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless you set it).
+    """
+    from vlkit.cli.threads import configure_threads
+
+    configure_threads(threads)
+
+
 def _register_family_commands() -> None:
     """Commands written next to their library code: upgrade/predict (caches), bench."""
     from vlkit.cli.bench import bench_command
@@ -52,6 +77,8 @@ def features_extract(
     result = extract_features(model, pretrained, data, split, views, device, skip_corrupt)
     table([result], ["images", "views", "seconds", "images_per_second", "cache_hits", "cache_misses"],
           title=f"features of {data}/{split}")
+    err.print(f"features stored under {result['store']} (set VLKIT_CACHE to move the store)", highlight=False,
+              soft_wrap=True)
     write_json(output, result)
 
 
@@ -90,7 +117,12 @@ def fit_command(
     skip_corrupt: bool = SkipOpt, model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
     output: Optional[Path] = OutputOpt,
 ) -> None:
-    """Fit one method on a few-shot sample; select on validation; score once on test."""
+    """Fit one method on a few-shot sample; select on validation; score once on test.
+
+    --data takes an offline dataset name, a folder with train/ and test/ (and val/) sub-folders
+    of <class>/<image>, a CoOp-style folder (images/ plus a split JSON with train/val/test lists),
+    or a plain <class>/<image> folder (every 4th image per class is the test split).
+    """
     settings = parse_settings(setting or [])
     if base_to_novel and run_dir is not None:
         raise VlkitError("--run-dir saves one fitted method; --base-to-novel does not save: drop one of them")
@@ -131,15 +163,18 @@ def eval_command(
 @user_errors
 def methods_command(
     classes: int = typer.Option(10, "--classes", help="classes of the reference task for parameter counts"),
-    dim: int = typer.Option(512, "--dim", help="feature width of the reference task (ViT-B: 512)"),
+    dim: Optional[int] = typer.Option(None, "--dim", help="feature width for the counts (default: the model's)"),
+    model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt,
     output: Optional[Path] = OutputOpt,
 ) -> None:
-    """List the registered methods with their family and trainable parameters."""
-    from vlkit.apps.commands import methods_info
+    """List the registered methods with their family and trainable parameters for the model's feature width."""
+    from vlkit.cli.methods_catalog import feature_dim, methods_rows
 
-    rows = methods_info(classes, dim)
+    dim = dim or feature_dim(model, pretrained)
+    rows = methods_rows(classes, dim)
     table(rows, ["name", "family", "input", "trainable_parameters", "paper"],
-          title=f"methods (parameters for {classes} classes x {dim}-d; '-' = depends on the encoder)")
+          title=f"methods (parameters for {classes} classes x {dim}-d features of {model}; "
+                "'-' = depends on the encoder)")
     write_json(output, rows)
 
 

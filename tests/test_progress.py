@@ -122,3 +122,80 @@ def test_bench_bar_silences_the_loops_under_it(monkeypatch: pytest.MonkeyPatch) 
     text = terminal.getvalue()
     assert "bench done" in text and "training coop" not in text
     assert bars.bars_enabled()
+
+
+def use_log(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """stderr is a file (not a terminal) and no VLKIT_QUIET: progress goes to the log as lines."""
+    monkeypatch.delenv("VLKIT_QUIET", raising=False)
+    pipe = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", pipe)
+    return pipe
+
+
+def test_a_log_gets_a_line_every_interval_for_a_long_step(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    pipe = use_log(monkeypatch)
+    clock = [1000.0]
+    monkeypatch.setattr(bars.time, "monotonic", lambda: clock[0])
+    caplog.set_level("INFO", logger="vlkit.progress")
+    assert bars.log_lines_enabled() and not bars.bars_enabled()
+    with bars.progress(total=100, description="encoding shop view 0") as bar:
+        for _ in range(100):
+            clock[0] += 1.0  # one step a second: 100 s in all
+            bar.advance()
+    lines = [r.getMessage() for r in caplog.records if r.name == "vlkit.progress"]
+    assert len(lines) == 4, lines  # at 30, 60 and 90 s, and the end
+    assert lines[0] == "encoding shop view 0: 30/100 after 0:00:30 (about 0:01:10 left)"
+    assert lines[-1].startswith("encoding shop view 0: 100/100 done after 0:01:40")
+    assert pipe.getvalue() == ""  # no bar drawn into the file
+
+
+def test_a_short_step_writes_nothing_to_the_log(monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    use_log(monkeypatch)
+    caplog.set_level("INFO", logger="vlkit.progress")
+    with bars.progress(total=3, description="quick") as bar:
+        bar.advance(3)
+    assert not [r for r in caplog.records if r.name == "vlkit.progress"]
+
+
+def test_the_bench_logs_one_line_per_finished_cell_when_stderr_is_a_log(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    use_log(monkeypatch)
+    caplog.set_level("INFO", logger="vlkit.progress")
+    cells = [Cell("shop", "coop", 4, seed) for seed in (1, 2)]
+    with BenchProgress(total=2, done=0, todo=cells, history=[]) as tracker:
+        for cell in cells:
+            tracker.start(cell)
+            tracker.finish(cell, 12.0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "vlkit.progress"]
+    assert len(lines) == 2
+    assert "1/2 cells" in lines[0] and "about 0:00:12 left" in lines[0] and "2/2 cells" in lines[1]
+
+
+def test_vlkit_quiet_silences_the_log_lines_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_log(monkeypatch)
+    monkeypatch.setenv("VLKIT_QUIET", "1")
+    assert not bars.log_lines_enabled()
+    with bars.progress(total=2, description="x") as bar:
+        assert type(bar) is bars.Bar
+
+
+def test_the_cli_shows_progress_lines_in_a_redirected_log(tmp_path) -> None:
+    """A subprocess with stderr to a file: the progress logger's lines reach the file."""
+    import subprocess
+
+    code = ("import logging, time\n"
+            "from vlkit.cli.common import setup_logging\n"
+            "from vlkit import progress\n"
+            "setup_logging()\n"
+            "progress.LOG_INTERVAL = 0.0\n"
+            "with progress.progress(total=2, description='training coop') as bar:\n"
+            "    bar.interval = 0.0\n"
+            "    bar.advance(); bar.advance()\n")
+    log_file = tmp_path / "run.log"
+    env = {k: v for k, v in os.environ.items() if k != "VLKIT_QUIET"}
+    with open(log_file, "w") as stderr:
+        subprocess.run([sys.executable, "-c", code], stderr=stderr, env=env, check=True, timeout=120)
+    text = log_file.read_text()
+    assert "INFO vlkit.progress: training coop: 1/2" in text and "2/2 done" in text

@@ -3,8 +3,9 @@
 The estimate sums, over the cells still to run, the mean wall time of finished cells
 of the same method (from this run and from earlier runs in the log), else the mean
 of all finished cells. The bar is a :func:`vlkit.progress.tally`, which decides whether it
-shows and silences the store's and the training loop's bars while it runs; every
-finished cell is also logged (logger ``vlkit.protocols``).
+shows and silences the store's and the training loop's bars while it runs. Every
+finished cell is also logged: to ``vlkit.progress`` when stderr is a log (no bar; the
+CLI shows these lines, one per cell), else to ``vlkit.protocols``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import statistics
 from collections import defaultdict
 from typing import Any, Iterable
 
-from vlkit.progress import Bar, format_seconds, tally
+from vlkit.progress import Bar, format_seconds, log_lines_enabled, tally
+from vlkit.progress import log as progress_log
 from vlkit.protocols.cells import Cell
 
 log = logging.getLogger("vlkit.protocols")
@@ -65,6 +67,6 @@ class BenchProgress:
             self.seconds[cell.method].append(seconds)
             self.done += 1
         left = self.eta()
-        log.info("%s %s in %.1fs (%d/%d cells, about %s left)", "finished" if ok else "failed", cell.label(),
+        (progress_log if log_lines_enabled() else log).info("%s %s in %.1fs (%d/%d cells, about %s left)", "finished" if ok else "failed", cell.label(),
                  seconds, self.done, self.total, format_seconds(left))
         self._bar.update(completed=self.done, eta=format_seconds(left))

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from vlkit.report.tables import METRIC_LABELS, Summary, shots_text  # noqa: E402
 from vlkit.report.summary import AVERAGE, pareto_front  # noqa: E402
@@ -20,13 +21,38 @@ LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 
 
 def method_style(methods: list[str], families: dict[str, str] | None = None) -> dict[str, dict]:
-    """A fixed colour, marker and (per method family) line style, the same in every panel and plot."""
-    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    """A fixed colour, marker and (per method family) line style, the same in every panel and plot.
+
+    Colours come from tab10's ten strong ones (tab20's pale halves are hard to tell from
+    their pairs); two methods that share a colour (the 1st and the 11th, ...) differ in
+    marker, and in line style when their families differ, so no two lines look alike.
+    """
+    cmap = plt.get_cmap("tab10")
     family = {m: (families or {}).get(m, "") for m in methods}
     order = list(dict.fromkeys(family.values()))
     return {m: {"color": cmap(i % cmap.N), "marker": MARKERS[i % len(MARKERS)],
-                "linestyle": LINESTYLES[order.index(family[m]) % len(LINESTYLES)]}
+                "linestyle": LINESTYLES[(order.index(family[m]) + i // cmap.N) % len(LINESTYLES)]}
             for i, m in enumerate(methods)}
+
+
+def _legend_by_family(fig: Figure, ax, families: dict[str, str]) -> None:
+    """The legend right of the axes (never over the data), grouped under a bold family name when there are several."""
+    handles, labels = ax.get_legend_handles_labels()
+    by_label = dict(zip(labels, handles))
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(families.get(label, ""), []).append(label)
+    entries: list[tuple] = []
+    for family, members in groups.items():
+        if len(groups) > 1:
+            entries.append((Line2D([], [], linestyle="none"), family or "other"))
+        entries += [(by_label[m], m) for m in members]
+    columns = 1 if len(entries) <= 18 else 2
+    legend = fig.legend([h for h, _ in entries], [t for _, t in entries], loc="center left",
+                        bbox_to_anchor=(1.0, 0.5), ncol=columns, fontsize=8, frameon=False)
+    for text, (handle, _) in zip(legend.get_texts(), entries):
+        if all(handle is not h for h in by_label.values()):  # a family header, even one named like a method
+            text.set_fontweight("bold")
 
 
 def _families(summary: Summary) -> dict[str, str]:
@@ -97,13 +123,11 @@ def plot_accuracy_vs_shots(summary: Summary, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(5, max(1, len(labels))),
-               fontsize=8, frameon=False)
     seeds = len(summary.seeds)
     fig.suptitle(f"{summary.info.get('model', '')}: accuracy against shots "
                  f"(mean ± std over {seeds} seed{'s' if seeds > 1 else ''})", fontsize=11)
     fig.tight_layout()
+    _legend_by_family(fig, axes.flat[0], _families(summary))  # after tight_layout: it sits outside the axes
     return _save(fig, Path(path))
 
 
