@@ -144,8 +144,9 @@ def test_sklearn_arrays_in_numpy_out(name, colour_task, colour_arrays):
     assert method.fit(x, y, val_features=vx, val_labels=vy) is method
     check_is_fitted(method)
     assert {"classnames_", "dim_", "fit_info_"} <= set(learned(method))
-    # arrays give the numbers the Task path gives (same seed), and the fit argument equals the parameter
-    reference = fitted(name, colour_task).logits(colour_task.val_features)
+    # arrays give the numbers the Task path gives (same seed), and the fit argument equals the parameter;
+    # arrays carry no backbone, so their logit scale is OpenAI CLIP's 100 (Task.from_arrays)
+    reference = fitted(name, dataclasses.replace(colour_task, logit_scale=100.0)).logits(colour_task.val_features)
     logits = method.logits(vx)
     assert isinstance(logits, torch.Tensor) and torch.equal(logits, reference)
     pred = method.predict(vx)
