@@ -145,8 +145,9 @@ def test_sklearn_arrays_in_numpy_out(name, colour_task, colour_arrays):
     check_is_fitted(method)
     assert {"classnames_", "dim_", "fit_info_"} <= set(learned(method))
     # arrays give the numbers the Task path gives (same seed), and the fit argument equals the parameter;
-    # arrays carry no backbone, so their logit scale is OpenAI CLIP's 100 (Task.from_arrays)
-    reference = fitted(name, dataclasses.replace(colour_task, logit_scale=100.0)).logits(colour_task.val_features)
+    # arrays carry no backbone: the Task.from_arrays defaults (logit scale 100, no text encoder)
+    plain = dataclasses.replace(colour_task, backbone=None, logit_scale=100.0)
+    reference = fitted(name, plain).logits(colour_task.val_features)
     logits = method.logits(vx)
     assert isinstance(logits, torch.Tensor) and torch.equal(logits, reference)
     pred = method.predict(vx)
