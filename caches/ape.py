@@ -12,7 +12,10 @@ log2 and the 1e-6 smoothing, follow the authors' code)::
     J_k = -w_s * S_k + w_v * V_k      (w_s, w_v) = (0.7, 0.3)   # keep the top-Q channels
     f', F', W' = the Q channels of f, keys, W, each renormalised
     R_F'W' = exp(gamma * KL(L || softmax(F' W'^T)))              # per-key reweighting (log2)
-    logits = 100 f W^T + alpha * exp(-beta (1 - f' F'^T)) diag(R_F'W') L
+    logits = s f W^T + alpha * exp(-beta (1 - f' F'^T)) diag(R_F'W') L
+
+s is the backbone's logit scale (the authors' code writes OpenAI CLIP's ``100.``); the
+softmax inside R_F'W' stays unscaled, as in the authors' code.
 
 S is computed from per-class sums: sum_{i != j} s_i s_j = (sum_i s_i)^2 - sum_i s_i^2,
 not with the reference code's quadruple loop (equal to float rounding).
@@ -42,6 +45,7 @@ import torch.nn.functional as F
 from vlkit.caches.common import (Affinity, KeyStore, LabelValues, cache_keys, cache_logits, check_search_options,
                                 check_text_weights, linear_grid, normalized_val, owned, unsearched_choice,
                                 zero_shot_logits)
+from vlkit.caches.common import logit_scale_state, resolve_logit_scale, restored_logit_scale
 from vlkit.caches.search import search_ape
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method
@@ -102,7 +106,7 @@ class APEConfig(MethodConfig):
     channel_weights: tuple[float, float] = (0.7, 0.3)
     search_scale: tuple[float, float, float] = (7.0, 7.0, 0.5)
     search_steps: tuple[int, int, int] = (200, 20, 5)
-    logit_scale: float = 100.0
+    logit_scale: float | None = None  # None: the task's (the backbone's CLIP logit scale)
     sparse_above: int = 100_000
     top_k: int = 256
 
@@ -122,6 +126,7 @@ class APE(Method):
 
     def _fit(self, task: Task) -> None:
         cfg = self.config
+        self.logit_scale_ = resolve_logit_scale(cfg.logit_scale, task)
         self.text_weights_ = check_text_weights(task.text_weights, task.dim)  # (C, D)
         keys = cache_keys(task.train_features, task.train_norms)  # (N, D)
         self.labels_ = task.train_labels.clone()  # (N,)
@@ -157,24 +162,26 @@ class APE(Method):
         betas = [cfg.beta] if cfg.beta is not None else linear_grid(sb, nb, 0.1)
         alphas = [cfg.alpha] if cfg.alpha is not None else linear_grid(sa, na, 0.1)
         gammas = [cfg.gamma] if cfg.gamma is not None else linear_grid(sg, ng, 0.0)
-        clip = zero_shot_logits(x, self.text_weights_, cfg.logit_scale)
+        clip = zero_shot_logits(x, self.text_weights_, self.logit_scale_)
         found = search_ape(clip, self._affinity(x), self._values, self.kl_, y, betas, alphas, gammas)
         self.alpha_, self.beta_, self.gamma_ = found["alpha"], found["beta"], found["gamma"]
         self.fit_info_ = {**found, "searched": True, "channels": len(self.channels_)}
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(x, dim=-1)
-        clip = zero_shot_logits(x, self.text_weights_, self.config.logit_scale)  # (M, C)
+        clip = zero_shot_logits(x, self.text_weights_, self.logit_scale_)  # (M, C)
         values = self._values.scaled(torch.exp(self.gamma_ * self.kl_))  # diag(R_F'W') L
         return clip + self.alpha_ * cache_logits(self._affinity(x), self.beta_, values)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"keys": self.keys_, "labels": self.labels_, "text_weights": self.text_weights_,
                 "channels": self.channels_, "kl": self.kl_,
-                "hyper": torch.tensor([self.alpha_, self.beta_, self.gamma_], dtype=torch.float64)}
+                "hyper": torch.tensor([self.alpha_, self.beta_, self.gamma_], dtype=torch.float64),
+                "logit_scale": logit_scale_state(self.logit_scale_)}
 
     def restore(self, state: dict[str, torch.Tensor], meta: dict, backbone: Any) -> None:
         state = owned(state)
+        self.logit_scale_ = restored_logit_scale(state, self.config.logit_scale)
         self.keys_, self.labels_, self.text_weights_ = state["keys"], state["labels"], state["text_weights"]
         self._values = LabelValues(self.labels_, len(self.text_weights_))
         self.channels_, self.kl_ = state["channels"], state["kl"]

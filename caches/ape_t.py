@@ -4,14 +4,21 @@ Zhu et al., ICCV 2023 (arXiv:2304.01195), Sec. 3.4 (APE-T). On the Q refined cha
 (criterion weights (w_s, w_v) = (0.2, 0.8)) a residual R (C, Q), initialised to zero,
 is added to every cache key of class c and to the text weight of class c; per-key
 value weights r (N,), initialised to one, replace the KL reweighting (as in the
-authors' code)::
+authors' code, ``APE_Training``)::
 
     F_n[:, Q] += R[y_n]        W_c[:, Q] += R[c]        V = diag(r) L
-    logits = 100 f W^T + alpha * exp(-beta (1 - f F^T)) V
+    logits = s f W^T + alpha * exp(-beta (1 - f F^T)) V
 
-Trained with cross-entropy, AdamW (lr 1e-3, eps 1e-3, weight decay 0.1), cosine
-schedule, batch 256, 20 epochs on the cached augmented views; the epoch is chosen on
-validation at the initial alpha/beta, then alpha/beta are searched on validation.
+s is the backbone's logit scale (the authors' code writes OpenAI CLIP's ``100.``; see
+:mod:`vlkit.caches.tip_adapter`). Trained with cross-entropy (the authors'
+``SmoothCrossEntropy`` at its default smoothing 0, i.e. plain cross-entropy) at the initial
+alpha/beta, AdamW (lr 1e-3, eps 1e-3, weight decay 0.1), batch 256, 20 epochs, the cosine
+over epochs x batches stepped per batch as the authors' ``CosineAnnealingLR``, on the
+cached augmented views. Epoch and alpha/beta are chosen together as Tip-Adapter-F's
+(:mod:`vlkit.caches.tip_adapter_f`): each epoch (and the untrained state) is scored by
+the best validation accuracy of an alpha/beta search with its residual. The authors'
+code picks the epoch on validation at the initial alpha/beta and then searches; the
+joint choice is ours (issue 21), as are the tie rule and the cached views.
 """
 from __future__ import annotations
 
@@ -22,9 +29,9 @@ import torch
 from torch import nn
 
 from vlkit.caches.ape import channel_criterion, check_channels, select_channels
-from vlkit.caches.common import KeyStore, LabelValues, owned
-from vlkit.caches.tip_adapter import TipAdapter
-from vlkit.caches.tip_adapter_f import TipAdapterFConfig, train_cache_parameters
+from vlkit.caches.common import Affinity, KeyStore, LabelValues, owned
+from vlkit.caches.tip_adapter import TipAdapter, search_alpha_beta
+from vlkit.caches.tip_adapter_f import TipAdapterFConfig, chosen_search, epoch_info, train_cache_parameters
 from vlkit.methods.registry import register_method
 from vlkit.methods.task import Task
 
@@ -65,10 +72,15 @@ class APET(TipAdapter):
         self.channels_ = select_channels(crit, cfg.channels)  # (Q,)
         self.residual_ = torch.zeros(task.num_classes, len(self.channels_))  # (C, Q)
         self.value_weights_ = torch.ones(len(self.keys_))  # (N,)
-        if len(self.keys_):
-            self._train(task)
-        self._choose_hyperparameters(task)
-        self.fit_info_["best_epoch"] = getattr(self, "_history", {}).get("best_epoch")
+        history = self._train(task) if len(self.keys_) else {}
+        choice = chosen_search(history)
+        if choice is None:  # no validation (or an empty cache): fixed/initial alpha/beta, or the plain search
+            self._choose_hyperparameters(task)
+            self.fit_info_["best_epoch"] = history.get("best_epoch")
+        else:
+            self.alpha_, self.beta_ = choice["alpha"], choice["beta"]
+            self.fit_info_ = {**choice, "searched": True, **epoch_info(history)}
+        self.fit_info_["channels"] = len(self.channels_)
 
     def _effective(self, residual: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
                    text: torch.Tensor, values: torch.Tensor, labels: torch.Tensor):
@@ -77,21 +89,29 @@ class APET(TipAdapter):
         new_text = text.index_add(1, self.channels_, residual)
         return new_keys, new_text, values * weights[:, None]
 
-    def _train(self, task: Task) -> None:
+    def _train(self, task: Task) -> dict:
         cfg = self.config
         residual, weights = nn.Parameter(self.residual_.clone()), nn.Parameter(self.value_weights_.clone())
         keys, text, values, labels = self.keys_, self.text_weights_, self.values_, task.train_labels
+        scale = self.logit_scale_
 
         def forward(x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
             k, w, v = self._effective(residual, weights, keys, text, values, labels)
-            return cfg.logit_scale * x @ w.T + cfg.init_alpha * torch.exp(-cfg.init_beta * (1 - x @ k.T)) @ v
+            return scale * x @ w.T + cfg.init_alpha * torch.exp(-cfg.init_beta * (1 - x @ k.T)) @ v
 
-        self._history = train_cache_parameters([residual, weights], forward, task, cfg, self.name)
+        def search(x: torch.Tensor, y: torch.Tensor) -> dict:  # alpha/beta for the current residual and weights
+            r, w = residual.detach(), weights.detach()
+            k, t, _ = self._effective(r, w, keys, text, values, labels)
+            return search_alpha_beta(cfg, x, Affinity(x @ k.T), y, t, LabelValues(labels, task.num_classes, w.clone()),
+                                     scale, (cfg.beta, cfg.alpha))
+
+        history = train_cache_parameters([residual, weights], forward, search, task, cfg, self.name)
         self.residual_, self.value_weights_ = residual.detach().clone(), weights.detach().clone()
         self.keys_, self.text_weights_, _ = self._effective(self.residual_, self.value_weights_, keys, text,
                                                             values, labels)
         self._values = LabelValues(self.labels_, task.num_classes, self.value_weights_)  # diag(r) L
         self._store = KeyStore(self.keys_, cfg.sparse_above, cfg.top_k)
+        return history
 
     @property
     def trainable_parameters(self) -> int:

@@ -58,6 +58,30 @@ def zero_shot_logits(x: torch.Tensor, text_weights: torch.Tensor, scale: float) 
     return scale * x @ text_weights.T
 
 
+def resolve_logit_scale(configured: float | None, task: Task) -> float:
+    """The scale of the zero-shot logits: the configured number, or (None) the task's, i.e. the
+    backbone's ``exp(logit_scale)`` (100 for OpenAI CLIP and for ``Task.from_arrays``)."""
+    return float(configured if configured is not None else task.logit_scale)
+
+
+def logit_scale_state(scale: float) -> torch.Tensor:
+    """The resolved scale as a saved tensor (a loaded method predicts with the scale it was fitted with)."""
+    return torch.tensor(scale, dtype=torch.float64)
+
+
+def restored_logit_scale(state: dict[str, torch.Tensor], configured: float | None) -> float:
+    """The saved scale; states written before it was saved used the configured one or CLIP's 100."""
+    if "logit_scale" in state:
+        return float(state["logit_scale"])
+    return float(configured if configured is not None else 100.0)
+
+
+def check_logit_scale(config: Any) -> None:
+    """``config.logit_scale`` is None (the task's) or > 0."""
+    scale = config.logit_scale
+    config.check(scale is None or scale > 0, f"logit_scale must be > 0 or None (the model's), got {scale}")
+
+
 def linear_grid(scale: float, steps: int, start: float) -> list[float]:
     """The authors' search grids: ``[start + i * (scale - start) / steps for i in range(steps)]``."""
     return [i * (scale - start) / steps + start for i in range(steps)]
@@ -203,13 +227,14 @@ def check_text_weights(text_weights: torch.Tensor, dim: int) -> torch.Tensor:
 def check_search_options(config: Any, order: str) -> None:
     """Validate a three-hyper-parameter cache config: ``alpha``/``beta``/``gamma`` are >= 0 or None
     (searched), ``search_scale``/``search_steps`` are triples in ``order`` (e.g. "beta, alpha, gamma")
-    with steps > 0, ``logit_scale`` > 0 and ``top_k`` >= 1."""
+    with steps > 0, ``logit_scale`` > 0 or None (the task's) and ``top_k`` >= 1."""
     for name in ("alpha", "beta", "gamma"):
         value = getattr(config, name)
         config.check(value is None or value >= 0, f"{name} must be >= 0 or None (search), got {value}")
     config.check(len(config.search_scale) == 3 and len(config.search_steps) == 3 and min(config.search_steps) > 0,
                  f"search_scale and search_steps are ({order}) triples with steps > 0")
-    config.check(config.logit_scale > 0 and config.top_k >= 1, "logit_scale must be > 0 and top_k >= 1")
+    check_logit_scale(config)
+    config.check(config.top_k >= 1, f"top_k must be >= 1, got {config.top_k}")
 
 
 def unsearched_choice(config: Any, val: tuple | None) -> dict[str, Any] | None:

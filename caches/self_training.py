@@ -2,10 +2,11 @@
 
 The classifier is Tip-Adapter's (Zhang et al., ECCV 2022, arXiv:2207.09519, Eq. 6)::
 
-    logits(f) = 100 * f @ W.T + alpha * exp(-beta * (1 - f @ K.T)) @ L
+    logits(f) = s * f @ W.T + alpha * exp(-beta * (1 - f @ K.T)) @ L
 
-with the cache (K, L) first holding the labelled source images and alpha, beta searched
-on the source validation split exactly as Tip-Adapter does. Self-training then runs R
+with s the backbone's logit scale (``task.logit_scale``, as Tip-Adapter's) and the cache
+(K, L) first holding the labelled source images and alpha, beta searched on the source
+validation split as Tip-Adapter does (vlkit's search, its tie rule included). Self-training then runs R
 rounds with no gradient step: round r predicts every target training image with the
 current cache (each image's own cache entry left out), keeps in each predicted class the
 ``p_r`` most confident fraction (softmax probability of the prediction, at least one per

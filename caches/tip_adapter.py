@@ -6,12 +6,19 @@ logits equation (the paper's numbered equations of Sec. 3.2; written out here be
 the numbering could not be checked offline)::
 
     A      = exp(-beta * (1 - f @ F_train.T))            # affinity,   (M, N)
-    logits = 100 * f @ W.T + alpha * A @ L_train          # the logits, (M, C)
+    logits = s * f @ W.T + alpha * A @ L_train            # the logits, (M, C)
 
 f and the keys F_train are L2-normalised, W the normalised zero-shot text weights,
 L_train the one-hot labels. Keys are the mean of the augmented views of each image.
 alpha (residual ratio) and beta (sharpness) are searched on validation over the
 authors' grids (beta: 200 steps, alpha: 20 steps) unless given.
+
+s is the backbone's CLIP logit scale ``exp(logit_scale)`` (``task.logit_scale``). The
+paper's equation has no constant (``f W^T``); the authors' code writes ``100.``, which
+is OpenAI CLIP's learned scale, so for OpenAI models the two agree; other models (an
+open_clip model, vlkit-mini's 43.96) get their own. An explicit ``logit_scale`` overrides.
+The scale used is saved with the method. Departures from the authors' code: the tie rule
+of the search (:mod:`vlkit.caches.search`) and validation-only selection (docs/fidelity.md).
 """
 from __future__ import annotations
 
@@ -21,8 +28,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlkit.caches.common import (Affinity, KeyStore, LabelValues, cache_keys, cache_logits, check_text_weights,
-                                linear_grid, normalized_val, owned, zero_shot_logits)
+from vlkit.caches.common import (Affinity, KeyStore, LabelValues, cache_keys, cache_logits, check_logit_scale,
+                                check_text_weights, linear_grid, logit_scale_state, normalized_val, owned,
+                                resolve_logit_scale, restored_logit_scale, zero_shot_logits)
 from vlkit.caches.search import search_tip
 from vlkit.errors import ShapeError
 from vlkit.methods.base import Method, MethodConfig
@@ -35,9 +43,10 @@ class TipAdapterConfig(MethodConfig):
     """``alpha``/``beta`` fixed, or None to search them on validation.
 
     ``search_scale``/``search_steps`` are (beta, alpha): grids ``0.1 + i * (scale - 0.1) / steps``
-    (the authors' EuroSAT/DTD range by default). Without validation data ``init_alpha``/
-    ``init_beta`` are used. Caches above ``sparse_above`` entries use top-``top_k``
-    affinities from the FAISS index.
+    (the authors' EuroSAT config by default; their DTD config is (13, 13)). Without
+    validation data ``init_alpha``/``init_beta`` are used. ``logit_scale``: the zero-shot
+    logits' scale, None for the task's (the backbone's). Caches above ``sparse_above`` entries
+    use top-``top_k`` affinities from the FAISS index.
     """
 
     alpha: float | None = None
@@ -46,7 +55,7 @@ class TipAdapterConfig(MethodConfig):
     init_beta: float = 1.0
     search_scale: tuple[float, float] = (12.0, 10.0)
     search_steps: tuple[int, int] = (200, 20)
-    logit_scale: float = 100.0
+    logit_scale: float | None = None
     sparse_above: int = 100_000
     top_k: int = 256
 
@@ -58,8 +67,21 @@ class TipAdapterConfig(MethodConfig):
         self.check(len(self.search_scale) == 2 and len(self.search_steps) == 2,
                    "search_scale and search_steps are (beta, alpha) pairs")
         self.check(all(s > 0 for s in self.search_steps), f"search_steps must be > 0, got {self.search_steps}")
-        self.check(self.logit_scale > 0, f"logit_scale must be > 0, got {self.logit_scale}")
+        check_logit_scale(self)
         self.check(self.top_k >= 1 and self.sparse_above >= 0, "top_k must be >= 1 and sparse_above >= 0")
+
+
+def search_alpha_beta(cfg: TipAdapterConfig, x: torch.Tensor, aff: Affinity, y: torch.Tensor,
+                      text_weights: torch.Tensor, values: LabelValues, logit_scale: float,
+                      fixed: tuple[float | None, float | None] = (None, None)) -> dict:
+    """Tip-Adapter's (beta, alpha) grid search on queries x (M, D) with labels y (M,) for a cache
+    (affinities ``aff`` to its keys, ``values``) and text weights (C, D); a value in ``fixed``
+    (beta, alpha) replaces its grid. Returns :func:`vlkit.caches.search.search_tip`'s result."""
+    beta, alpha = fixed
+    betas = [beta] if beta is not None else linear_grid(cfg.search_scale[0], cfg.search_steps[0], 0.1)
+    alphas = [alpha] if alpha is not None else linear_grid(cfg.search_scale[1], cfg.search_steps[1], 0.1)
+    clip = zero_shot_logits(x, text_weights, logit_scale)  # (M, C)
+    return search_tip(clip, aff, values, y, betas, alphas)
 
 
 @register_method
@@ -68,8 +90,8 @@ class TipAdapter(Method):
     or ``GridSearchCV(TipAdapter(beta=5, text_weights=W), {"alpha": [...]}).fit(keys, labels)``.
 
     Learned attributes: ``keys_`` (N, D), ``labels_`` (N,) (``values_`` is their (N, C)
-    one-hot), ``text_weights_`` (C, D), ``alpha_``, ``beta_``. ``add(features, labels)``
-    grows the cache in place (the zero-to-few-shot upgrade) with no refitting.
+    one-hot), ``text_weights_`` (C, D), ``alpha_``, ``beta_``, ``logit_scale_`` (the scale used).
+    ``add(features, labels)`` grows the cache in place (the zero-to-few-shot upgrade) with no refitting.
     """
 
     name = "tip-adapter"
@@ -79,6 +101,7 @@ class TipAdapter(Method):
 
     # ---- fitting -----------------------------------------------------------------------
     def _build_cache(self, task: Task) -> None:
+        self.logit_scale_ = resolve_logit_scale(self.config.logit_scale, task)
         self.text_weights_ = check_text_weights(task.text_weights, task.dim)  # (C, D)
         self.keys_ = cache_keys(task.train_features, task.train_norms)  # (N, D), raw views averaged
         self.labels_ = task.train_labels.clone()  # (N,)
@@ -110,12 +133,7 @@ class TipAdapter(Method):
                      fixed: tuple[float | None, float | None] = (None, None)) -> dict:
         """Tip-Adapter's (beta, alpha) grid on queries x (M, D) with labels y (M,); a value in
         ``fixed`` (beta, alpha) replaces its grid. Sets ``alpha_``/``beta_``; returns the search."""
-        cfg = self.config
-        beta, alpha = fixed
-        betas = [beta] if beta is not None else linear_grid(cfg.search_scale[0], cfg.search_steps[0], 0.1)
-        alphas = [alpha] if alpha is not None else linear_grid(cfg.search_scale[1], cfg.search_steps[1], 0.1)
-        clip = zero_shot_logits(x, self.text_weights_, cfg.logit_scale)  # (M, C)
-        found = search_tip(clip, aff, self._values, y, betas, alphas)
+        found = search_alpha_beta(self.config, x, aff, y, self.text_weights_, self._values, self.logit_scale_, fixed)
         self.alpha_, self.beta_ = found["alpha"], found["beta"]
         return found
 
@@ -140,7 +158,7 @@ class TipAdapter(Method):
     # ---- inference ----------------------------------------------------------------------
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(x, dim=-1)
-        clip = zero_shot_logits(x, self.text_weights_, self.config.logit_scale)  # (M, C)
+        clip = zero_shot_logits(x, self.text_weights_, self.logit_scale_)  # (M, C)
         return clip + self.alpha_ * cache_logits(self._store.affinity(x), self.beta_, self._values)
 
     # ---- the upgrade ----------------------------------------------------------------------
@@ -172,13 +190,14 @@ class TipAdapter(Method):
     def state(self) -> dict[str, torch.Tensor]:
         return {"keys": self.keys_, "labels": self.labels_, "text_weights": self.text_weights_,
                 "alpha": torch.tensor(self.alpha_, dtype=torch.float64),
-                "beta": torch.tensor(self.beta_, dtype=torch.float64)}
+                "beta": torch.tensor(self.beta_, dtype=torch.float64), "logit_scale": logit_scale_state(self.logit_scale_)}
 
     def restore(self, state: dict[str, torch.Tensor], meta: dict, backbone: Any) -> None:
         state = owned(state)
         self.keys_, self.labels_, self.text_weights_ = state["keys"], state["labels"], state["text_weights"]
         self._values = LabelValues(self.labels_, len(self.text_weights_))
         self.alpha_, self.beta_ = float(state["alpha"]), float(state["beta"])
+        self.logit_scale_ = restored_logit_scale(state, self.config.logit_scale)
         self._store = KeyStore(self.keys_, self.config.sparse_above, self.config.top_k)
 
     @property

@@ -6,7 +6,10 @@ Models", ICCV 2023 (arXiv:2211.16198), Sec. 3.2 (TIP-X)::
     s(x)   = softmax(x W^T / T),  T = 0.5                     # signatures over the C classes
     M[m,n] = KL(s(f_m) || s(F_n))                              # intermodal distances (M, N)
     M'     = rescale(M) into [min A, max A], A = f F^T         # to the image-image range
-    logits = 100 f W^T + alpha * exp(-beta (1 - f F^T)) L + gamma * (-M') L
+    logits = c f W^T + alpha * exp(-beta (1 - f F^T)) L + gamma * (-M') L
+
+(c: the backbone's logit scale, where the authors' code writes OpenAI CLIP's ``100.``; the
+signatures' temperature T stays the paper's fixed 0.5.)
 
 The support set (F, L) is (a) the labelled few-shot set, (b) a folder of support images
 per class (e.g. generated ones), or (c) name-only: for each class the nearest images of
@@ -38,6 +41,7 @@ import torch.nn.functional as F
 from vlkit.caches.common import (KeyStore, LabelValues, cache_keys, cache_logits, check_search_options,
                                 check_text_weights, combine, linear_grid, normalized_val, owned, unsearched_choice,
                                 zero_shot_logits)
+from vlkit.caches.common import logit_scale_state, resolve_logit_scale, restored_logit_scale
 from vlkit.caches.search import search_tipx
 from vlkit.caches.support import support_images, support_set
 from vlkit.methods.base import Method, MethodConfig
@@ -73,7 +77,7 @@ class TipXConfig(MethodConfig):
     support_per_class: int = 16
     search_scale: tuple[float, float, float] = (50.0, 50.0, 30.0)
     search_steps: tuple[int, int, int] = (20, 200, 50)
-    logit_scale: float = 100.0
+    logit_scale: float | None = None  # None: the task's (the backbone's CLIP logit scale)
     sparse_above: int = 100_000
     top_k: int = 256
 
@@ -99,6 +103,7 @@ class TipX(Method):
 
     def _fit(self, task: Task) -> None:
         cfg = self.config
+        self.logit_scale_ = resolve_logit_scale(cfg.logit_scale, task)
         self.text_weights_ = check_text_weights(task.text_weights, task.dim)  # (C, D)
         if cfg.support == "fewshot":
             keys, labels = cache_keys(task.train_features, task.train_norms), task.train_labels
@@ -146,24 +151,26 @@ class TipX(Method):
         alphas = [cfg.alpha] if cfg.alpha is not None else linear_grid(sa, na, 0.1)
         betas = [cfg.beta] if cfg.beta is not None else linear_grid(sb, nb, 1.0)
         gammas = [cfg.gamma] if cfg.gamma is not None else linear_grid(sg, ng, 0.1)
-        clip = zero_shot_logits(x, self.text_weights_, cfg.logit_scale)
+        clip = zero_shot_logits(x, self.text_weights_, self.logit_scale_)
         found = search_tipx(clip, self._store.affinity(x), self._values, self._kl_logits(x), y, alphas, betas, gammas)
         self.alpha_, self.beta_, self.gamma_ = found["alpha"], found["beta"], found["gamma"]
         self.fit_info_ = {**found, "searched": True}
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(x, dim=-1)
-        clip = zero_shot_logits(x, self.text_weights_, self.config.logit_scale)  # (M, C)
+        clip = zero_shot_logits(x, self.text_weights_, self.logit_scale_)  # (M, C)
         cache = cache_logits(self._store.affinity(x), self.beta_, self._values)
         return clip + self.alpha_ * cache + self.gamma_ * self._kl_logits(x)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"keys": self.keys_, "labels": self.labels_, "text_weights": self.text_weights_,
                 "ranges": self.ranges_,
-                "hyper": torch.tensor([self.alpha_, self.beta_, self.gamma_], dtype=torch.float64)}
+                "hyper": torch.tensor([self.alpha_, self.beta_, self.gamma_], dtype=torch.float64),
+                "logit_scale": logit_scale_state(self.logit_scale_)}
 
     def restore(self, state: dict[str, torch.Tensor], meta: dict, backbone: Any) -> None:
         state = owned(state)
+        self.logit_scale_ = restored_logit_scale(state, self.config.logit_scale)
         self.keys_, self.labels_, self.text_weights_ = state["keys"], state["labels"], state["text_weights"]
         self._values = LabelValues(self.labels_, len(self.text_weights_))
         self.ranges_ = state["ranges"]

@@ -8,6 +8,7 @@ from test_caches_tip import random_problem
 from test_cache_keys import reference_keys, task_with_norms
 from vlkit.caches import APE, APET
 from vlkit.caches.ape import APEConfig, channel_criterion, select_channels
+from search_reference import nearest_centre
 
 
 def criterion_loop(text, keys, labels, w_sim, w_var):
@@ -73,15 +74,14 @@ def test_ape_search_picks_the_brute_force_point():
     betas = [0.1 + i * (7.0 - 0.1) / steps[0] for i in range(steps[0])]
     alphas = [0.1 + i * (7.0 - 0.1) / steps[1] for i in range(steps[1])]
     gammas = [i * 0.5 / steps[2] for i in range(steps[2])]  # the ImageNet config's gamma scale
-    best, choice = -1, None
-    for beta in betas:
-        for alpha in alphas:
-            for gamma in gammas:
+    scored = []  # loop order beta, alpha, gamma; ties: vlkit's rule (nearest the grid's centre)
+    for ib, beta in enumerate(betas):
+        for ia, alpha in enumerate(alphas):
+            for ig, gamma in enumerate(gammas):
                 logits = ape_equation(val, keys, labels, text, idx, alpha, beta, gamma)
-                acc = int((logits.argmax(-1) == val_labels).sum())
-                if acc > best:
-                    best, choice = acc, (beta, alpha, gamma)
-    assert (model.beta_, model.alpha_, model.gamma_) == choice
+                scored.append((int((logits.argmax(-1) == val_labels).sum()), (ib, ia, ig)))
+    ib, ia, ig = nearest_centre(scored, steps)
+    assert (model.beta_, model.alpha_, model.gamma_) == (betas[ib], alphas[ia], gammas[ig])
     assert model.fit_info_["grid_points"] == 30 * 8 * 5
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from vlkit.caches import TipAdapter, TipAdapterF
 from vlkit.errors import NotFittedError, ShapeError, VlkitError
 from vlkit.methods.task import Task
+from search_reference import nearest_centre
 
 
 def random_problem(seed: int = 0, c: int = 5, d: int = 24, shots: int = 4, views: int = 4, m: int = 30):
@@ -60,15 +61,16 @@ def test_sklearn_api_two_dimensional_keys_and_errors():
 
 
 def brute_force_tip(feats_val, labels_val, keys, labels, text, betas, alphas):
-    """The authors' double loop: affinities recomputed at every point, ``acc > best`` keeps the first."""
-    best, choice = -1, None
-    for beta in betas:
-        for alpha in alphas:
+    """The authors' double loop (affinities recomputed at every point), then vlkit's tie rule:
+    of the points at the best accuracy, the one nearest the grid's centre in grid steps (each
+    axis scaled to [-1/2, 1/2]); equally near points keep loop order."""
+    scored = []  # (correct, (beta index, alpha index)) in loop order
+    for ib, beta in enumerate(betas):
+        for ia, alpha in enumerate(alphas):
             logits = tip_equation(feats_val, keys, labels, text, alpha, beta)
-            acc = int((logits.argmax(-1) == labels_val).sum())
-            if acc > best:
-                best, choice = acc, (beta, alpha)
-    return choice, best
+            scored.append((int((logits.argmax(-1) == labels_val).sum()), (ib, ia)))
+    ib, ia = nearest_centre(scored, (len(betas), len(alphas)))
+    return (betas[ib], alphas[ia]), max(count for count, _ in scored)
 
 
 def test_vectorised_search_picks_the_brute_force_point():
@@ -123,9 +125,13 @@ def test_tip_adapter_f_trains_keys_and_selects_on_validation():
         classnames=[str(i) for i in range(5)], text_weights=text, train_features=feats, train_labels=labels,
         val_features=val, val_labels=val_labels))
     initial = F.normalize(feats[:, 1:].mean(1), dim=-1)
-    assert not torch.allclose(model.keys_, initial)  # the keys moved
+    info = model.fit_info_
     assert model.trainable_parameters == initial.numel()
-    assert len(model.fit_info_["val_per_epoch"]) == 4 and 0 <= model.fit_info_["best_epoch"] < 4
+    assert len(info["val_per_epoch"]) == 4 and -1 <= info["best_epoch"] < 4  # -1: the untrained keys won
+    if info["best_epoch"] >= 0:
+        assert not torch.allclose(model.keys_, initial)  # the keys moved
+    best = info["initial_val"] if info["best_epoch"] < 0 else info["val_per_epoch"][info["best_epoch"]]
+    assert info["val_accuracy"] == best == max([info["initial_val"], *info["val_per_epoch"]])
     # inference is the Sec. 3.2 logits with the fine-tuned keys (not renormalised, as in the reference)
     torch.testing.assert_close(model.logits(val),
                                tip_equation(val, model.keys_, labels, text, model.alpha_, model.beta_))
@@ -159,16 +165,16 @@ def test_leave_one_out_retune_picks_the_brute_force_point():
     keys = model.keys_
     betas = [0.1 + i * (12.0 - 0.1) / 40 for i in range(40)]
     alphas = [0.1 + i * (10.0 - 0.1) / 10 for i in range(10)]
-    best, choice = -1, None
-    for beta in betas:
-        for alpha in alphas:
+    scored = []
+    for ib, beta in enumerate(betas):
+        for ia, alpha in enumerate(alphas):
             correct = 0
             for i in range(len(keys)):  # classify each cached example by the others
                 others = torch.arange(len(keys)) != i
                 logits = tip_equation(keys[i:i + 1], keys[others], labels[others], text, alpha, beta)
                 correct += int(logits.argmax(-1) == labels[i])
-            if correct > best:
-                best, choice = correct, (beta, alpha)
-    assert (model.beta_, model.alpha_) == choice and found["grid_points"] == 400
+            scored.append((correct, (ib, ia)))
+    ib, ia = nearest_centre(scored, (len(betas), len(alphas)))
+    assert (model.beta_, model.alpha_) == (betas[ib], alphas[ia]) and found["grid_points"] == 400
     assert model.fit_info_["searched"] == "leave-one-out"
     assert TipAdapter(alpha=1.0, beta=1.0).fit(feats[:1], labels[:1], text).retune() == {}  # nothing to leave out

@@ -16,6 +16,7 @@ from vlkit.data import load_image_folder
 from vlkit.errors import DataError, VlkitError
 from vlkit.methods.task import Task
 from vlkit.protocols.fewshot import with_method_images
+from search_reference import nearest_centre
 
 
 def kl_matrix(queries, support, text, temperature=0.5):
@@ -94,15 +95,14 @@ def test_tipx_search_picks_the_brute_force_point():
     alphas = [0.1 + i * (50 - 0.1) / steps[0] for i in range(steps[0])]
     betas = [1 + i * (50 - 1) / steps[1] for i in range(steps[1])]
     gammas = [0.1 + i * (30 - 0.1) / steps[2] for i in range(steps[2])]
-    best, choice = -1, None
-    for alpha in alphas:
-        for beta in betas:
-            for gamma in gammas:
+    scored = []  # loop order alpha, beta, gamma; ties: vlkit's rule (nearest the grid's centre)
+    for ia, alpha in enumerate(alphas):
+        for ib, beta in enumerate(betas):
+            for ig, gamma in enumerate(gammas):
                 logits = tipx_equation(f, keys, labels, text, kl, ranges, alpha, beta, gamma)
-                acc = int((logits.argmax(-1) == val_labels).sum())
-                if acc > best:
-                    best, choice = acc, (alpha, beta, gamma)
-    assert (model.alpha_, model.beta_, model.gamma_) == choice
+                scored.append((int((logits.argmax(-1) == val_labels).sum()), (ia, ib, ig)))
+    ia, ib, ig = nearest_centre(scored, steps)
+    assert (model.alpha_, model.beta_, model.gamma_) == (alphas[ia], betas[ib], gammas[ig])
 
 
 def test_name_only_support_retrieves_nearest_pool_images_per_class():

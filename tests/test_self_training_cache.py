@@ -55,11 +55,11 @@ def test_the_cap_keeps_a_dominant_class_to_its_balanced_share():
     assert (probs[uncapped].argmax(1) == 0).sum() == 40 and (probs[capped].argmax(1) == 0).sum() == 12
 
 
-def tip_logits(x, keys, labels, weights, alpha, beta, c):
-    """Tip-Adapter Eq. 6 written out: 100 x W^T + alpha exp(-beta (1 - x K^T)) L."""
+def tip_logits(x, keys, labels, weights, alpha, beta, c, scale):
+    """Tip-Adapter Eq. 6 written out: s x W^T + alpha exp(-beta (1 - x K^T)) L, s the model's logit scale."""
     x = F.normalize(x, dim=-1)
     cache = torch.exp(-beta * (1 - x @ keys.T)) @ F.one_hot(labels, c).float()  # (M, C)
-    return 100 * x @ F.normalize(weights, dim=-1).T + alpha * cache
+    return scale * x @ F.normalize(weights, dim=-1).T + alpha * cache
 
 
 @pytest.mark.parametrize("rounds", [1, 2])
@@ -72,7 +72,7 @@ def test_rounds_match_a_plain_reimplementation(colour_adapt_task, test_x, rounds
     src_keys = F.normalize(F.normalize(task.train_features[:, 1:], dim=-1).mean(dim=1), dim=-1)
     tgt_keys = F.normalize(F.normalize(views[:, 1:], dim=-1).mean(dim=1), dim=-1)
     q = views[:, 0]
-    logits = tip_logits(q, src_keys, task.train_labels, w, a, b, c)
+    logits = tip_logits(q, src_keys, task.train_labels, w, a, b, c, task.logit_scale)
     base = logits.clone()
     for r in range(1, rounds + 1):
         portion = 0.3 if rounds == 1 else 0.3 + 0.3 * (r - 1) / (rounds - 1)
@@ -87,7 +87,7 @@ def test_rounds_match_a_plain_reimplementation(colour_adapt_task, test_x, rounds
         logits = base + a * cache
     assert torch.equal(ours.pseudo_labels_[0], chosen) and torch.equal(ours.pseudo_labels_[1], labels)
     keys = torch.cat([src_keys, tgt_keys[chosen]])
-    ref = tip_logits(test_x, keys, torch.cat([task.train_labels, labels]), w, a, b, c)
+    ref = tip_logits(test_x, keys, torch.cat([task.train_labels, labels]), w, a, b, c, task.logit_scale)
     torch.testing.assert_close(ours.logits(test_x), ref, rtol=1e-5, atol=1e-4)
     assert ours.cache_size == len(src_keys) + len(chosen)
     assert [h["round"] for h in ours.fit_info_["rounds"]] == list(range(1, rounds + 1))

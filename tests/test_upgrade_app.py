@@ -44,10 +44,10 @@ def test_library_round_trip_and_atomic_state(tmp_path, tiny_backbone):
     images = write_images(tmp_path / "img", "red", 3)
     before = upgrade.predict_images(run, images, top_k=2, backbone=tiny_backbone)
     assert len(before["predictions"]) == 3 and len(before["predictions"][0]["top"]) == 2
-    # zero-shot start: the probabilities are CLIP's softmax(100 f W^T)
+    # zero-shot start: the probabilities are CLIP's softmax(s f W^T), s the backbone's logit scale
     feats = upgrade.encode_images(tiny_backbone, images)
     method = upgrade.load_method(run)
-    expected = torch.softmax(100 * torch.nn.functional.normalize(feats, dim=-1) @ method.text_weights_.T, -1)
+    expected = torch.softmax(tiny_backbone.logit_scale * torch.nn.functional.normalize(feats, dim=-1) @ method.text_weights_.T, -1)
     assert before["predictions"][0]["top"][0]["probability"] == pytest.approx(float(expected[0].max()), rel=1e-5)
     added = upgrade.add_images(run, images[:2], "red", backbone=tiny_backbone)
     assert added["added"] == 2 and added["per_class"]["red"] == 2 and added["examples"] == 2

@@ -151,7 +151,7 @@ def init_run(run: str | Path, model: str, classes: Sequence[str], pretrained: st
     weights = zero_shot_weights(backbone, list(classes), templates).cpu()  # (C, D)
     d = weights.shape[1]
     task = Task(classnames=list(classes), text_weights=weights, train_features=torch.zeros(0, 1, d),
-                train_labels=torch.zeros(0, dtype=torch.long))
+                train_labels=torch.zeros(0, dtype=torch.long), logit_scale=float(backbone.logit_scale))
     method = TipAdapter(alpha=alpha, beta=beta).fit(task)
     meta = {"format": RUN_FORMAT, "model": model, "pretrained": pretrained, "fingerprint": backbone.fingerprint,
             "embed_dim": d, "classes": list(classes), "templates": templates, "alpha": alpha, "beta": beta,

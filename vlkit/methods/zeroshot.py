@@ -1,4 +1,10 @@
-"""Zero-shot CLIP: ``logits = s * f @ W.T`` (Radford et al. 2021, Sec. 3.1.4 / Fig. 1)."""
+"""Zero-shot CLIP: ``logits = s * f @ W.T`` (Radford et al. 2021, Sec. 3.1.4 / Fig. 1).
+
+s is the model's learned temperature ``exp(logit_scale)`` (``task.logit_scale``, filled
+from the backbone: 100 for OpenAI CLIP, 43.96 for vlkit-mini); an explicit ``logit_scale``
+overrides it. The scale never changes the prediction (argmax), only the probabilities;
+the scale used is saved with the method.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,12 +19,13 @@ from vlkit.methods.task import Task
 
 @dataclass
 class ZeroShotConfig(MethodConfig):
-    """``logit_scale``: CLIP's learned temperature (100 for OpenAI models)."""
+    """``logit_scale``: CLIP's learned temperature; None takes the task's (the backbone's)."""
 
-    logit_scale: float = 100.0
+    logit_scale: float | None = None
 
     def validate(self) -> None:
-        self.check(self.logit_scale > 0, f"logit_scale must be > 0, got {self.logit_scale}")
+        self.check(self.logit_scale is None or self.logit_scale > 0,
+                   f"logit_scale must be > 0 or None (the model's), got {self.logit_scale}")
 
 
 @register_method
@@ -36,12 +43,17 @@ class ZeroShot(Method):
 
     def _fit(self, task: Task) -> None:
         self.text_weights_ = task.text_weights.clone()  # (C, D)
+        scale = self.config.logit_scale
+        self.logit_scale_ = float(scale if scale is not None else task.logit_scale)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.config.logit_scale * F.normalize(x, dim=-1) @ self.text_weights_.T  # (N, C)
+        return self.logit_scale_ * F.normalize(x, dim=-1) @ self.text_weights_.T  # (N, C)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"text_weights": self.text_weights_}
+        return {"text_weights": self.text_weights_, "logit_scale": torch.tensor(self.logit_scale_, dtype=torch.float64)}
 
     def restore(self, state: dict[str, torch.Tensor], meta: dict, backbone) -> None:
         self.text_weights_ = state["text_weights"]
+        saved = state.get("logit_scale")
+        configured = self.config.logit_scale
+        self.logit_scale_ = float(saved) if saved is not None else float(configured if configured is not None else 100.0)
