@@ -6,9 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+
+# subprocesses run from tests/: from the repository root, `python -c` would import the source tree's
+# vlkit/ (sys.path[0] is the cwd) instead of the installed package, which maps cli/ to vlkit.cli
+TESTS_DIR = str(Path(__file__).resolve().parent)
 
 HEAVY = ["torch", "open_clip", "faiss", "sklearn", "matplotlib"]
 
@@ -23,7 +28,7 @@ def imported_after(args: list[str]) -> tuple[int, set[str], str]:
             "    code = exc.code or 0\n"
             f"heavy = sorted(n for n in {HEAVY!r} if n in sys.modules)\n"
             "print(json.dumps({'code': code, 'heavy': heavy}), file=sys.stderr)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-c", code], cwd=TESTS_DIR, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "COLUMNS": "200"})
     report = json.loads(done.stderr.strip().splitlines()[-1])
     return report["code"], set(report["heavy"]), done.stdout
@@ -47,7 +52,7 @@ def test_import_vlkit_is_lazy_but_public_names_work() -> None:
             "    assert 'no_such_name' in str(exc)\n"
             "else:\n"
             "    raise SystemExit('an unknown name did not raise')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], cwd=TESTS_DIR, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
 
 
@@ -111,7 +116,7 @@ def test_threads_reach_torch_in_a_fresh_process() -> None:
             "import torch\n"
             "print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])\n")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run([sys.executable, "-c", code], cwd=TESTS_DIR, capture_output=True, text=True, timeout=300, env=env)
     assert done.stdout.split()[-2:] == ["1", "PASSIVE"], done.stderr
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 import io
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
 from vlkit import progress as bars
 from vlkit.protocols.bench_progress import BenchProgress
 from vlkit.protocols.cells import Cell
+
+# subprocesses run from tests/: from the repository root, `python -c` would import the source tree's
+# vlkit/ (sys.path[0] is the cwd) instead of the installed package, which maps cli/ to vlkit.cli
+TESTS_DIR = str(Path(__file__).resolve().parent)
 
 
 class FakeTerminal(io.StringIO):
@@ -196,6 +201,6 @@ def test_the_cli_shows_progress_lines_in_a_redirected_log(tmp_path) -> None:
     log_file = tmp_path / "run.log"
     env = {k: v for k, v in os.environ.items() if k != "VLKIT_QUIET"}
     with open(log_file, "w") as stderr:
-        subprocess.run([sys.executable, "-c", code], stderr=stderr, env=env, check=True, timeout=120)
+        subprocess.run([sys.executable, "-c", code], cwd=TESTS_DIR, stderr=stderr, env=env, check=True, timeout=120)
     text = log_file.read_text()
     assert "INFO vlkit.progress: training coop: 1/2" in text and "2/2 done" in text
