@@ -168,17 +168,6 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
     return result.to_dict()
 
 
-def methods_info(num_classes: int = 10, dim: int = 512) -> list[dict[str, Any]]:
-    """Name, family, input kind, paper, and trainable parameters for a reference task."""
-    rows = []
-    for name in list_methods():
-        klass = method_class(name)
-        count = klass.count_parameters(num_classes, dim) if hasattr(klass, "count_parameters") else None
-        rows.append({"name": name, "family": klass.family, "input": klass.input_kind,
-                     "trainable_parameters": count, "paper": klass.paper})
-    return rows
-
-
 def backbone_summary(backbone: Backbone) -> dict[str, Any]:
     """What a result records about the encoder."""
     return {"model": backbone.name, "pretrained": backbone.pretrained, "fingerprint": backbone.fingerprint,
