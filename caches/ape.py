@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from vlkit.caches.common import (Affinity, KeyStore, LabelValues, cache_keys, cache_logits, check_search_options,
                                 check_text_weights, linear_grid, normalized_val, owned, unsearched_choice,
                                 zero_shot_logits)
-from vlkit.caches.common import logit_scale_state, resolve_logit_scale, restored_logit_scale
+from vlkit.methods.logit_scale import logit_scale_state, resolve_logit_scale, restored_logit_scale
 from vlkit.caches.search import search_ape
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from vlkit.errors import ShapeError
 from vlkit.features.index import VectorIndex
+from vlkit.methods.logit_scale import check_logit_scale
 from vlkit.methods.task import Task
 
 
@@ -56,30 +57,6 @@ def normalized_val(task: Task) -> tuple[torch.Tensor, torch.Tensor] | None:
 def zero_shot_logits(x: torch.Tensor, text_weights: torch.Tensor, scale: float) -> torch.Tensor:
     """``scale * x @ W.T``: (M, D) normalised queries -> (M, C)."""
     return scale * x @ text_weights.T
-
-
-def resolve_logit_scale(configured: float | None, task: Task) -> float:
-    """The scale of the zero-shot logits: the configured number, or (None) the task's, i.e. the
-    backbone's ``exp(logit_scale)`` (100 for OpenAI CLIP and for ``Task.from_arrays``)."""
-    return float(configured if configured is not None else task.logit_scale)
-
-
-def logit_scale_state(scale: float) -> torch.Tensor:
-    """The resolved scale as a saved tensor (a loaded method predicts with the scale it was fitted with)."""
-    return torch.tensor(scale, dtype=torch.float64)
-
-
-def restored_logit_scale(state: dict[str, torch.Tensor], configured: float | None) -> float:
-    """The saved scale; states written before it was saved used the configured one or CLIP's 100."""
-    if "logit_scale" in state:
-        return float(state["logit_scale"])
-    return float(configured if configured is not None else 100.0)
-
-
-def check_logit_scale(config: Any) -> None:
-    """``config.logit_scale`` is None (the task's) or > 0."""
-    scale = config.logit_scale
-    config.check(scale is None or scale > 0, f"logit_scale must be > 0 or None (the model's), got {scale}")
 
 
 def linear_grid(scale: float, steps: int, start: float) -> list[float]:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from vlkit.caches.common import check_text_weights, normalized_val, owned, zero_shot_logits
-from vlkit.caches.common import check_logit_scale, logit_scale_state, resolve_logit_scale, restored_logit_scale
+from vlkit.methods.logit_scale import check_logit_scale, logit_scale_state, resolve_logit_scale, restored_logit_scale
 from vlkit.caches.search import search_linear
 from vlkit.methods.base import Method, MethodConfig
 from vlkit.methods.registry import register_method

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlkit.caches.common import (Affinity, KeyStore, LabelValues, cache_keys, cache_logits, check_logit_scale,
-                                check_text_weights, linear_grid, logit_scale_state, normalized_val, owned,
-                                resolve_logit_scale, restored_logit_scale, zero_shot_logits)
+from vlkit.caches.common import (Affinity, KeyStore, LabelValues, cache_keys, cache_logits, check_text_weights,
+                                linear_grid, normalized_val, owned, zero_shot_logits)
+from vlkit.methods.logit_scale import check_logit_scale, logit_scale_state, resolve_logit_scale, restored_logit_scale
 from vlkit.caches.search import search_tip
 from vlkit.errors import ShapeError
 from vlkit.methods.base import Method, MethodConfig

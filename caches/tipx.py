@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from vlkit.caches.common import (KeyStore, LabelValues, cache_keys, cache_logits, check_search_options,
                                 check_text_weights, combine, linear_grid, normalized_val, owned, unsearched_choice,
                                 zero_shot_logits)
-from vlkit.caches.common import logit_scale_state, resolve_logit_scale, restored_logit_scale
+from vlkit.methods.logit_scale import logit_scale_state, resolve_logit_scale, restored_logit_scale
 from vlkit.caches.search import search_tipx
 from vlkit.caches.support import support_images, support_set
 from vlkit.methods.base import Method, MethodConfig

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vlkit.methods.base import Method, MethodConfig
+from vlkit.methods.logit_scale import check_logit_scale, logit_scale_state, resolve_logit_scale, restored_logit_scale
 from vlkit.methods.registry import register_method
 from vlkit.methods.task import Task
 
@@ -24,8 +25,7 @@ class ZeroShotConfig(MethodConfig):
     logit_scale: float | None = None
 
     def validate(self) -> None:
-        self.check(self.logit_scale is None or self.logit_scale > 0,
-                   f"logit_scale must be > 0 or None (the model's), got {self.logit_scale}")
+        check_logit_scale(self)
 
 
 @register_method
@@ -43,17 +43,14 @@ class ZeroShot(Method):
 
     def _fit(self, task: Task) -> None:
         self.text_weights_ = task.text_weights.clone()  # (C, D)
-        scale = self.config.logit_scale
-        self.logit_scale_ = float(scale if scale is not None else task.logit_scale)
+        self.logit_scale_ = resolve_logit_scale(self.config.logit_scale, task)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.logit_scale_ * F.normalize(x, dim=-1) @ self.text_weights_.T  # (N, C)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"text_weights": self.text_weights_, "logit_scale": torch.tensor(self.logit_scale_, dtype=torch.float64)}
+        return {"text_weights": self.text_weights_, "logit_scale": logit_scale_state(self.logit_scale_)}
 
     def restore(self, state: dict[str, torch.Tensor], meta: dict, backbone) -> None:
         self.text_weights_ = state["text_weights"]
-        saved = state.get("logit_scale")
-        configured = self.config.logit_scale
-        self.logit_scale_ = float(saved) if saved is not None else float(configured if configured is not None else 100.0)
+        self.logit_scale_ = restored_logit_scale(state, self.config.logit_scale)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlkit.methods.base import Method, MethodConfig
+from vlkit.methods.logit_scale import check_logit_scale, logit_scale_state, resolve_logit_scale, restored_logit_scale
 from vlkit.methods.registry import register_method
 from vlkit.methods.task import Task
 from vlkit.methods.training import TrainConfig, feature_batches, train
@@ -65,7 +66,7 @@ class ClipAdapterConfig(MethodConfig):
         self.check(self.reduction >= 1, f"reduction must be >= 1, got {self.reduction}")
         self.check(0 <= self.ratio <= 1, f"ratio must be in [0, 1], got {self.ratio}")
         self.check(self.text_ratio is None or 0 <= self.text_ratio <= 1, f"text_ratio must be in [0, 1] or None")
-        self.check(self.logit_scale is None or self.logit_scale > 0, f"logit_scale must be > 0, got {self.logit_scale}")
+        check_logit_scale(self)
         self.check(self.epochs >= 1 and self.lr > 0 and self.batch_size >= 1,
                    "epochs, lr and batch_size must be positive")
         self.check(self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0")
@@ -101,7 +102,7 @@ class ClipAdapter(Method):
     def _fit(self, task: Task) -> None:
         c = self.config
         self.text_weights_ = task.text_weights.clone()  # (C, D)
-        self.logit_scale_ = float(c.logit_scale if c.logit_scale is not None else task.logit_scale)
+        self.logit_scale_ = resolve_logit_scale(c.logit_scale, task)
         self._build(task.dim)
         generator = torch.Generator().manual_seed(task.seed)
         cfg = TrainConfig(epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, momentum=c.momentum,
@@ -128,12 +129,11 @@ class ClipAdapter(Method):
         out = {f"adapter.{k}": v for k, v in self.adapter_.state_dict().items()}
         if self.text_adapter_ is not None:
             out.update({f"text_adapter.{k}": v for k, v in self.text_adapter_.state_dict().items()})
-        return {**out, "text_weights": self.text_weights_, "logit_scale": torch.tensor([self.logit_scale_])}
+        return {**out, "text_weights": self.text_weights_, "logit_scale": logit_scale_state(self.logit_scale_)}
 
     def restore(self, state: dict[str, torch.Tensor], meta: dict, backbone) -> None:
         self.text_weights_ = state["text_weights"]
-        saved = state.get("logit_scale")  # runs saved before the scale came from the task: the config's
-        self.logit_scale_ = float(saved[0]) if saved is not None else float(self.config.logit_scale or 100.0)
+        self.logit_scale_ = restored_logit_scale(state, self.config.logit_scale)
         self._build(self.text_weights_.shape[1])
         self.adapter_.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("adapter.")})
         if self.text_adapter_ is not None:

@@ -37,6 +37,7 @@ from torch import nn
 
 from vlkit.features.text_weights import class_text_embeddings
 from vlkit.methods.base import Method, MethodConfig
+from vlkit.methods.logit_scale import check_logit_scale, logit_scale_state, resolve_logit_scale, restored_logit_scale
 from vlkit.methods.registry import register_method
 from vlkit.methods.task import Task
 from vlkit.methods.training import TrainConfig, train
@@ -80,7 +81,7 @@ class ZSLinearProbeConfig(MethodConfig):
 
     def validate(self) -> None:
         self.check(self.constraint in ("none", "l2"), f"constraint must be 'none' or 'l2', got {self.constraint!r}")
-        self.check(self.logit_scale is None or self.logit_scale > 0, f"logit_scale must be > 0, got {self.logit_scale}")
+        check_logit_scale(self)
         self.check(self.epochs >= 1 and self.lr > 0 and self.batch_size >= 1,
                    "epochs, lr and batch_size must be positive")
 
@@ -107,7 +108,7 @@ class ZSLinearProbe(Method):
 
     def _fit(self, task: Task) -> None:
         c = self.config
-        self.logit_scale_ = float(c.logit_scale if c.logit_scale is not None else task.logit_scale)
+        self.logit_scale_ = resolve_logit_scale(c.logit_scale, task)
         anchor, source = text_anchor(task)  # (C, D)
         self.prototypes_ = nn.Parameter(anchor.clone())
         pool, pool_labels = augmented_pool(task.train_features, task.train_labels)  # (P, D), (P,)
@@ -144,12 +145,11 @@ class ZSLinearProbe(Method):
         return int(self.prototypes_.numel()) if hasattr(self, "prototypes_") else 0
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"prototypes": self.prototypes_, "logit_scale": torch.tensor([self.logit_scale_])}
+        return {"prototypes": self.prototypes_, "logit_scale": logit_scale_state(self.logit_scale_)}
 
     def restore(self, state: dict[str, torch.Tensor], meta: dict, backbone) -> None:
         self.prototypes_ = state["prototypes"]
-        saved = state.get("logit_scale")  # runs saved before the scale was learned from the task: the config's
-        self.logit_scale_ = float(saved[0]) if saved is not None else float(self.config.logit_scale or 100.0)
+        self.logit_scale_ = restored_logit_scale(state, self.config.logit_scale)
 
 
 @dataclass
