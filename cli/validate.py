@@ -8,11 +8,11 @@ or a fit. ``vlkit.cli.common.user_errors`` calls it for every command.
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from vlkit.errors import VlkitError
+from vlkit.io import creation_folder, unwritable_reason
 
 DEVICE_KINDS = ("cpu", "cuda", "cuda:N", "mps")
 
@@ -61,20 +61,15 @@ def check_output(path: Any, option: str = "--output") -> None:
     path = Path(path).expanduser()
     if path.is_dir():
         raise VlkitError(f"{option} {path} is a folder: name a file such as {path / 'result.json'}")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = creation_folder(path)
     if not folder.is_dir():
         raise VlkitError(f"{option} {path}: {folder} is a file, not a folder; name a file in a folder")
     if folder != path.parent and _is_virtual(folder):
         raise VlkitError(f"{option} {path}: {path.parent} does not exist and cannot be created under {folder}; "
                          "name a file in a writable folder")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise VlkitError(f"{option} {path}: cannot write in {folder} ({exc.strerror or exc}); "
-                         "name a file in a writable folder") from None
+    reason = unwritable_reason(folder)
+    if reason is not None:
+        raise VlkitError(f"{option} {path}: cannot write in {folder} ({reason}); name a file in a writable folder")
 
 
 def _is_virtual(folder: Path) -> bool:

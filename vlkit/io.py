@@ -161,6 +161,25 @@ def read_json(path: str | Path, what: str, fix: str) -> Any:
 
 
 # ---- folders --------------------------------------------------------------------------
+def creation_folder(path: str | Path) -> Path:
+    """The nearest existing folder above ``path``: where creating ``path`` (and any missing parents) starts."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def unwritable_reason(folder: str | Path) -> str | None:
+    """Why no file can be created in ``folder`` (the OS's reason), or None; probes with a temp file
+    that is deleted at once."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     """Whether process ``pid`` is running (never signals it: ``os.kill`` on Windows would end it)."""
     if pid == os.getpid():

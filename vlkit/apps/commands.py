@@ -1,7 +1,6 @@
 """The library functions behind each CLI command; each returns a JSON-ready dict."""
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from vlkit.data import DEFAULT_VAL_PER_CLASS, ImageDataset, MissingSplitError, c
 from vlkit.data.resolve import has_splits, load_data
 from vlkit.errors import VlkitError
 from vlkit.features.store import FeatureStore
-from vlkit.io import atomic_dir, atomic_write_json, read_json
+from vlkit.io import atomic_dir, atomic_write_json, creation_folder, read_json, unwritable_reason
 from vlkit.methods import Method, create_method, list_methods, method_class
 from vlkit.protocols.fewshot import run_fewshot, templates_for
 from vlkit.protocols.scoring import measure, score
@@ -67,15 +66,11 @@ def check_run_dir(run_dir: Path, force: bool = False) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise VlkitError(f"--run-dir {run_dir} is a file, not a folder: name a new folder for the run")
     if not run_dir.is_dir():
-        folder = run_dir.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        try:  # the run is built beside its folder: that place must be writable
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as exc:
-            raise VlkitError(f"--run-dir {run_dir}: cannot write in {folder} ({exc.strerror or exc}); name a "
-                             "folder in a writable place") from None
+        folder = creation_folder(run_dir)  # the run is built beside its folder: that place must be writable
+        reason = unwritable_reason(folder)
+        if reason is not None:
+            raise VlkitError(f"--run-dir {run_dir}: cannot write in {folder} ({reason}); name a "
+                             "folder in a writable place")
         return
     if not any(run_dir.iterdir()):
         return
