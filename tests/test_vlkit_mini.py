@@ -130,3 +130,24 @@ def test_damaged_weights_file_fails_naming_the_file(tmp_path) -> None:
     damaged.write_bytes(mini.IMAGE_WEIGHTS.read_bytes()[:100_000])
     with pytest.raises(vlkit.VlkitError, match=f"weights file {damaged} is damaged"):
         mini.load_image_weights(mini.build_mini_model(), damaged)
+
+
+def test_pretrained_file_replaces_only_the_towers_it_holds(tmp_path) -> None:
+    # `--model vlkit-mini --pretrained RUN/vlkit_mini_image.safetensors` evaluates a training run
+    from safetensors.torch import save_file
+
+    shipped = vlkit.load_backbone("vlkit-mini", device="cpu")
+    state = {k: v.clone() for k, v in mini.image_state(shipped.model).items()}
+    state["visual.proj"] = state["visual.proj"] * -1  # a different image tower
+    save_file(state, str(tmp_path / "image.safetensors"))
+    other = vlkit.load_backbone("vlkit-mini", str(tmp_path / "image.safetensors"), device="cpu")
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(other.encode_images(x), -shipped.encode_images(x), atol=1e-5)
+    assert torch.equal(other.encode_texts(["a dog"]), shipped.encode_texts(["a dog"]))
+    assert other.fingerprint != shipped.fingerprint
+    save_file({"text.bogus": torch.zeros(1)}, str(tmp_path / "bogus.safetensors"))
+    with pytest.raises(vlkit.VlkitError, match="is not a vlkit-mini checkpoint"):
+        vlkit.load_backbone("vlkit-mini", str(tmp_path / "bogus.safetensors"), device="cpu")
+    save_file({"visual.proj": torch.zeros(3, 3)}, str(tmp_path / "shape.safetensors"))
+    with pytest.raises(vlkit.VlkitError, match="does not match the vlkit-mini architecture"):
+        vlkit.load_backbone("vlkit-mini", str(tmp_path / "shape.safetensors"), device="cpu")

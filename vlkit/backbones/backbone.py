@@ -236,10 +236,27 @@ def load_backbone(
         built = builder()
         model, tokenizer = built.model, built.tokenizer
         if pretrained:
-            model.load_state_dict(_read_checkpoint(pretrained))
+            _load_offline_weights(model, name, pretrained)
     else:
         model, tokenizer = _create_open_clip(name, pretrained)
     return Backbone(model, name, pretrained, tokenizer, device, precision)
+
+
+def _load_offline_weights(model: nn.Module, name: str, path: str) -> None:
+    """Load ``path`` into an offline model: a full state dict, or only some towers' weights
+    (vlkit-mini's image-tower file, ``vlkit_mini_image.safetensors`` of a training run)."""
+    state = _read_checkpoint(path)
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise VlkitError(f"{path} is not a {name} checkpoint: it has weights {name} lacks "
+                         f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}); pass a file saved "
+                         f"from {name}, or an open_clip model name with --model")
+    wrong = [k for k in state if state[k].shape != own[k].shape]
+    if wrong:
+        raise VlkitError(f"{path} does not match the {name} architecture: {wrong[0]} has shape "
+                         f"{tuple(state[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}")
+    model.load_state_dict(state, strict=False)
 
 
 def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
