@@ -40,7 +40,9 @@ _NOT_TUNED = ("logit_scale", "logit_bias")
 class FullFineTuneConfig(TunerConfig):
     """WiSE-FT's fine-tuning optimiser (AdamW, lr 3e-5, weight decay 0.1) on the tuners' schedule."""
 
-    quick = {**TunerConfig.quick, "lr": 1e-4}  # few-step learning rate (TunerConfig.quick)
+    # Few-step learning rate (TunerConfig.quick). Fashion-MNIST-mini, 16 shots, vlkit-mini: 70.8% against
+    # zero-shot's 27.6%, a gain over half of any schedule's possible gain (100 - 27.6), so the quick job runs it.
+    quick = {**TunerConfig.quick, "lr": 1e-4}
     tower: str = "image"
     lr: float = 3e-5
     weight_decay: float = 0.1
