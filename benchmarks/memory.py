@@ -192,19 +192,18 @@ def main() -> None:
         table = run_table(args)
         doc.update({"model": args.model, "data": args.data, "shots": args.shots, "seeds": args.seeds,
                     "schedule": args.schedule, "test_size": table["test_size"], "settings": table["settings"],
-                    "table": markdown(table["rows"], list(table["rows"][0])), "rows": table["rows"]})
+                    "rows": table["rows"]})
+        print(markdown(table["rows"], list(table["rows"][0])), "\n")
     if not args.skip_vit:
         vit = run_vit(args)
         by = {r["method"]: r["over_full_finetune"] for r in vit["rows"]}
         doc["ratios"] = {f"{m.replace('-', '_')}_over_full_finetune": by[m] for m in by if m != "full-finetune"}
         doc["ratios"]["lst_over_lora"] = round(by["lst"] / by["lora"], 3)
-        doc.update({"vit_model": args.vit, "vit_batch": args.vit_batch,
-                    "vit_table": markdown(vit["rows"], ["method", "batch", "train_memory_mib", "over_full_finetune",
-                                                        "trainable_parameters", "seconds"]),
-                    "vit_rows": vit["rows"]})
+        doc.update({"vit_model": args.vit, "vit_batch": args.vit_batch, "vit_rows": vit["rows"]})
+        print(markdown(vit["rows"], ["method", "batch", "train_memory_mib", "over_full_finetune",
+                                     "trainable_parameters", "seconds"]))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "memory.json").write_text(json.dumps(doc, indent=1))
-    print(doc.get("table", ""), "\n\n", doc.get("vit_table", ""), sep="")
 
 
 if __name__ == "__main__":
