@@ -18,6 +18,7 @@ IDENTITY_CONFIGS = {
     "vpt-shallow": {"tokens": 0},
     "vpt-deep": {"tokens": 0},
     "prefix-tuning": {"length": 0},
+    "tinytl": {},
 }
 # Non-trivial versions (real tokens) for gradient / artifact checks.
 TRAINABLE_CONFIGS = {
@@ -29,6 +30,7 @@ TRAINABLE_CONFIGS = {
     "vpt-shallow": {"tokens": 3},
     "vpt-deep": {"tokens": 3},
     "prefix-tuning": {"length": 3},
+    "tinytl": {},
 }
 
 

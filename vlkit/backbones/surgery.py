@@ -11,7 +11,10 @@ The one place outside open_clip that knows how a tower is built; encoder-level m
   :func:`split_tower_attention` (q/k/v/out views of every attention, see
   :class:`~vlkit.backbones.attention_views.SplitAttention`), :func:`wrap_roles` (swap a
   projection for a wrapper: LoRA, IA3, adapters), :func:`train_clones` (BitFit),
-  :func:`attach` (a tuner's own tensors beside the blocks);
+  :func:`attach` (a tuner's own tensors beside the blocks), :func:`add_block_branch` (a
+  residual branch beside a block: TinyTL);
+- **intermediate tokens**: :func:`block_outputs` records every block's output tokens during a
+  forward pass (the per-layer features of the store, LST's ladders, Head2Toe);
 - **prompt tokens**: :func:`prompt_tokens` inserts learned tokens after the embeddings
   (shallow) and writes new ones over them at the input of deeper layers (deep); VPT and
   MaPLe both use it. The tokens live only while the ``with`` block is active.
@@ -222,6 +225,44 @@ def attach(model: nn.Module, tower: str, name: str, value: nn.Parameter | nn.Mod
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     """name -> parameter for every parameter of ``model`` that requires grad."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def add_block_branch(model: nn.Module, tower: str, block: Block, name: str, branch: nn.Module) -> None:
+    """Make ``block`` of ``tower`` return ``block(x) + branch(x)``: ``branch`` maps the block's input
+    tokens (N, L, W) batch-first to (N, L, W) and is registered on the block as ``name`` (of a
+    :func:`shared_copy`: the hook stays on the copy)."""
+    module = get_module(model, block.path)
+    if hasattr(module, name):
+        raise VlkitError(f"{_join(block.path, name)} already exists: add the branch {name!r} once")
+    module.add_module(name, branch)
+    batch_first = _batch_first(model, tower)
+
+    def add(mod, args, kwargs, output):
+        x, _ = _hidden(args, kwargs)
+        extra = mod.get_submodule(name)(x if batch_first else x.transpose(0, 1))
+        extra = extra if batch_first else extra.transpose(0, 1)
+        if isinstance(output, tuple):
+            return (output[0] + extra.to(output[0].dtype), *output[1:])
+        return output + extra.to(output.dtype)
+
+    module.register_forward_hook(add, with_kwargs=True)
+
+
+# ---- intermediate tokens -------------------------------------------------------------------------
+@contextlib.contextmanager
+def block_outputs(model: nn.Module, tower: str = "image") -> Iterator[list[torch.Tensor]]:
+    """While active, every forward pass of ``tower`` appends each block's output tokens,
+    (N, L, W) batch-first, first block first, to the yielded list (nothing is changed)."""
+    batch_first = _batch_first(model, tower)
+    outputs: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        x = output[0] if isinstance(output, tuple) else output
+        outputs.append(x if batch_first else x.transpose(0, 1))
+
+    handles = [block.register_forward_hook(keep) for block in tower_blocks(model, tower)]
+    with _removed_on_exit(handles):
+        yield outputs
 
 
 # ---- prompt tokens -------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ process and again whenever its size, mtime, ctime or inode changes (hashing is a
 costly as loading: 3 ms per 2048 x 512 float16 shard on a busy 2-core machine, so
 a bench that re-reads an entry per cell does not re-hash it each time).
 
+Per-layer features (:meth:`FeatureStore.layer_features`, see
+:mod:`vlkit.features.layer_features`) live beside them under ``layers/``: one entry per
+(image set, view, block) holding ``tokens.npy`` (n, 2, W) float16 and a checksummed
+``meta.json``; one pass of the tower writes every missing layer.
+
 Format version 2 (the norms) is part of the key: entries written by version 1
 (features only) are never read, and are re-encoded on first use.
 """
@@ -33,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from vlkit.backbones import Backbone
 from vlkit.data.dataset import ImageDataset
 from vlkit.errors import BackboneMismatchError, DataError
+from vlkit.features.layer_features import POOLING, layer_shape, layer_tokens
 from vlkit.features.gpu_decode import gpu_image_batches, gpu_paths_for, preprocess_params
 from vlkit.io import atomic_write_bytes, atomic_write_json, cache_root
 from vlkit.progress import progress
@@ -206,6 +212,80 @@ class FeatureStore:
             bar.advance(len(batch))
         return torch.cat(feats), torch.cat(norms)
 
+    # ---- per-layer features -----------------------------------------------------------
+    def layer_entry_dir(self, backbone: Backbone, dataset: ImageDataset, view: int, layer: int) -> Path:
+        """Folder of one block's pooled tokens: the image entry's key plus the layer and the pooling."""
+        transform = "eval" if view == 0 else f"aug{view}"
+        signature = backbone.transform_signature(train=view > 0)
+        key = (f"{backbone.fingerprint}|{dataset.identity}|{transform}|{signature}|{STORE_VERSION}"
+               f"|layer{layer}|{POOLING}")
+        return self.root / "layers" / backbone.fingerprint / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+    def layer_features(self, backbone: Backbone, dataset: ImageDataset, view: int = 0,
+                       layers: list[int] | None = None) -> torch.Tensor:
+        """(N, len(layers), 2, W) float32 pooled output tokens of image-tower blocks ``layers``
+        (default: every block, first to last; negative counts from the end) for one view.
+
+        Row 0 of the 2 is the class token, row 1 the patch-token mean. Each layer is one
+        entry, cached once; a missing or damaged one is re-encoded together with any other
+        missing layer in one pass of the frozen tower.
+        """
+        if len(dataset) == 0:
+            raise DataError(f"dataset {dataset.name} is empty: nothing to encode")
+        depth, _, _ = layer_shape(backbone)
+        wanted = list(range(depth)) if layers is None else [int(i) for i in layers]
+        if any(not -depth <= i < depth for i in wanted):
+            raise DataError(f"layers {wanted} out of range for an image tower of {depth} blocks")
+        wanted = [i % depth for i in wanted]
+        found = {i: self._read_layer(backbone, dataset, view, i) for i in dict.fromkeys(wanted)}
+        missing = [i for i, tokens in found.items() if tokens is None]
+        if missing:
+            self.misses += 1
+            found.update(self._encode_layers(backbone, dataset, view, missing))
+        else:
+            self.hits += 1
+        return torch.stack([found[i] for i in wanted], dim=1)
+
+    def _read_layer(self, backbone: Backbone, dataset: ImageDataset, view: int, layer: int) -> torch.Tensor | None:
+        """(N, 2, W) float32 tokens of a complete, checked layer entry, or None."""
+        entry = self.layer_entry_dir(backbone, dataset, view, layer)
+        meta = self._read_meta(entry / "meta.json")
+        shape = [len(dataset), *layer_shape(backbone)[1:]]
+        if not meta or meta.get("shape") != shape or meta.get("fingerprint") != backbone.fingerprint:
+            return None
+        if not self._shard_ok(entry, "0", meta.get("record"), kinds=(("tokens", ""),)):
+            return None
+        try:
+            array = np.load(_shard_path(entry, 0, "tokens"), mmap_mode="r")
+        except (ValueError, OSError, EOFError):
+            return None
+        return torch.from_numpy(np.asarray(array, dtype=np.float32)) if list(array.shape) == shape else None
+
+    def _encode_layers(self, backbone: Backbone, dataset: ImageDataset, view: int,
+                       layers: list[int]) -> dict[int, torch.Tensor]:
+        """Run the frozen tower once over ``dataset`` (view ``view``) and write entries ``layers``."""
+        transform = backbone.preprocess if view == 0 else backbone.train_transform
+        images = _ImageTensors(dataset, transform, 0, len(dataset), seed=view if view else None)
+        workers = self.num_workers if len(dataset) > self.batch_size else 0
+        parts = []
+        with progress(total=len(dataset), description=f"encoding {dataset.name} view {view} layers") as bar:
+            for batch in DataLoader(images, batch_size=self.batch_size, num_workers=workers):  # (B, 3, H, W)
+                parts.append(layer_tokens(backbone, batch)[1].cpu())  # (B, depth, 2, W)
+                bar.advance(len(batch))
+        tokens = torch.cat(parts)  # (N, depth, 2, W)
+        out = {}
+        for layer in layers:
+            entry = self.layer_entry_dir(backbone, dataset, view, layer)
+            array = tokens[:, layer].numpy().astype(np.float16)  # (N, 2, W)
+            data = _npy_bytes(array)
+            atomic_write_bytes(_shard_path(entry, 0, "tokens"), data)
+            atomic_write_json(entry / "meta.json", {
+                "version": STORE_VERSION, "fingerprint": backbone.fingerprint, "dataset": dataset.identity,
+                "view": view, "layer": layer, "pooling": POOLING, "shape": list(array.shape), "dtype": "float16",
+                "record": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}})
+            out[layer] = torch.from_numpy(array.astype(np.float32))
+        return out
+
     # ---- text features ---------------------------------------------------------------
     def text_features(self, backbone: Backbone, texts: list[str]) -> torch.Tensor:
         """(M, D) normalised text features, cached by backbone + exact strings."""
@@ -249,12 +329,14 @@ class FeatureStore:
             return False
 
     @staticmethod
-    def _shard_ok(entry: Path, shard: str, record: dict | None, verify_hash: bool = False) -> bool:
-        """Whether both files of a shard match their record: size always, sha256 on the first read in this
-        process (or every time with ``verify_hash``) and whenever the file's size, mtime or inode changed."""
+    def _shard_ok(entry: Path, shard: str, record: dict | None, verify_hash: bool = False,
+                  kinds: tuple[tuple[str, str], ...] = (("shard", ""), ("norms", "norms_"))) -> bool:
+        """Whether the files of a shard (``kinds``: file kind, record key prefix) match their record: size
+        always, sha256 on the first read in this process (or every time with ``verify_hash``) and whenever
+        the file's size, mtime or inode changed."""
         if not isinstance(record, dict):
             return False
-        for kind, prefix in (("shard", ""), ("norms", "norms_")):
+        for kind, prefix in kinds:
             path = _shard_path(entry, int(shard), kind)
             try:
                 stat = path.stat()

@@ -69,6 +69,9 @@ class Method(ClassifierMixin, BaseEstimator):
     input_kind: ClassVar[str] = "features"
     uses_backbone: ClassVar[bool] = False  # needs the backbone at fit and load time
     task_kind: ClassVar[str] = "fewshot"  # "fewshot", or "adaptation" (needs an unlabelled target)
+    # Reads the image tower's per-layer features: the protocol puts them from the store in
+    # task.extras["layer_features"] (vlkit.protocols.fewshot.with_method_images).
+    needs_layer_features: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None, *, text_weights: Any = None, **overrides: Any) -> None:
         base = config if config is not None else self.Config()

@@ -19,6 +19,8 @@ FAMILY_MODULES = [
     "vlkit.prompts",
     "vlkit.methods.adapters",
     "vlkit.methods.tuners",
+    "vlkit.methods.finetune",
+    "vlkit.methods.intermediate",
 ]
 
 

@@ -67,13 +67,21 @@ def validation_record(task: Task) -> dict[str, Any]:
 def with_method_images(task: Task, method: Method, backbone: Backbone, store: FeatureStore) -> Task:
     """``task`` plus the image sets ``method`` asks for (``images_to_encode``), encoded from ``store``.
 
-    Each becomes ``task.extras[key] = (dataset, features (n, D))``; a task whose method
-    asks for none is returned as it is, never copied.
+    Each becomes ``task.extras[key] = (dataset, features (n, D))``. A method with
+    ``needs_layer_features`` also gets ``task.extras["layer_features"] = {"train": (N, V, depth, 2, W),
+    "val": (M, depth, 2, W)}``, every view of the task's images from the store. A task whose
+    method asks for nothing is returned as it is, never copied.
     """
     wanted = method.images_to_encode()
-    if not wanted:
-        return task
     encoded = {key: (dataset, store.image_features(backbone, dataset)) for key, dataset in wanted.items()}
+    if method.needs_layer_features and task.train_images is not None:
+        views = task.train_features.shape[1]
+        train = torch.stack([store.layer_features(backbone, task.train_images, v) for v in range(views)], dim=1)
+        val = store.layer_features(backbone, task.val_images) if task.val_images is not None \
+            and len(task.val_images) else None
+        encoded["layer_features"] = {"train": train, "val": val}
+    if not encoded:
+        return task
     return dataclasses.replace(task, extras={**task.extras, **encoded})
 
 

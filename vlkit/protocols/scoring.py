@@ -43,17 +43,33 @@ def _rss_bytes() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _release_free_memory() -> None:
+    """Hand memory freed earlier back to the OS (glibc ``malloc_trim``), so a block's RSS peak is its own."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the baseline is simply less tight
+        pass
+
+
 @contextlib.contextmanager
 def measure(device: torch.device | str = "cpu") -> Iterator[dict[str, Any]]:
     """Measure wall time and peak memory of the block.
 
     CPU: the process resident set size, sampled every 5 ms (peak, in bytes).
     CUDA: ``torch.cuda.max_memory_allocated`` over the block.
+    ``train_memory_bytes`` is the same peak above the level at the block's start (the loaded
+    model and data): RSS above the start on CPU (after freed memory is handed back to the
+    OS), allocated bytes above the start on CUDA. Every method's training memory is measured
+    this one way.
     """
     device = torch.device(device)
     result: dict[str, Any] = {}
     stop = threading.Event()
+    _release_free_memory()
     peak = [_rss_bytes()]
+    baseline = peak[0]
 
     def sample() -> None:
         while not stop.wait(0.005):
@@ -62,6 +78,7 @@ def measure(device: torch.device | str = "cpu") -> Iterator[dict[str, Any]]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        baseline = int(torch.cuda.memory_allocated(device))
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     start = time.perf_counter()
@@ -80,6 +97,19 @@ def measure(device: torch.device | str = "cpu") -> Iterator[dict[str, Any]]:
         else:
             result["peak_memory_bytes"] = int(peak[0])
             result["memory_kind"] = "process_rss"
+        result["train_memory_bytes"] = max(0, result["peak_memory_bytes"] - baseline)
+
+
+def batch_size_of(method: Any) -> int | None:
+    """The training batch size of a fitted method (its fit record, else its config), if it has one."""
+    size = (getattr(method, "fit_info_", None) or {}).get("batch_size", getattr(method.config, "batch_size", None))
+    return int(size) if isinstance(size, int) and size > 0 else None
+
+
+def train_memory_per_image(train_bytes: int | None, method: Any) -> float | None:
+    """Training memory per image of the batch (bytes), None when either is unknown."""
+    size = batch_size_of(method)
+    return None if train_bytes is None or size is None else train_bytes / size
 
 
 def artifact_bytes(method: Any, fingerprint: str | None = None) -> int:
@@ -150,6 +180,8 @@ def score(method: Any, backbone: Any, test_set: Any, store: FeatureStore | None 
         trainable_parameters=int(method.trainable_parameters),
         artifact_bytes=artifact_bytes(method, backbone.fingerprint), fit_seconds=cost.get("seconds"),
         peak_memory_bytes=cost.get("peak_memory_bytes"), memory_kind=cost.get("memory_kind"),
+        train_memory_bytes=cost.get("train_memory_bytes"),
+        train_memory_per_image_bytes=train_memory_per_image(cost.get("train_memory_bytes"), method),
         latency_ms_per_image=ms, fit_info=dict(getattr(method, "fit_info_", None) or {}),
         settings=dict(settings or {}), fingerprint=backbone.fingerprint, extras=dict(extras or {}),
     )

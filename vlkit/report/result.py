@@ -23,6 +23,9 @@ class Result(Mapping):
 
     ``per_class`` maps each class name present in the test set to its accuracy. Cost
     fields are ``None`` when not measured (a saved run scored again has no fit).
+    ``train_memory_bytes`` is the fit's peak memory above the loaded model (CUDA allocated or
+    CPU RSS, :func:`vlkit.protocols.scoring.measure`), and ``train_memory_per_image_bytes``
+    that divided by the training batch size.
     ``settings`` are the method options this run set (a schedule or ``--set``), and
     ``fingerprint`` names the backbone's weights. ``extras`` holds what only one protocol
     reports: ``base``/``novel``/``hm`` and ``zero_shot`` (base-to-novel), ``source``/
@@ -45,6 +48,8 @@ class Result(Mapping):
     fit_seconds: float | None = None
     peak_memory_bytes: int | None = None
     memory_kind: str | None = None
+    train_memory_bytes: int | None = None  # peak above the loaded model during fit (scoring.measure)
+    train_memory_per_image_bytes: float | None = None  # train_memory_bytes / the training batch size
     latency_ms_per_image: float | None = None
     fit_info: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)

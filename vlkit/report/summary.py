@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 AVERAGE = "average"
-COST_KEYS = ("trainable_parameters", "artifact_bytes", "fit_seconds", "peak_memory_bytes", "latency_ms_per_image")
+COST_KEYS = ("trainable_parameters", "artifact_bytes", "fit_seconds", "peak_memory_bytes", "train_memory_bytes",
+             "train_memory_per_image_bytes", "latency_ms_per_image")
 
 
 @dataclass

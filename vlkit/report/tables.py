@@ -117,7 +117,8 @@ def cost_table(summary: Summary, data: str) -> tuple[list[str], list[list[str]]]
     """Header and rows of the cost of each method at the largest shot count on ``data``."""
     k = max(summary.shots)
     fronts = {key: set(summary.front(key, data, k)) for key in ("trainable_parameters", "fit_seconds")}
-    header = ["method", "trainable params", "artifact", "fit (s)", "peak memory", "latency (ms/img)", "Pareto"]
+    header = ["method", "trainable params", "artifact", "fit (s)", "peak memory", "train memory / image",
+              "latency (ms/img)", "Pareto"]
     body = []
     for method in summary.methods:
         row = summary.row(data, method, k)
@@ -131,6 +132,7 @@ def cost_table(summary: Summary, data: str) -> tuple[list[str], list[list[str]]]
                      human_bytes(c["artifact_bytes"]) if "artifact_bytes" in c else "-",
                      f"{c['fit_seconds']:.2f}" if "fit_seconds" in c else "-",
                      human_bytes(c["peak_memory_bytes"]) if "peak_memory_bytes" in c else "-",
+                     human_bytes(c["train_memory_per_image_bytes"]) if "train_memory_per_image_bytes" in c else "-",
                      f"{c['latency_ms_per_image']:.2f}" if "latency_ms_per_image" in c else "-",
                      ", ".join(marks) or "-"])
     return header, body

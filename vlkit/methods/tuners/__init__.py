@@ -1,4 +1,4 @@
-"""Parameter-efficient tuners injected into the towers (LoRA, prefix, VPT, BitFit, adapters, IA3).
+"""Parameter-efficient tuners injected into the towers (LoRA, prefix, VPT, BitFit, adapters, IA3, TinyTL).
 
 Every tuner works on its own :func:`~vlkit.backbones.surgery.shared_copy` of the frozen
 open_clip model (module tree copied, weights shared), so the backbone is never changed.
@@ -15,6 +15,7 @@ each tuner a few lines on top.
 from vlkit.methods.tuners.base import TunerConfig, TunerMethod
 from vlkit.methods.tuners.method import IA3, LoRA, Adapter, BitFit, PrefixTuning, VPTDeep, VPTShallow
 from vlkit.methods.tuners.model import TunedCLIP
+from vlkit.methods.tuners.tinytl import TinyTL
 
-__all__ = ["IA3", "Adapter", "BitFit", "LoRA", "PrefixTuning", "TunedCLIP", "TunerConfig", "TunerMethod",
-           "VPTDeep", "VPTShallow"]
+__all__ = ["IA3", "Adapter", "BitFit", "LoRA", "PrefixTuning", "TinyTL", "TunedCLIP", "TunerConfig",
+           "TunerMethod", "VPTDeep", "VPTShallow"]
