@@ -10,7 +10,7 @@ are plain functions, which FastAPI runs in its thread pool: several clients at o
 from __future__ import annotations
 
 import time
-from importlib import resources
+from importlib import metadata, resources
 from typing import Any, Awaitable, Callable, List
 
 from fastapi import FastAPI, File, Form, UploadFile
@@ -18,7 +18,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from vlkit import __version__
 from vlkit.apps.serve.heldout import HeldOut
 from vlkit.apps.serve.runs import NotUpgradeableError, RunWriteError, ServedRun
 from vlkit.apps.serve.uploads import Limits, Refused, check_batch, decode_image
@@ -82,6 +81,13 @@ class BodyLimit:
             await _refusal(413, self.message)(scope, receive, send)
 
 
+def _version() -> str:
+    try:
+        return metadata.version("vlkit")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "unknown"
+
+
 def _page() -> str:
     return (resources.files("vlkit.apps.serve") / "static" / "index.html").read_text(encoding="utf-8")
 
@@ -96,7 +102,7 @@ def _read_images(files: List[UploadFile], limits: Limits) -> tuple[list, list[st
 def create_app(served: ServedRun, limits: Limits | None = None, heldout: HeldOut | None = None) -> FastAPI:
     """The service over ``served``: limits per request, an optional held-out sample for the page."""
     limits = (limits or Limits()).check()
-    app = FastAPI(title="vlkit serve", version=__version__,
+    app = FastAPI(title="vlkit serve", version=_version(),
                   description=f"Classify images with the vlkit run `{served.run.name}` "
                               f"({served.method.name} on {served.meta['model']}); add labelled examples to an "
                               "upgrade run. Errors are `{\"error\": \"one line\"}` with a 4xx status.")
