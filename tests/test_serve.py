@@ -197,3 +197,47 @@ def test_a_failed_commit_leaves_the_run_and_the_served_model_as_before(tmp_path,
     assert client.get("/classes").json()["per_class"]["blue"] == 0
     assert client.post("/examples", files=files(png_bytes(seed=4)), data={"label": "blue"}).json()["examples"] == 2
     assert sorted(p.name for p in run.glob("state-*")) == [upgrade.read_meta(run)["state"]]
+
+
+def test_concurrent_predictions_share_one_forward_pass(tmp_path, tiny_backbone):
+    """Requests waiting while the model runs are answered by the next single batch, each with its own rows."""
+    import io
+
+    from PIL import Image
+
+    from vlkit.apps.serve.batching import PredictionBatcher
+    from vlkit.apps.serve.runs import ServedRun
+
+    run = tmp_path / "run"
+    upgrade.init_run(run, "test-tiny", CLASSES, backbone=tiny_backbone)
+    served = ServedRun(run, backbone=tiny_backbone)
+    images = [Image.open(io.BytesIO(png_bytes(rgb, seed=i))).convert("RGB")
+              for i, rgb in enumerate(list(COLOURS.values()) * 2)]
+    expected = [served.predict([image], top_k=2)[0] for image in images]  # one at a time, no batching
+    first_running, release = threading.Event(), threading.Event()
+    probabilities = served.probabilities
+
+    def held_first(inputs):
+        if not first_running.is_set():
+            first_running.set()
+            release.wait(30)
+        return probabilities(inputs)
+
+    served.probabilities = held_first
+    batcher = PredictionBatcher(served)
+    answers: dict[int, list] = {}
+    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, batcher.predict([images[i]], 2)[0]))
+               for i in range(len(images))]
+    threads[0].start()
+    assert first_running.wait(30)
+    for thread in threads[1:]:
+        thread.start()
+    while batcher._queue.qsize() < len(images) - 1:  # all seven others queued behind the running one
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert batcher.batches == 2  # the first request alone, then the seven waiting ones together
+    for i, rows in answers.items():
+        assert [g["class"] for g in rows] == [g["class"] for g in expected[i]]
+        assert [g["probability"] for g in rows] == pytest.approx([g["probability"] for g in expected[i]], abs=1e-5)

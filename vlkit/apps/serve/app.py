@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from vlkit.apps.serve.batching import PredictionBatcher
 from vlkit.apps.serve.heldout import HeldOut
 from vlkit.apps.serve.runs import NotUpgradeableError, RunWriteError, ServedRun
 from vlkit.apps.serve.uploads import Limits, Refused, check_batch, decode_image
@@ -108,6 +109,8 @@ def create_app(served: ServedRun, limits: Limits | None = None, heldout: HeldOut
                               "upgrade run. Errors are `{\"error\": \"one line\"}` with a 4xx status.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
     page = _page()
+    batcher = PredictionBatcher(served, max_images=max(limits.max_batch, 32))
+    app.state.batcher = batcher
 
     @app.exception_handler(Refused)
     async def refused(_request: Any, exc: Refused) -> JSONResponse:
@@ -154,7 +157,7 @@ def create_app(served: ServedRun, limits: Limits | None = None, heldout: HeldOut
         """Top-k classes with probabilities for each uploaded image."""
         images, names = _read_images(files, limits)
         start = time.perf_counter()
-        rows = served.predict(images, top_k)
+        rows = batcher.predict(images, top_k)  # one forward pass for every request waiting
         seconds = time.perf_counter() - start
         return {"predictions": [{"name": name, "top": top} for name, top in zip(names, rows)],
                 "examples": served.info().get("examples"), "seconds_per_image": seconds / len(images)}

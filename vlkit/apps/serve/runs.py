@@ -117,7 +117,10 @@ class ServedRun:
 
     def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[dict[str, Any]]]:
         """Top-``top_k`` classes with probabilities for each image (best first)."""
-        probs = self.probabilities(self.inputs(images))  # (n, C)
+        return self.top(self.probabilities(self.inputs(images)), top_k)
+
+    def top(self, probs: torch.Tensor, top_k: int) -> list[list[dict[str, Any]]]:
+        """(n, C) probabilities -> for each row, the ``top_k`` classes with their probabilities."""
         top = probs.topk(min(top_k, probs.shape[1]), dim=-1)
         return [[{"class": self.classes[int(i)], "probability": float(p)} for p, i in zip(values, ids)]
                 for values, ids in zip(top.values, top.indices)]
