@@ -22,6 +22,8 @@ def serve_command(
     max_pixels: int = typer.Option(16_000_000, "--max-pixels", min=1, help="Largest image, width x height."),
     max_side: int = typer.Option(8192, "--max-side", min=1, help="Longest image side, pixels."),
     max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most images in one request."),
+    max_request_pixels: int = typer.Option(64_000_000, "--max-request-pixels", min=1,
+                                           help="Most pixels of all images in one request together."),
     heldout: Optional[str] = typer.Option(None, "--heldout", help="Dataset (offline name or folder) whose test split "
                                           "the page scores after each add, e.g. fashion-mnist-mini."),
     heldout_per_class: int = typer.Option(20, "--heldout-per-class", min=1, help="Held-out test images per class."),
@@ -43,7 +45,7 @@ def serve_command(
     served = ServedRun(run, device=device)
     sample = HeldOut(served, heldout, heldout_per_class) if heldout else None
     limits = Limits(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels, max_side=max_side,
-                    max_batch=max_batch)
+                    max_batch=max_batch, max_request_pixels=max_request_pixels)
     app = create_app(served, limits, sample)
     kind = "upgrade run" if served.upgradeable else f"fitted run ({served.method.name})"
     err.print(f"serving {kind} {run} at http://{host}:{port}/ (API docs at /docs; at most {max_batch} images, "

@@ -27,7 +27,7 @@ def server(tmp_path_factory, tiny_backbone):
     run = tmp_path_factory.mktemp("serve") / "run"
     upgrade.init_run(run, "test-tiny", CLASSES, backbone=tiny_backbone, retune=False)
     server = Server(run, "--max-upload-mb", "0.25", "--max-batch", "4", "--max-pixels", "10000",
-                    "--max-side", "100").wait_ready()
+                    "--max-side", "100", "--max-request-pixels", "25000").wait_ready()
     server.run = run
     yield server
     server.stop()
@@ -121,6 +121,8 @@ def test_limits_and_non_images_are_refused_with_one_line(server):
     refused(413, r"over this server's limit of 0\.25 MiB.*--max-upload-mb", files=files(big))
     refused(413, r"120x120 pixels.*at most 10,000 pixels", files=files(png_bytes(size=120)))
     refused(413, r"5 images in one request.*at most 4", files=files(*[png_bytes(seed=i) for i in range(5)]))
+    refused(413, r"the 4 images hold 32,400 pixels together.*at most 25,000",
+            files=files(*[png_bytes(seed=i, size=90) for i in range(4)]))
     refused(415, r"'0-notes.txt' is not an image; send PNG, JPEG", files=[("files", ("0-notes.txt", b"hello", "image/png"))])
     refused(415, r"damaged image", files=files(png_bytes()[:60]))
     refused(422, r"files: Field required", data={"top_k": "2"})
@@ -131,6 +133,32 @@ def test_limits_and_non_images_are_refused_with_one_line(server):
             data={"label": "red"})
     after = upgrade.read_meta(server.run)
     assert after["examples"] == before["examples"] and after["state"] == before["state"]  # nothing was added
+
+
+def test_a_bomb_is_refused_from_its_header(monkeypatch):
+    """A 5000x5000 PNG of zeros is 25 KB on the wire and 75 MB decoded: refused before any pixel is decoded."""
+    import io
+
+    from PIL import Image
+
+    from vlkit.apps.serve import uploads
+
+    buffer = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < 100_000
+    decoded = []
+    original = uploads._decoded
+    monkeypatch.setattr(uploads, "_decoded", lambda *args: decoded.append(args) or original(*args))
+    with pytest.raises(uploads.Refused, match=r"'bomb.png' is 5000x5000 pixels; .*at most 16,000,000") as caught:
+        uploads.decode_images([(png_bytes(), "ok.png"), (buffer.getvalue(), "bomb.png")], uploads.Limits())
+    assert caught.value.status == 413 and decoded == []  # not even the good image was decoded
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"/>'
+    with pytest.raises(uploads.Refused, match="'a.svg' is not an image"):
+        uploads.decode_images([(svg, "a.svg")], uploads.Limits())
+    tiff = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(tiff, format="TIFF")
+    with pytest.raises(uploads.Refused, match="'a.tif' is a TIFF file; send PNG, JPEG, GIF, BMP, WEBP"):
+        uploads.decode_images([(tiff.getvalue(), "a.tif")], uploads.Limits())
 
 
 def test_request_values_never_become_paths(server):

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from vlkit.apps.serve.batching import PredictionBatcher
 from vlkit.apps.serve.heldout import HeldOut
 from vlkit.apps.serve.runs import NotUpgradeableError, RunWriteError, ServedRun
-from vlkit.apps.serve.uploads import Limits, Refused, check_batch, decode_image
+from vlkit.apps.serve.uploads import Limits, Refused, decode_images
 from vlkit.errors import VlkitError
 
 Scope = dict[str, Any]
@@ -95,8 +95,7 @@ def _page() -> str:
 
 def _read_images(files: List[UploadFile], limits: Limits) -> tuple[list, list[str]]:
     """Decode every upload (all or nothing); returns the images and the client's names for them."""
-    check_batch(len(files), limits)
-    images = [decode_image(upload.file.read(), upload.filename or "", limits) for upload in files]
+    images = decode_images([(upload.file.read(), upload.filename or "") for upload in files], limits)
     return images, [(upload.filename or "")[:200] for upload in files]
 
 
@@ -149,7 +148,8 @@ def create_app(served: ServedRun, limits: Limits | None = None, heldout: HeldOut
         """The run's classes; for an upgrade run also its example count per class and alpha/beta."""
         return {**served.info(), "heldout": heldout is not None,
                 "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
-                           "max_side": limits.max_side, "max_batch": limits.max_batch}}
+                           "max_side": limits.max_side, "max_batch": limits.max_batch,
+                           "max_request_pixels": limits.max_request_pixels}}
 
     @app.post("/predict")
     def predict(files: List[UploadFile] = File(..., description="one or more images (PNG, JPEG, GIF, BMP, WEBP)"),
