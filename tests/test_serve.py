@@ -269,3 +269,20 @@ def test_concurrent_predictions_share_one_forward_pass(tmp_path, tiny_backbone):
     for i, rows in answers.items():
         assert [g["class"] for g in rows] == [g["class"] for g in expected[i]]
         assert [g["probability"] for g in rows] == pytest.approx([g["probability"] for g in expected[i]], abs=1e-5)
+
+
+def test_cli_refuses_what_it_cannot_serve_in_one_line(tmp_path, tiny_backbone):
+    from typer.testing import CliRunner
+
+    from vlkit.cli.main import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["serve", "--help"]).exit_code == 0
+    result = runner.invoke(app, ["serve", str(tmp_path)])
+    assert result.exit_code == 1 and "is not a run folder (no run.json)" in result.output
+    assert "vlkit upgrade init" in result.output and "Traceback" not in result.output
+    run = tmp_path / "run"
+    upgrade.init_run(run, "test-tiny", CLASSES, backbone=tiny_backbone)
+    result = runner.invoke(app, ["serve", str(run), "--heldout", "fashion-mnist-mini"])
+    assert result.exit_code == 1, result.output
+    assert "held-out data fashion-mnist-mini has classes" in " ".join(result.output.split())
