@@ -108,6 +108,20 @@ def test_concurrent_adds_none_lost(server):
     assert sorted(p.name for p in server.run.glob("state-*")) == [meta["state"]]
 
 
+def test_an_add_from_another_process_is_served(server, tiny_backbone):
+    """`vlkit upgrade add` on the served run (here: this test process) shows in the server's next answer."""
+    import io
+
+    from PIL import Image
+
+    before = httpx.get(f"{server.url}/classes").json()["per_class"]["yellow"]
+    image = Image.open(io.BytesIO(png_bytes(COLOURS["yellow"], seed=99))).convert("RGB")
+    upgrade.add_features(server.run, tiny_backbone.encode_pil([image]), "yellow", fingerprint=tiny_backbone.fingerprint)
+    assert httpx.get(f"{server.url}/classes").json()["per_class"]["yellow"] == before + 1
+    answer = httpx.post(f"{server.url}/examples", files=files(png_bytes(seed=98)), data={"label": "yellow"}, timeout=60)
+    assert answer.json()["per_class"]["yellow"] == before + 2  # the server's add builds on the other's
+
+
 def test_limits_and_non_images_are_refused_with_one_line(server):
     def refused(status: int, pattern: str, **request) -> None:
         answer = httpx.post(f"{server.url}/{request.pop('route', 'predict')}", timeout=60, **request)

@@ -49,10 +49,10 @@ class ServedRun:
         self._add_lock = threading.Lock()  # adds in this process, one at a time
         self._reload_lock = threading.Lock()
         if self.upgradeable:
+            self._seen = self._stamp()  # before reading: a change made meanwhile is seen by the next refresh
             self.meta = upgrade.read_meta(self.run)
             self.method: Method = upgrade.load_method(self.run, self.meta)  # a damaged state fails before the model
             self.backbone = upgrade.load_backbone_for(self.meta, backbone, device)
-            self._seen = self._stamp()
         else:
             record = read_run(self.run)
             method_dir = self.run / "method"
