@@ -300,3 +300,31 @@ def test_cli_refuses_what_it_cannot_serve_in_one_line(tmp_path, tiny_backbone):
     result = runner.invoke(app, ["serve", str(run), "--heldout", "fashion-mnist-mini"])
     assert result.exit_code == 1, result.output
     assert "held-out data fashion-mnist-mini has classes" in " ".join(result.output.split())
+
+
+def test_a_fitted_image_tower_method_is_served_batched(tmp_path, tiny_backbone, colour_task):
+    """VPT reads preprocessed images, not features: the batcher stacks them; rows equal the method's own logits."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from vlkit.apps.serve.app import create_app
+    from vlkit.apps.serve.runs import ServedRun
+    from vlkit.io import atomic_write_json
+    from vlkit.methods.registry import method_class
+
+    method = method_class("vpt-shallow")(iters_per_shot=1, val_checks=2, batch_size=8, tokens=2).fit(colour_task)
+    run = tmp_path / "fitted"
+    method.save(run / "method", backbone_fingerprint=tiny_backbone.fingerprint)
+    atomic_write_json(run / "run.json", {"model": "test-tiny", "data": "colours", "method": "vpt-shallow"})
+    served = ServedRun(run, backbone=tiny_backbone)
+    assert served.method.input_kind == "images"
+    images = [png_bytes(rgb, seed=i) for i, rgb in enumerate(COLOURS.values())]
+    answer = TestClient(create_app(served)).post("/predict", files=files(*images), data={"top_k": "1"})
+    assert answer.status_code == 200, answer.text
+    pixels = torch.stack([tiny_backbone.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in images])
+    expected = method.logits(pixels).softmax(-1)  # (4, C) the fitted method on the same preprocessed images
+    for row, probs in zip(answer.json()["predictions"], expected):
+        assert row["top"][0]["class"] == CLASSES[int(probs.argmax())]
+        assert row["top"][0]["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
