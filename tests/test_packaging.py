@@ -30,11 +30,19 @@ def _requirement_names(requirements: list[str]) -> set[str]:
     return {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", r).group()).lower() for r in requirements}
 
 
-def _library_imports() -> set[str]:
-    """Top-level third-party modules the library's source imports (module level or inside functions)."""
+# Code that runs only with an extra installed, and may import what that extra provides.
+EXTRA_CODE = {"serve": (ROOT / "vlkit" / "apps" / "serve", ROOT / "cli" / "serve.py")}
+
+
+def _library_imports(only: tuple[Path, ...] = (), skip: tuple[Path, ...] = ()) -> set[str]:
+    """Top-level third-party modules the library's source imports (module level or inside functions);
+    ``only``/``skip``: files under these paths alone / left out."""
     found = set()
     for folder in ("vlkit", "prompts", "caches", "cli"):
         for path in (ROOT / folder).rglob("*.py"):
+            inside = any(path == root or root in path.parents for root in (only or skip))
+            if inside != bool(only):
+                continue
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):
                     found |= {alias.name.split(".")[0] for alias in node.names}
@@ -47,9 +55,15 @@ def test_the_core_install_has_what_the_library_imports():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = _requirement_names(project["dependencies"])
     providers = importlib.metadata.packages_distributions()
-    missing = {m: providers.get(m, ["?"]) for m in _library_imports()
+    extra_code = tuple(path for paths in EXTRA_CODE.values() for path in paths)
+    missing = {m: providers.get(m, ["?"]) for m in _library_imports(skip=extra_code)
                if not _requirement_names(providers.get(m, [])) & core}
     assert not missing, f"the library imports these, but no core dependency provides them: {missing}"
+    for extra, paths in EXTRA_CODE.items():
+        allowed = core | _requirement_names(project["optional-dependencies"][extra])
+        missing = {m: providers.get(m, ["?"]) for m in _library_imports(only=paths)
+                   if not _requirement_names(providers.get(m, [])) & allowed}
+        assert not missing, f"the {extra} code imports these, but neither the core nor [{extra}] provides them: {missing}"
 
 
 def test_extras_hold_what_only_builders_and_tests_need_and_the_readme_installs_them():

@@ -1,0 +1,77 @@
+"""Micro-batching of predictions: one worker thread runs the model once for every request waiting.
+
+Under load, requests decoded in FastAPI's thread pool would otherwise each run the
+encoder at the same time, dozens of small forward passes competing for the cores (and the
+later ones starved). Here a request queues its decoded images and waits; the worker takes
+everything queued (up to ``max_images``), encodes it as one batch, and hands each request
+its rows. With one waiting request this is the plain path plus a thread hand-off.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from PIL import Image
+
+from vlkit.apps.serve.runs import ServedRun
+
+
+@dataclass
+class _Job:
+    images: Sequence[Image.Image]
+    top_k: int
+    done: threading.Event = field(default_factory=threading.Event)
+    rows: list[list[dict[str, Any]]] | None = None
+    error: BaseException | None = None
+
+
+class PredictionBatcher:
+    """``predict(images, top_k)`` like :meth:`ServedRun.predict`, batched across concurrent callers."""
+
+    def __init__(self, served: ServedRun, max_images: int = 64) -> None:
+        self.served, self.max_images = served, max_images
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self.batches = 0  # forward passes run (a test reads it)
+        self._worker = threading.Thread(target=self._work, name="vlkit-serve-predict", daemon=True)
+        self._worker.start()
+
+    def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[dict[str, Any]]]:
+        """Top-``top_k`` classes for each image; blocks until the worker has run them."""
+        job = _Job(list(images), top_k)
+        self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.rows or []
+
+    def _take(self) -> list[_Job]:
+        """The next job, and every job already waiting behind it while the batch has room."""
+        jobs = [self._queue.get()]
+        count = len(jobs[0].images)
+        while count < self.max_images:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            jobs.append(job)
+            count += len(job.images)
+        return jobs
+
+    def _work(self) -> None:
+        while True:
+            jobs = self._take()
+            try:
+                probs = self.served.probabilities(self.served.inputs([im for job in jobs for im in job.images]))
+                self.batches += 1
+                start = 0
+                for job in jobs:
+                    job.rows = self.served.top(probs[start:start + len(job.images)], job.top_k)
+                    start += len(job.images)
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiting request, the worker lives on
+                for job in jobs:
+                    job.error = exc
+            finally:
+                for job in jobs:
+                    job.done.set()
