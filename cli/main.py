@@ -53,6 +53,9 @@ def _register_family_commands() -> None:
     app.add_typer(upgrade_app, name="upgrade")
     app.command("predict")(user_errors(predict_command))
     app.command("bench")(bench_command)
+    from vlkit.cli.export import export_command
+
+    app.command("export")(export_command)
 
 
 _register_family_commands()

@@ -110,7 +110,18 @@ def _onnx_export(module: nn.Module, dummy: torch.Tensor, path: Path) -> None:
 
 
 def _onnx_quantize(fp32: Path, path: Path) -> None:
+    """int8 weights (per output channel) for the image tower's MatMul/Gemm; the head stays float32.
+
+    Measured on vlkit-mini's Tip-Adapter run (fashion-mnist-mini, 500 test images), top-1 agreement
+    with float32: every op per tensor 98.4 %, head excluded 99.0 %, head excluded and MatMul/Gemm
+    only 99.2 %, and per channel 100 %. The head is small (C or N rows of D) and its exp/cache
+    arithmetic magnifies weight rounding; convolutions (ConvInteger) keep float weights.
+    """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    head = [node.name for node in onnx.load(str(fp32), load_external_data=False).graph.node
+            if node.name.startswith("/head/")]
 
     root = logging.getLogger()
     level = root.level
@@ -118,7 +129,8 @@ def _onnx_quantize(fp32: Path, path: Path) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=head)
     finally:
         root.setLevel(level)
 
@@ -136,17 +148,18 @@ def _onnx_with_metadata(source: Path, path: Path, metadata: dict[str, Any]) -> N
 
 
 def quantizable_linears(module: nn.Module) -> dict[str, Any]:
-    """``quantize_dynamic``'s spec: every plain ``nn.Linear`` of the frozen towers and heads.
+    """``quantize_dynamic``'s spec: every plain ``nn.Linear`` of the image tower, int8 per output channel.
 
-    Layers inside a tuner's own modules (LoRA wrappers, adapters' bottlenecks) stay float: those
-    modules read ``weight.dtype`` of their linear layers, which a quantised layer turns into a method;
-    they hold a small share of the weights.
+    The head stays float32 (as in the ONNX int8 model). Layers inside a tuner's own modules (adapters'
+    bottlenecks, LoRA wrappers) stay float too: those modules read ``weight.dtype`` of their linear
+    layers, which a quantised layer turns into a method; they hold a small share of the weights.
     """
     tuner_parts = [name + "." for name, m in module.named_modules()
                    if name and type(m).__module__.startswith("vlkit.methods.tuners")]
-    qconfig = torch.ao.quantization.default_dynamic_qconfig
+    qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
     return {name: qconfig for name, m in module.named_modules()
-            if type(m) is nn.Linear and not any(name.startswith(part) for part in tuner_parts)}
+            if type(m) is nn.Linear and name.startswith("encoder.")
+            and not any(name.startswith(part) for part in tuner_parts)}
 
 
 def _torchscript(module: nn.Module, dummy: torch.Tensor, int8: bool, path: Path, metadata: dict[str, Any]) -> None:
