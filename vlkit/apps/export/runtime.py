@@ -6,6 +6,7 @@ Both give ``(logits, probabilities)`` as float32 numpy arrays (N, C) for preproc
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ class ExportedModel:
             self.metadata: dict[str, Any] = json.loads(props.get(METADATA_KEY, "{}"))
         else:
             extra = {TORCHSCRIPT_EXTRA: ""}
-            self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+                self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
             self.metadata = json.loads(extra[TORCHSCRIPT_EXTRA] or "{}")
 
     @property

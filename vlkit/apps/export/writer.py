@@ -163,13 +163,13 @@ def quantizable_linears(module: nn.Module) -> dict[str, Any]:
 
 
 def _torchscript(module: nn.Module, dummy: torch.Tensor, int8: bool, path: Path, metadata: dict[str, Any]) -> None:
-    if int8:
-        module = torch.ao.quantization.quantize_dynamic(module, quantizable_linears(module), dtype=torch.qint8,
-                                                        inplace=True)
     with warnings.catch_warnings(), torch.no_grad(), _plain_attention():
-        warnings.simplefilter("ignore")  # tracer warnings about Python values: shapes here are fixed but the batch
+        warnings.simplefilter("ignore")  # torch.ao's deprecation; tracer warnings on Python values (fixed shapes)
+        if int8:
+            module = torch.ao.quantization.quantize_dynamic(module, quantizable_linears(module), dtype=torch.qint8,
+                                                            inplace=True)
         traced = torch.jit.trace(module, (dummy,), check_trace=False)
-    torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
 
 
 def export_method(method: Any, backbone: Any, out: str | Path, format: str = "onnx", int8: bool = False,
