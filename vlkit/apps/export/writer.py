@@ -31,7 +31,6 @@ from vlkit.apps.export.runtime import METADATA_KEY, TORCHSCRIPT_EXTRA, ExportedM
 from vlkit.errors import VlkitError
 from vlkit.io import atomic_file
 
-log = logging.getLogger("vlkit.export")
 FORMATS = ("onnx", "torchscript")
 OPSET = 17
 
