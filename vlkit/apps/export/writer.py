@@ -65,10 +65,14 @@ def preprocessing_of(backbone: Any) -> dict[str, Any]:
 
 def metadata_of(method: Any, backbone: Any, format: str, int8: bool) -> dict[str, Any]:
     """What the exported file carries besides the graph."""
-    from vlkit import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        vlkit_version = version("vlkit")
+    except PackageNotFoundError:  # a source tree on sys.path without an install
+        vlkit_version = None
     return {"classnames": list(method.classnames_), "method": method.name, "family": method.family,
-            "paper": method.paper, "format": format, "int8": int8, "vlkit_version": __version__,
+            "paper": method.paper, "format": format, "int8": int8, "vlkit_version": vlkit_version,
             "backbone": {"model": backbone.name, "pretrained": backbone.pretrained,
                          "fingerprint": backbone.fingerprint, "embed_dim": backbone.embed_dim},
             "preprocessing": preprocessing_of(backbone),
