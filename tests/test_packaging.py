@@ -51,12 +51,18 @@ def _library_imports(only: tuple[Path, ...] = (), skip: tuple[Path, ...] = ()) -
     return {m for m in found if m not in sys.stdlib_module_names and m != "vlkit"}
 
 
+# modules imported only inside the feature that needs them, with the extra that brings them
+OPTIONAL_IMPORTS = {"onnx": "export", "onnxruntime": "export"}  # vlkit export --format onnx
+
+
 def test_the_core_install_has_what_the_library_imports():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = _requirement_names(project["dependencies"])
     providers = importlib.metadata.packages_distributions()
+    for module, extra in OPTIONAL_IMPORTS.items():
+        assert module in _requirement_names(project["optional-dependencies"][extra])
     extra_code = tuple(path for paths in EXTRA_CODE.values() for path in paths)
-    missing = {m: providers.get(m, ["?"]) for m in _library_imports(skip=extra_code)
+    missing = {m: providers.get(m, ["?"]) for m in _library_imports(skip=extra_code) - set(OPTIONAL_IMPORTS)
                if not _requirement_names(providers.get(m, [])) & core}
     assert not missing, f"the library imports these, but no core dependency provides them: {missing}"
     for extra, paths in EXTRA_CODE.items():
@@ -73,5 +79,5 @@ def test_extras_hold_what_only_builders_and_tests_need_and_the_readme_installs_t
     assert {"pytest", "pytest-timeout"} <= extras["test"]
     readme = (ROOT / "README.md").read_text()
     test_command = readme.split("<!-- ci: test command -->", 1)[1].split("\n")[2]  # what .ci/run executes
-    assert 'pip install ".[datasets,test]"' in test_command and test_command.endswith("pytest")
+    assert 'pip install ".[datasets,test,export]"' in test_command and test_command.endswith("pytest")
     assert "pip install . && vlkit fewshot" in readme  # the main job needs the core install only

@@ -142,9 +142,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return run
 
 
-def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
-                 device: str | None = None) -> dict[str, Any]:
-    """Load a saved run (``vlkit fit --run-dir``) and score it on ``split`` of its data."""
+def load_run(run_dir: Path, device: str | None = None) -> tuple[dict[str, Any], Method, Backbone]:
+    """A ``vlkit fit --run-dir`` run: its record, its fitted method and the backbone it was fitted with."""
     run = read_run(run_dir)
     method_dir, fix = Path(run_dir) / "method", f"the run's method is damaged; {REFIT}"
     if method_dir.resolve().parent != Path(run_dir).resolve():
@@ -153,7 +152,13 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
     if not method_class(run["method"]).uses_backbone:
         Method.load(method_dir, fix=fix)  # a damaged run fails before the model loads
     backbone = load_backbone(run["model"], run.get("pretrained"), device)
-    method = Method.load(method_dir, backbone, fix=fix)
+    return run, Method.load(method_dir, backbone, fix=fix), backbone
+
+
+def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test",
+                 device: str | None = None) -> dict[str, Any]:
+    """Load a saved run (``vlkit fit --run-dir``) and score it on ``split`` of its data."""
+    run, method, backbone = load_run(run_dir, device)
     dataset = load_data(data or run["data"], split)
     if dataset.classnames != method.classnames_:
         raise VlkitError(f"{data} has other classes than the run was fitted on ({len(method.classnames_)} classes)")

@@ -1,0 +1,292 @@
+"""Exported model vs the Python path: artifact size, CPU latency per image (batch 1 and 32), peak memory.
+
+For each model (vlkit-mini; open_clip's ViT-B-32 configuration with random weights, no
+download) a Tip-Adapter is fitted on 4 shots per class of fashion-mnist-mini, then exported
+as ONNX, ONNX int8, TorchScript and TorchScript int8 (``vlkit.apps.export.export_method``,
+checked on 100 test images: largest logit difference and top-1 agreement with the Python
+path). Each deployment is then measured in a fresh process on 1 thread: the Python path
+(load the backbone and the saved method, encode, ``method.logits``), the ONNX files through
+onnxruntime alone (no torch imported), the TorchScript files through ``torch.jit.load``.
+Latency is the best of repeated runs (the least disturbed by other work on a shared machine) on
+random preprocessed images; peak memory is the process's peak resident set (VmHWM) after
+loading and running batch 32.
+"Python artifact" is what the Python path must load: the whole CLIP (both towers, float32)
+plus the saved method; the exported files hold the image tower and the folded head only.
+
+    python benchmarks/export.py                   # both models, about 4 minutes on 1 thread
+    python benchmarks/export.py --models vlkit-mini --out /tmp/export.json
+    python benchmarks/export.py --int8-matrix     # every method: parity and int8 agreement (export_int8.json)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_OUT = ROOT / "results" / "export.json"
+VARIANTS = [("onnx", False), ("onnx", True), ("torchscript", False), ("torchscript", True)]
+
+# Measured in a fresh process: argv = kind, path (model file or run folder), model name, repeats.
+CHILD = r'''
+import json, resource, sys, time
+kind, path, model, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+import numpy as np
+size = json.loads(sys.argv[5])
+rng = np.random.default_rng(0)
+batches = {1: rng.standard_normal((1, 3, *size)).astype(np.float32), 32: rng.standard_normal((32, 3, *size)).astype(np.float32)}
+t0 = time.perf_counter()
+if kind == "onnx":
+    import onnxruntime as ort
+    options = ort.SessionOptions(); options.intra_op_num_threads = 1; options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    run = lambda x: session.run(None, {"image": x})[0]
+else:
+    import torch
+    torch.set_num_threads(1)
+    if kind == "torchscript":
+        import warnings; warnings.simplefilter("ignore")
+        module = torch.jit.load(path, map_location="cpu")
+        def run(x):
+            with torch.no_grad():
+                return module(torch.from_numpy(x))[0]
+    else:
+        import vlkit
+        from vlkit.methods import Method
+        torch.manual_seed(0)  # random-weight models (ViT-B-32 here) are drawn as in the parent
+        backbone = vlkit.load_backbone(model, device="cpu")
+        method = Method.load(path, backbone)
+        def run(x):
+            with torch.no_grad():
+                return method.logits(backbone.encode_images(torch.from_numpy(x)))
+load_s = time.perf_counter() - t0
+out = {"load_seconds": load_s}
+for batch, x in batches.items():
+    for _ in range(3):
+        run(x)  # warm-up (TorchScript's profiling executor optimises after its first runs of a shape)
+    times = []
+    for _ in range(repeats if batch == 1 else max(3, repeats // 4)):
+        t = time.perf_counter(); run(x); times.append(time.perf_counter() - t)
+    out[f"ms_per_image_b{batch}"] = 1000 * min(times) / batch
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across fork + exec)
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+out["peak_rss_mb"] = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+'''
+
+
+def measure(kind: str, path: Path, model: str, size: list[int], repeats: int) -> dict:
+    """Latency and peak memory of one deployment, in a fresh process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VLKIT_QUIET": "1"}
+    done = subprocess.run([sys.executable, "-c", CHILD, kind, str(path), model, str(repeats), json.dumps(size)],
+                          capture_output=True, text=True, env=env, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_model(model: str, work: Path, repeats: int) -> dict:
+    """Fit, export every variant, check each, and measure every deployment of ``model``."""
+    import torch
+    import vlkit
+    from vlkit.apps.export import export_method
+    from vlkit.apps.export.run import check_set
+    from vlkit.features.store import FeatureStore
+    from vlkit.methods import create_method
+    from vlkit.protocols.fewshot import build_task
+
+    torch.manual_seed(0)  # random-weight models are drawn the same in every process
+    backbone = vlkit.load_backbone(model, device="cpu")
+    pool = vlkit.load_data("fashion-mnist-mini", "train")
+    task = build_task(backbone, pool, shots=4, seed=1, store=FeatureStore(work / "store", num_workers=0), views=0)
+    method = create_method("tip-adapter").fit(task)
+    method_dir = method.save(work / model / "method", backbone_fingerprint=backbone.fingerprint)
+    images, labels = check_set(backbone, "fashion-mnist-mini", pool.classnames, 100)
+    size = list(backbone.preprocess_cfg.size)
+    clip_bytes = sum(t.numel() * t.element_size() for t in backbone.model.state_dict().values())
+    method_bytes = sum(f.stat().st_size for f in method_dir.iterdir())
+    rows = {"python": {"bytes": clip_bytes + method_bytes, "clip_bytes": clip_bytes, "method_bytes": method_bytes,
+                       **measure("python", method_dir, model, size, repeats)}}
+    for format, int8 in VARIANTS:
+        label = format + ("_int8" if int8 else "")
+        out = work / model / f"model{'-int8' if int8 else ''}{'.onnx' if format == 'onnx' else '.pt'}"
+        start = time.perf_counter()
+        report = export_method(method, backbone, out, format=format, int8=int8, check_images=images,
+                               check_labels=labels)
+        rows[label] = {"bytes": report["bytes"], "export_seconds": time.perf_counter() - start,
+                       "check": report["check"], **measure("onnx" if format == "onnx" else "torchscript", out,
+                                                             model, size, repeats)}
+    del torch
+    return {"image_size": size, "embed_dim": backbone.embed_dim, "paths": rows}
+
+
+HEADLINE = {"onnx": ("b1_latency",), "onnx_int8": ("bytes", "b1_latency", "b32_latency", "peak_memory")}
+
+
+def ratios_of(models: dict) -> dict:
+    """Headline ratios, exported over Python per model (every variant and measure is in ``deployments``)."""
+    found = {}
+    for model, result in models.items():
+        base, key = result["paths"]["python"], model.lower().replace("-", "_")
+        for label, measures in HEADLINE.items():
+            row = result["paths"][label]
+            values = {"bytes": row["bytes"] / base["bytes"],
+                      "b1_latency": row["ms_per_image_b1"] / base["ms_per_image_b1"],
+                      "b32_latency": row["ms_per_image_b32"] / base["ms_per_image_b32"],
+                      "peak_memory": row["peak_rss_mb"] / base["peak_rss_mb"]}
+            found.update({f"{key}_{label}_{m}_over_python": values[m] for m in measures})
+    return found
+
+
+def deployment_rows(models: dict) -> list[dict]:
+    """One row per measured deployment (RESULTS.md renders it as a table)."""
+    rows = []
+    for model, result in models.items():
+        for label, row in result["paths"].items():
+            check = row.get("check", {})
+            rows.append({"model": model, "path": label, "artifact_mb": round(row["bytes"] / 1e6, 2),
+                         "ms_per_image_b1": round(row["ms_per_image_b1"], 3),
+                         "ms_per_image_b32": round(row["ms_per_image_b32"], 3),
+                         "peak_rss_mb": round(row["peak_rss_mb"]), "load_seconds": round(row["load_seconds"], 2),
+                         "top1_agreement_pct": check.get("top1_agreement", 100.0),
+                         "max_abs_logit_diff": float(f"{check.get('max_abs_logit_diff', 0.0):.3g}")})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """``rows`` as a Markdown table (printed at the end of a run)."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows])
+
+
+def int8_matrix(model: str, work: Path) -> list[dict]:
+    """Every exportable few-shot method (its quick schedule), 4 shots of fashion-mnist-mini: float32 ONNX
+    parity and int8 (ONNX, TorchScript) top-1 agreement with the Python path on the whole test split."""
+    import torch
+    import vlkit
+    from vlkit.apps.export import export_method
+    from vlkit.apps.export.heads import NOT_FOLDABLE
+    from vlkit.apps.export.run import check_set
+    from vlkit.features.store import FeatureStore
+    from vlkit.methods import create_method, list_methods, method_class
+    from vlkit.protocols.fewshot import build_task
+
+    backbone = vlkit.load_backbone(model, device="cpu")
+    pool = vlkit.load_data("fashion-mnist-mini", "train")
+    task = build_task(backbone, pool, shots=4, seed=1, store=FeatureStore(work / "store", num_workers=0), views=2,
+                      with_images=True)
+    images, labels = check_set(backbone, "fashion-mnist-mini", pool.classnames, None)
+    rows = []
+    for name in list_methods():
+        klass = method_class(name)
+        if name in NOT_FOLDABLE or klass.task_kind != "fewshot":
+            continue
+        torch.manual_seed(1)
+        method = create_method(name, **klass.Config.quick).fit(task)
+        row = {"method": name}
+        for format, int8 in (("onnx", False), ("onnx", True), ("torchscript", True)):
+            label = format + ("_int8" if int8 else "")
+            out = work / f"{name}-{label}{'.onnx' if format == 'onnx' else '.pt'}"
+            check = export_method(method, backbone, out, format=format, int8=int8, check_images=images,
+                                  check_labels=labels)["check"]
+            if not int8:
+                row["fp32_max_abs_logit_diff"] = float(f"{check['max_abs_logit_diff']:.3g}")
+                row["accuracy"] = round(check["accuracy_python"], 1)
+            else:
+                row[f"{label}_agreement_pct"] = round(check["top1_agreement"], 1)
+                row[f"{label}_accuracy_change"] = round(check["accuracy_change"], 1)
+        rows.append(row)
+    return rows
+
+
+def main_int8_matrix(args: argparse.Namespace) -> None:
+    """``--int8-matrix``: the per-method parity and int8 agreement table (its own result file)."""
+    import onnxruntime
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="vlkit-export-") as tmp:
+        rows = int8_matrix("vlkit-mini", Path(tmp))
+    agreements = [r["onnx_int8_agreement_pct"] for r in rows]
+    record = {
+        "benchmark": "export_int8",
+        "title": "vlkit export on vlkit-mini: float32 parity and int8 top-1 agreement with the Python path, "
+                 "every exportable few-shot method",
+        "command": "python benchmarks/export.py --int8-matrix",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1 thread; "
+                   f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}",
+        "date": time.strftime("%Y-%m-%d"),
+        "claim": "issue 20: float32 logits within 1e-4 of the logit range; int8 top-1 agreement >= 99 % "
+                 "(the fraction of methods that reach it is the headline)",
+        "ratios": {"methods_int8_onnx_at_99_over_all": sum(a >= 99.0 for a in agreements) / len(agreements)},
+        "min_onnx_int8_agreement_pct": min(agreements),
+        "test_images": 500,
+        "methods": rows,
+        "notes": "4 shots, seed 1, each method's quick schedule (as `vlkit fewshot`), 2 cached augmented views; "
+                 "the whole fashion-mnist-mini test split (500 images), checked in batches of 256 (int8 "
+                 "activations are quantised per batch). Disagreements are near-ties: vlkit-mini's zero-shot "
+                 "margins are small (7 % of the test images within 0.1 logit of a tie). TIP-X (3.8e-4) and GDA "
+                 "(2.1e-4) exceed 1e-4 in absolute terms: their logits are larger (the rescaled KL term, the "
+                 "linear term), and on test-tiny their own Python path moves more than that under 1e-7 noise in "
+                 "the features.",
+    }
+    out = args.out if args.out != DEFAULT_OUT else ROOT / "results" / "export_int8.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(markdown(rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="vlkit-mini,ViT-B-32")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs at batch 1 (batch 32: a quarter)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--int8-matrix", action="store_true", help="instead: every method's float32 parity and "
+                        "int8 agreement on vlkit-mini (results/export_int8.json)")
+    args = parser.parse_args()
+    import torch
+
+    if args.int8_matrix:
+        torch.set_num_threads(1)
+        os.environ.setdefault("VLKIT_CACHE", tempfile.mkdtemp(prefix="vlkit-export-bench-"))
+        return main_int8_matrix(args)
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("VLKIT_CACHE", tempfile.mkdtemp(prefix="vlkit-export-bench-"))
+    models, load_before = {}, os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="vlkit-export-") as tmp:
+        for model in args.models.split(","):
+            models[model] = bench_model(model, Path(tmp), args.repeats)
+    import onnxruntime
+
+    record = {
+        "benchmark": "export",
+        "title": "vlkit export: artifact size, CPU latency per image and peak memory, exported vs the Python path",
+        "command": "python benchmarks/export.py" + (f" --models {args.models}" if args.models != "vlkit-mini,ViT-B-32"
+                                                    else "") + (f" --repeats {args.repeats}" if args.repeats != 20
+                                                                else ""),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1 thread per process; "
+                   f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}",
+        "date": time.strftime("%Y-%m-%d"),
+        "claim": "issue 20's export must-show: the exported model (ONNX, ONNX int8, TorchScript) against the Python "
+                 "path on vlkit-mini and open_clip's ViT-B-32 configuration (random weights); ratios < 1 favour "
+                 "the export",
+        "method": "tip-adapter, 4 shots of fashion-mnist-mini, seed 1; checks on 100 test images",
+        "notes": "ViT-B-32 has random weights (no download): its agreement numbers compare near-tied logits and "
+                 "say little; its sizes and times are the real architecture's. Peak memory is the whole process "
+                 "(the Python path imports torch and open_clip and holds both towers; ONNX runs without torch).",
+        "load_average_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "ratios": ratios_of(models),
+        "deployments": deployment_rows(models),
+        "_models": models,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(markdown(record["deployments"]))
+
+
+if __name__ == "__main__":
+    main()
