@@ -44,8 +44,9 @@ def global_options(
 
 
 def _register_family_commands() -> None:
-    """Commands written next to their library code: upgrade/predict (caches), bench."""
+    """Commands written next to their library code: upgrade/predict (caches), bench, rank."""
     from vlkit.cli.bench import bench_command
+    from vlkit.cli.rank import rank_command
     from vlkit.cli.upgrade_commands import predict_command, upgrade_app
 
     for command in upgrade_app.registered_commands:
@@ -53,6 +54,7 @@ def _register_family_commands() -> None:
     app.add_typer(upgrade_app, name="upgrade")
     app.command("predict")(user_errors(predict_command))
     app.command("bench")(bench_command)
+    app.command("rank")(user_errors(rank_command))
 
 
 _register_family_commands()
