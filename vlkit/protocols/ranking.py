@@ -28,6 +28,7 @@ __all__ = ["load_ranked_model", "rank_models", "rankings"]
 
 log = logging.getLogger("vlkit.protocols.ranking")
 RUN_RECORD = "vlkit_mini.json"  # what scripts/train_vlkit_mini.py writes beside its weights
+RUN_MODEL = "vlkit-mini-run"  # the backbone name of a training run's weights
 
 
 def load_ranked_model(spec: str, device: str | None = None) -> Backbone:
@@ -53,7 +54,9 @@ def load_ranked_model(spec: str, device: str | None = None) -> Backbone:
             model = mini.load_run(path)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise VlkitError(f"cannot load the training run ({exc.__class__.__name__}: {exc})") from None
-        return Backbone(model, "vlkit-mini", str(path), mini.mini_tokenizer(), dev, None)
+        weights = path if path.is_file() else path / mini.IMAGE_WEIGHTS.name
+        # its own name: "vlkit-mini" would stand for the shipped weights in the runner's cell keys
+        return Backbone(model, RUN_MODEL, str(weights), mini.mini_tokenizer(), dev, None)
     name, _, tag = spec.partition(":")
     return load_backbone(name, tag or None, device)
 
@@ -75,10 +78,10 @@ def _mean_ranks(rows: list[dict[str, Any]], order: dict[str, list[str]]) -> None
 
 
 def _score_model(spec: str, sample: Any, source: Any, templates: list[str], store: FeatureStore,
-                 device: str | None, seed: int) -> dict[str, Any]:
+                 load: Callable[[str], Backbone], seed: int) -> dict[str, Any]:
     """Load one model, read its features (timed, hit or miss), compute every metric (timed)."""
     start = time.perf_counter()
-    backbone = load_ranked_model(spec, device)
+    backbone = load(spec)
     loaded = time.perf_counter()
     misses = store.misses
     feats = store.image_features(backbone, sample)  # (N, D)
@@ -103,14 +106,16 @@ def _score_model(spec: str, sample: Any, source: Any, templates: list[str], stor
 
 def rank_models(models: list[str], data: str, shots: int = 16, seed: int = 1, source: str | None = None,
                 device: str | None = None, store: FeatureStore | None = None,
-                on_model: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                on_model: Callable[[dict[str, Any]], None] | None = None,
+                load: Callable[[str], Backbone] | None = None) -> dict[str, Any]:
     """Rank ``models`` for ``data`` from ``shots`` labelled images per class of its train split.
 
     ``source`` (a labelled source domain with the same classes, as in ``vlkit adapt``) adds
     OTCE. Returns ``{"rows": [...], "rankings": {metric: [model, ...]}, "recommendation":
     model, "failures": [{"model", "error"}], ...}``; each row holds the scores, the ranks
     (1 = best), the mean rank and the seconds spent loading, reading features (``cache``:
-    hit or miss) and computing the metrics.
+    hit or miss) and computing the metrics. ``load`` (spec -> Backbone; default
+    :func:`load_ranked_model` on ``device``) lets a caller reuse models it already holds.
     """
     if not models:
         raise VlkitError("--models names no model: give a comma-separated list such as vlkit-mini,test-tiny")
@@ -130,7 +135,8 @@ def rank_models(models: list[str], data: str, shots: int = 16, seed: int = 1, so
     rows, failures = [], []
     for spec in models:
         try:
-            row = _score_model(spec, sample, source_sample, templates, store, device, seed)
+            row = _score_model(spec, sample, source_sample, templates, store,
+                               load or (lambda name: load_ranked_model(name, device)), seed)
         except VlkitError as exc:
             message = " ".join(str(exc).split())
             log.debug("%s: %s", spec, message)  # reported once, by the caller, from failures
