@@ -1,6 +1,6 @@
 """The transferability metrics of ``vlkit rank`` against the accuracy adaptation reaches.
 
-Over the offline pool of ``benchmarks/rank_pool.py`` (>= 10 encoders: vlkit-mini, test-tiny,
+Over the offline pool of ``benchmarks/rank_pool.py`` (10 encoders: vlkit-mini, test-tiny,
 vlkit-mini training runs stopped at 100/300/800 steps, smaller and all-convolutional towers,
 random-init towers), on Fashion-MNIST (fashion-mnist-mini), digits-mnist and
 emoji-google-heldout:

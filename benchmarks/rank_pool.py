@@ -1,4 +1,4 @@
-"""The offline encoder pool of ``benchmarks/rank.py``: >= 10 CLIP models with no network.
+"""The offline encoder pool of ``benchmarks/rank.py``: 10 CLIP models with no network.
 
 Every member is a ``vlkit rank --models`` spec. Two ship with vlkit (``vlkit-mini``,
 ``test-tiny``); the others are folders under ``$VLKIT_CACHE/rank_pool/`` (never in git):
@@ -41,7 +41,6 @@ TRAINED: dict[str, list[str]] = {
     "mini-steps800": ["--steps", "800", "--warmup", "80"],
     "small-steps300": ["--steps", "300", "--warmup", "30", "--vision", json.dumps(SMALL)],
     "cnn-steps300": ["--steps", "300", "--warmup", "30", "--vision", json.dumps(CNN)],
-    "layers3-steps300": ["--steps", "300", "--warmup", "30", "--vision", json.dumps({"layers": 3})],
 }
 # name -> image-tower overrides of a random-init member
 RANDOM: dict[str, dict] = {"mini-random": {}, "small-random": SMALL, "cnn-random": CNN}
