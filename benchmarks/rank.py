@@ -144,6 +144,19 @@ def tau_table(per_data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def flat_tables(per_data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The per-dataset blocks as row tables (what RESULTS.md shows as Markdown tables)."""
+    models = list(next(iter(per_data.values()))["accuracy"][TARGETS[0]])
+    accuracy = [{"model": m, **{f"{d} {t}": b["accuracy"][t].get(m) for d, b in per_data.items() for t in TARGETS}}
+                for m in models]
+    scores = [{"data": d, "model": m, **{metric: b["scores"][metric].get(m) for metric in b["scores"]}}
+              for d, b in per_data.items() for m in models]
+    timing = [{"data": d, **row} for d, b in per_data.items() for row in b["timing"]]
+    setup = [{"data": d, "shots": b["shots"], "images": b["images"], "classes": b["classes"],
+              "recommendation": b["recommendation"]} for d, b in per_data.items()]
+    return {"setup": setup, "accuracy": accuracy, "scores": scores, "timing": timing}
+
+
 def write(args: argparse.Namespace, specs: list[str], seeds: list[int], per_data: dict[str, Any],
           seconds: float) -> None:
     """benchmarks/results/rank.json, the result-file convention."""
@@ -158,10 +171,12 @@ def write(args: argparse.Namespace, specs: list[str], seeds: list[int], per_data
            "ratios": {"cached_over_uncached_seconds": round(ratio, 3)},
            "pool": [member_name(s) for s in specs], "pool_command": "python benchmarks/rank_pool.py --threads 1",
            "seeds": seeds, "test_per_class": args.test_per_class, "targets": TARGETS,
-           "metrics": {m: METRICS[m].paper for m in METRICS if m != "otce"},
-           "tau_table": tau_table(per_data), "datasets": per_data, "seconds": round(seconds, 1),
-           "notes": "tau (p) / weighted tau per dataset and target; accuracies are test top-1 (%) with selection "
-                    "on the data's val split; OTCE needs a labelled source domain and is not in this table"}
+           "tau_table": tau_table(per_data), **flat_tables(per_data),
+           "metrics": [{"metric": m, "paper": METRICS[m].paper} for m in METRICS if m != "otce"],
+           "seconds": round(seconds, 1),
+           "notes": "tau_table: Kendall tau (p-value) / weighted tau of each metric's scores against each target's "
+                    "test top-1 (%) over the pool, per dataset; selection on the data's val split. OTCE needs a "
+                    "labelled source domain and is not in this table."}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
     for row in doc["tau_table"]:
