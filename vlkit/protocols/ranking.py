@@ -16,7 +16,7 @@ import numpy as np
 
 from vlkit.backbones import Backbone, load_backbone
 from vlkit.backbones.registry import offline_models
-from vlkit.data import few_shot
+from vlkit.data import MissingSplitError, few_shot
 from vlkit.data.resolve import load_data
 from vlkit.errors import ShapeError, VlkitError
 from vlkit.features.store import FeatureStore
@@ -59,6 +59,19 @@ def load_ranked_model(spec: str, device: str | None = None) -> Backbone:
         return Backbone(model, RUN_MODEL, str(weights), mini.mini_tokenizer(), dev, None)
     name, _, tag = spec.partition(":")
     return load_backbone(name, tag or None, device)
+
+
+def _train_sample(data: str, pool: Any, shots: int, seed: int) -> Any:
+    """The training draw ``vlkit fit`` makes: validation from the val split when the data has one.
+
+    The draw is the same in every validation mode; taking validation from the val split only
+    spares the train pool the min(shots, 4) extra images per class a from-train draw needs.
+    """
+    try:
+        val_pool = load_data(data, "val")
+    except MissingSplitError:
+        val_pool = None
+    return few_shot(pool, shots, seed, val_pool=val_pool).train
 
 
 def rankings(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -123,7 +136,7 @@ def rank_models(models: list[str], data: str, shots: int = 16, seed: int = 1, so
         raise VlkitError(f"--models lists a model twice: {', '.join(models)}")
     store = store or FeatureStore()
     pool = load_data(data, "train")  # the resolver refuses fewer than 2 classes
-    sample = few_shot(pool, shots, seed).train
+    sample = _train_sample(data, pool, shots, seed)
     templates = templates_for(pool)
     source_sample = None
     if source is not None:
@@ -131,7 +144,7 @@ def rank_models(models: list[str], data: str, shots: int = 16, seed: int = 1, so
         if source_pool.classnames != pool.classnames:
             raise VlkitError(f"--source {source} has other classes than {data} ({len(source_pool.classnames)} vs "
                              f"{len(pool.classnames)}): OTCE compares domains with one label set")
-        source_sample = few_shot(source_pool, shots, seed).train
+        source_sample = _train_sample(source, source_pool, shots, seed)
     rows, failures = [], []
     for spec in models:
         try:
