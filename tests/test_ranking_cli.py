@@ -108,6 +108,17 @@ def test_one_class_is_one_line(tmp_path, monkeypatch):
     assert len(lines) == 1 and lines[0].startswith("error:") and "class" in lines[0], result.output
 
 
+def test_tied_scores_share_a_rank():
+    from vlkit.protocols.ranking import _mean_ranks, rankings
+
+    rows = [{"model": m, "scores": {"logme": v, "hscore": 9.0 + e}}
+            for m, v, e in (("a", 0.5, 0.0), ("b", 0.7, 3e-13), ("c", 0.1, -2e-13))]
+    _mean_ranks(rows, rankings(rows))
+    assert [r["ranks"]["logme"] for r in rows] == [2, 1, 3]
+    assert [r["ranks"]["hscore"] for r in rows] == [1, 1, 1]  # equal up to rounding: no order
+    assert [r["mean_rank"] for r in rows] == [1.5, 1.0, 2.0]
+
+
 class WiderStore(FeatureStore):
     """A store whose image features are one column wider than the model's (features of another model)."""
 

@@ -83,10 +83,20 @@ def rankings(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     return {m: names for m, names in order.items() if names}
 
 
+TIE = 1e-9  # scores this close (relative) tie: H-score is C - 1 for every model when N < D
+
+
 def _mean_ranks(rows: list[dict[str, Any]], order: dict[str, list[str]]) -> None:
-    """Each row's rank under each metric (1 = best) and its mean rank over the metrics."""
+    """Each row's rank under each metric (1 = best; tied scores share the better rank) and its mean rank."""
     for row in rows:
-        row["ranks"] = {m: names.index(row["model"]) + 1 for m, names in order.items() if row["model"] in names}
+        row["ranks"] = {}
+        for metric, names in order.items():
+            if row["model"] not in names:
+                continue
+            mine = row["scores"][metric]
+            better = [r for r in rows if r["model"] in names
+                      and r["scores"][metric] - mine > TIE * max(abs(mine), abs(r["scores"][metric]), 1e-12)]
+            row["ranks"][metric] = len(better) + 1
         row["mean_rank"] = float(np.mean(list(row["ranks"].values()))) if row["ranks"] else float("nan")
 
 
