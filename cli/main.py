@@ -44,9 +44,10 @@ def global_options(
 
 
 def _register_family_commands() -> None:
-    """Commands written next to their library code: upgrade/predict (caches), bench, serve, export."""
+    """Commands written next to their library code: upgrade/predict (caches), bench, rank, serve, export."""
     from vlkit.cli.bench import bench_command
     from vlkit.cli.export import export_command
+    from vlkit.cli.rank import rank_command
     from vlkit.cli.serve import serve_command
     from vlkit.cli.upgrade_commands import predict_command, upgrade_app
 
@@ -55,6 +56,7 @@ def _register_family_commands() -> None:
     app.add_typer(upgrade_app, name="upgrade")
     app.command("predict")(user_errors(predict_command))
     app.command("bench")(bench_command)
+    app.command("rank")(user_errors(rank_command))
     app.command("serve")(user_errors(serve_command))
     app.command("export")(export_command)
 

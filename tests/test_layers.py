@@ -5,7 +5,7 @@ Layers, lowest first (an import goes only downwards or within its own layer):
     base            vlkit/io.py, vlkit/progress.py, vlkit/errors.py
     models and data vlkit/backbones/, vlkit/data/
     features        vlkit/features/
-    methods         vlkit/methods/, prompts/ (vlkit.prompts), caches/ (vlkit.caches)
+    methods         vlkit/methods/, prompts/ (vlkit.prompts), caches/ (vlkit.caches), vlkit/ranking/
     report          vlkit/report/
     protocols       vlkit/protocols/
     apps            vlkit/apps/
@@ -39,7 +39,7 @@ LAYERS = [  # (layer name, module prefixes), lowest first
     ("base", ("vlkit.io", "vlkit.progress", "vlkit.errors")),
     ("models and data", ("vlkit.backbones", "vlkit.data")),
     ("features", ("vlkit.features",)),
-    ("methods", ("vlkit.methods", "vlkit.prompts", "vlkit.caches")),
+    ("methods", ("vlkit.methods", "vlkit.prompts", "vlkit.caches", "vlkit.ranking")),
     ("report", ("vlkit.report",)),
     ("protocols", ("vlkit.protocols",)),
     ("apps", ("vlkit.apps",)),

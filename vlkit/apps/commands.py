@@ -211,3 +211,11 @@ def fit_base_to_novel(method: str, model: str, pretrained: str | None, data: str
                            val_per_class=val_per_class, **(settings or {}))
     result.extras["data"] = data
     return result.to_dict()
+
+
+def rank(models: list[str], data: str, shots: int = 16, seed: int = 1, source: str | None = None,
+         device: str | None = None) -> dict[str, Any]:
+    """``vlkit rank``: every transferability metric for every model on one few-shot sample of ``data``."""
+    from vlkit.protocols.ranking import rank_models
+
+    return rank_models(models, data, shots, seed, source, device)
