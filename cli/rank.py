@@ -31,6 +31,8 @@ def rank_command(
     seed: int = SeedOpt,
     source: Optional[str] = typer.Option(None, "--source", help="a labelled source domain with the same classes "
                                          "(adds OTCE)"),
+    layers: bool = typer.Option(False, "--layers", help="rank the image-tower blocks of the one model in "
+                                "--models (the features Head2Toe and LST read) instead of models"),
     device: Optional[str] = DeviceOpt, output: Optional[Path] = OutputOpt,
 ) -> None:
     """Rank models for your data before adapting: LogME, LEEP, NCE, H-score, GBC, NLEEP, SFDA, text, OTCE.
@@ -38,9 +40,17 @@ def rank_command(
     Features come from the feature store (a second ranking encodes nothing). Each metric ranks
     the models (1 = best); the recommendation is the best mean rank over the metrics.
     """
-    from vlkit.apps.commands import rank
+    from vlkit.apps.commands import rank, rank_layers
 
-    result = rank(parse_list(models, option="--models"), data, shots, seed, source, device)
+    names = parse_list(models, option="--models")
+    if layers:
+        if len(names) != 1 or source is not None:
+            err.print("[red]error:[/red] --layers ranks the blocks of one model: give one name in --models "
+                      "(and no --source)", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        result = rank_layers(names[0], data, shots, seed, device)
+    else:
+        result = rank(names, data, shots, seed, source, device)
     if result["rows"]:
         rows, columns = metric_cells(result)
         table(rows, columns, title=f"{data}: {shots} shots x {result['classes']} classes, seed {seed} "

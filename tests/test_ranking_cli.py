@@ -141,3 +141,31 @@ def test_bad_models_option_is_one_line(folder):
     assert result.exit_code == 1 and "--models" in result.output
     twice = runner.invoke(app, ["rank", "--models", "test-tiny,test-tiny", "--data", str(folder)])
     assert twice.exit_code == 1 and "twice" in twice.output
+
+
+def test_rank_layers_scores_every_block_from_the_store(folder, tmp_path, tiny_backbone):
+    from vlkit.features.layer_features import layer_tokens
+    from vlkit.ranking.logme import logme
+
+    out = tmp_path / "layers.json"
+    args = ["rank", "--models", "test-tiny", "--layers", "--data", str(folder), "--shots", "4", "--output", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    depth = len(record["rows"]) - 1
+    assert [r["model"] for r in record["rows"]] == [f"layer {i}" for i in range(depth)] + ["final"]
+    assert set(record["rankings"]) == {"logme", "hscore", "shrinkage_hscore", "gbc", "nleep", "sfda"}
+    # the last block's LogME, recomputed here from the tower itself (not through the store)
+    from vlkit.data.resolve import load_data
+    from vlkit.protocols.ranking import _train_sample
+
+    sample = _train_sample(str(folder), load_data(str(folder), "train"), 4, 1)
+    images = torch.stack([tiny_backbone.preprocess(sample.image(i).convert("RGB")) for i in range(len(sample))])
+    _, blocks = layer_tokens(tiny_backbone, images)  # (N, depth, 2, W)
+    expected = logme(blocks[:, -1].reshape(len(sample), -1).numpy(), np.asarray(sample.labels))
+    # the store keeps float16 entries: equal within their rounding
+    assert record["rows"][depth - 1]["scores"]["logme"] == pytest.approx(expected, rel=5e-3)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and json.loads(out.read_text())["rows"][0]["cache"] == "hit"
+    two = runner.invoke(app, ["rank", "--models", "test-tiny,test-tiny", "--layers", "--data", str(folder)])
+    assert two.exit_code == 2 and "--layers ranks the blocks of one model" in two.output

@@ -219,3 +219,10 @@ def rank(models: list[str], data: str, shots: int = 16, seed: int = 1, source: s
     from vlkit.protocols.ranking import rank_models
 
     return rank_models(models, data, shots, seed, source, device)
+
+
+def rank_layers(model: str, data: str, shots: int = 16, seed: int = 1, device: str | None = None) -> dict[str, Any]:
+    """``vlkit rank --layers``: the feature metrics for every image-tower block of one model."""
+    from vlkit.protocols.ranking import rank_layers as rank_blocks
+
+    return rank_blocks(model, data, shots, seed, device)

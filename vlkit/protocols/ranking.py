@@ -24,7 +24,7 @@ from vlkit.features.text_weights import zero_shot_weights
 from vlkit.protocols.fewshot import templates_for
 from vlkit.ranking import METRICS, compute_metrics
 
-__all__ = ["load_ranked_model", "rank_models", "rankings"]
+__all__ = ["load_ranked_model", "rank_layers", "rank_models", "rankings"]
 
 log = logging.getLogger("vlkit.protocols.ranking")
 RUN_RECORD = "vlkit_mini.json"  # what scripts/train_vlkit_mini.py writes beside its weights
@@ -175,3 +175,54 @@ def rank_models(models: list[str], data: str, shots: int = 16, seed: int = 1, so
             "classes": len(pool.classnames), "metrics": {m: METRICS[m].paper for m in order},
             "rows": rows, "rankings": order, "recommendation": best,
             "recommendation_rule": "best mean rank over the metrics (ties: higher LogME)", "failures": failures}
+
+
+def layer_scores(features: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
+    """The metrics that read only features (LogME, H-scores, GBC, SFDA, NLEEP) on (N, D) ``features``:
+    the zero-shot and text metrics need the final embedding space, which an inner layer lacks."""
+    from vlkit.ranking.leep import nleep
+    from vlkit.ranking.suite import FEATURE_METRICS
+
+    scores = {name: fn(features, labels) for name, fn in FEATURE_METRICS.items()}
+    scores["nleep"] = nleep(features, labels, seed=seed)
+    return {name: scores[name] for name in METRICS if name in scores}
+
+
+def rank_layers(model: str, data: str, shots: int = 16, seed: int = 1, device: str | None = None,
+                store: FeatureStore | None = None) -> dict[str, Any]:
+    """Rank the image-tower blocks of one ``model`` (and its final embedding) for ``data``.
+
+    Each block's output is pooled as Head2Toe and LST read it (the class token and the
+    patch-token mean, concatenated: (N, 2W)) from the store's per-layer entries
+    (:meth:`~vlkit.features.store.FeatureStore.layer_features`), so a second ranking encodes
+    nothing. Only the feature metrics apply to inner layers. Same result shape as
+    :func:`rank_models`, one row per layer (``layer 0`` first, ``final`` last).
+    """
+    store = store or FeatureStore()
+    pool = load_data(data, "train")
+    sample = _train_sample(data, pool, shots, seed)
+    labels = np.asarray(sample.labels)
+    start = time.perf_counter()
+    backbone = load_ranked_model(model, device)
+    loaded = time.perf_counter()
+    misses = store.misses
+    layers = store.layer_features(backbone, sample).numpy()  # (N, depth, 2, W)
+    final = store.image_features(backbone, sample).numpy()  # (N, D)
+    extracted = time.perf_counter()
+    cache = "miss" if store.misses > misses else "hit"
+    named = [(f"layer {i}", layers[:, i].reshape(len(labels), -1)) for i in range(layers.shape[1])]
+    rows = []
+    for name, feats in named + [("final", final)]:
+        begin = time.perf_counter()
+        scores = layer_scores(feats, labels, seed)
+        rows.append({"model": name, "fingerprint": backbone.fingerprint, "embed_dim": feats.shape[1],
+                     "scores": scores, "cache": cache, "load_seconds": loaded - start,
+                     "features_seconds": extracted - loaded, "metrics_seconds": time.perf_counter() - begin})
+    order = rankings(rows)
+    _mean_ranks(rows, order)
+    best = min(rows, key=lambda r: (r["mean_rank"], -r["scores"].get("logme", -np.inf)))["model"]
+    return {"data": data, "model": model, "shots": shots, "seed": seed, "images": len(sample),
+            "classes": len(pool.classnames), "metrics": {m: METRICS[m].paper for m in order},
+            "pooling": "class token + patch-token mean per block (Head2Toe / LST inputs)",
+            "rows": rows, "rankings": order, "recommendation": best,
+            "recommendation_rule": "best mean rank over the feature metrics (ties: higher LogME)", "failures": []}
