@@ -216,6 +216,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--negatives", type=int, default=4096, help="random concepts per step beside the batch's")
     ap.add_argument("--soft-tau", type=float, default=0.05)
     ap.add_argument("--mix", default="0.6,0.3,0.1", help="sampling weight of icons, emoji, glyphs")
+    ap.add_argument("--noun-weight", type=float, default=1.0,
+                    help="sampling weight of one-word icon concepts (objects: 'dress', 'cat') over longer UI phrases")
     ap.add_argument("--sub-weight", type=float, default=0.5, help="emoji subcategory loss weight")
     ap.add_argument("--cat-weight", type=float, default=0.25, help="emoji category loss weight")
     ap.add_argument("--distill-weight", type=float, default=1.0, help="cosine distillation to v1")
@@ -230,12 +232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def lr_at(step: int, args: argparse.Namespace) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr``."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    t = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * t))
+lr_at = v1.lr_at  # linear warm-up, then cosine decay to --min-lr (the same arguments as v1's)
 
 
 def save_weights(model: torch.nn.Module, logit_scale: torch.Tensor, folder: Path, record: dict) -> Path:
@@ -300,11 +297,16 @@ def main(argv: list[str] | None = None) -> dict:
     source = torch.from_numpy(data["source"])
     mix = torch.tensor([float(m) for m in args.mix.split(",")])
     per_image = torch.zeros(len(owner), dtype=torch.float64)
+    one_word = torch.tensor([" " not in caps[0].removeprefix("an icon of a ").rstrip(".") if caps else False
+                             for caps in data["captions"]])  # (K,) icon concepts named by one word
+    log.info("%d concepts named by one word (--noun-weight %.1f)", int(one_word.sum()), args.noun_weight)
     for s in range(3):
         sel = source == s
         counts = torch.bincount(owner[sel], minlength=len(protos)).double()
-        n_concepts = int((counts > 0).sum())
-        per_image[sel] = float(mix[s]) / n_concepts / counts[owner[sel]]
+        concept_weight = (counts > 0).double()
+        if s == 0:
+            concept_weight[one_word] *= args.noun_weight
+        per_image[sel] = float(mix[s]) * concept_weight[owner[sel]] / concept_weight.sum() / counts[owner[sel]]
     emoji_index = torch.from_numpy(data["emoji_index"])
     sub_of, cat_of = torch.from_numpy(data["sub_of"]), torch.from_numpy(data["cat_of"])
     images = data["images"]
