@@ -231,5 +231,9 @@ TEXT_TUNERS = ("lora", "prefix-tuning", "bitfit", "adapter", "ia3")
 NOT_FOLDABLE: dict[str, str] = {
     "cocoop": ("its meta-net makes the prompts depend on each image, so the text tower would have to run for "
                "every image and class: there are no fixed text weights to fold"),
+    "lst": ("its side network reads every block's output through hooks on the frozen tower; no rule yet writes "
+            "that ladder as a graph"),
+    "head2toe": ("its head reads pooled outputs of every block through hooks on the frozen tower; no rule yet "
+                 "writes that selection as a graph"),
 }
 """Method name -> why it cannot be exported (the one line the exporter raises)."""
