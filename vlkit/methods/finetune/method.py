@@ -16,7 +16,6 @@ model and alpha = 1 the fine-tuned one exactly.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlkit.backbones.surgery import get_module
-from vlkit.errors import VlkitError
 from vlkit.methods.registry import register_method
 from vlkit.methods.task import Task
-from vlkit.methods.training import TrainConfig, train
 from vlkit.methods.tuners.base import TunerConfig, TunerMethod
 from vlkit.methods.tuners.model import TunedCLIP
 
@@ -106,46 +103,13 @@ class FullFineTune(TunerMethod):
         with torch.no_grad(), self._autocast():
             self.text_weights_ = self._class_weights().float().cpu()  # (C, D)
 
-    # ---- training -------------------------------------------------------------------------
-    def _fit(self, task: Task) -> None:
-        backbone = task.backbone
-        if task.train_images is None:
-            raise VlkitError(f"{self.name} tunes the image tower: build the task with images "
-                             "(vlkit.protocols.fewshot.build_task(..., with_images=True))")
-        tuned_text = "text" in self.towers
-        self.templates_ = list(task.templates[:self.config.max_templates] if tuned_text else task.templates)
-        self.logit_scale_ = float(backbone.logit_scale)
-        self.tuned_ = self.build(backbone)
-        params = list(self.tuned_.parameters_to_train().values())
-        shots = max(1, round(len(task.train_labels) / task.num_classes))
-        total = self.config.iters_per_shot * shots
-        chunks = min(self.config.val_checks, total)
-        per_chunk = math.ceil(total / chunks)
-        stream = self._batches(task, torch.Generator().manual_seed(task.seed))
+    # ---- training (the tuners' loop: TunerMethod._fit) ---------------------------------------
+    def _weights_train(self) -> bool:
+        """The head (or the tuned text tower's class weights) trains with the tower."""
+        return True
 
-        def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-            x, y = batch[0].to(backbone.device), batch[1].to(backbone.device)
-            feats = self.tuned_.encode_images(x)  # (B, D)
-            return F.cross_entropy(self.logit_scale_ * feats @ self._class_weights().T, y)
-
-        val_x = self._val_inputs(task) if task.has_val else None
-
-        def val_score() -> float:
-            self._finalize(backbone)
-            pred = self._logits(val_x).argmax(dim=-1)
-            self.tuned_.tuning(True)
-            return float((pred == task.val_labels).float().mean())
-
-        cfg = TrainConfig(epochs=chunks, lr=self.config.lr, optimizer="adamw", weight_decay=self.config.weight_decay,
-                          batch_size=self.config.batch_size, grad_clip=self.config.grad_clip,
-                          select_on_val=task.has_val, keep_initial=self.keep_initial)
-        self.tuned_.tuning(True)
-        history = train(params, loss_fn, lambda _: (next(stream) for _ in range(per_chunk)), cfg,
-                        val_score if task.has_val else None, backbone.autocast, description=f"tuning {self.name}")
-        self._finalize(backbone)
-        self.fit_info_ = {"iterations": per_chunk * chunks, "best_chunk": history["best_epoch"], "chunks": chunks,
-                          "initial_val": history.get("initial_val"), "val": history["val"], "loss": history["loss"],
-                          "batch_size": self.config.batch_size}
+    def _training_weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._class_weights()
 
 
 @dataclass

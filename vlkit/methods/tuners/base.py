@@ -67,6 +67,7 @@ class TunerMethod(Method):
     input_kind = "images"  # per instance: "features" when only the text tower is tuned
     uses_backbone = True
     towers_allowed: tuple[str, ...] = ("image", "text", "both")
+    keep_initial = True  # the untrained tuner is a selection candidate
 
     def __init__(self, config: MethodConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
@@ -115,7 +116,8 @@ class TunerMethod(Method):
         self.tuned_ = self.build(backbone)
         params = list(self.tuned_.parameters_to_train().values())
         tokens = self._class_tokens(backbone)
-        if not tuned_text:
+        live = self._weights_train()
+        if not live:
             self._finalize(backbone)
         shots = max(1, round(len(task.train_labels) / task.num_classes))
         total = self.config.iters_per_shot * shots
@@ -126,14 +128,14 @@ class TunerMethod(Method):
 
         def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
             x, y = batch[0].to(backbone.device), batch[1].to(backbone.device)
-            weights = self._text_weights(tokens) if tuned_text else self.text_weights_.to(backbone.device)
+            weights = self._training_weights(tokens) if live else self.text_weights_.to(backbone.device)
             feats = self.tuned_.encode_images(x) if "image" in self.towers else F.normalize(x, dim=-1)
             return F.cross_entropy(self.logit_scale_ * feats @ weights.T, y)
 
         val_x = self._val_inputs(task) if task.has_val else None
 
         def val_score() -> float:
-            if tuned_text:
+            if live:
                 self._finalize(backbone)
             self.tuned_.tuning(False)
             pred = self._logits(val_x).argmax(dim=-1)
@@ -142,14 +144,22 @@ class TunerMethod(Method):
 
         cfg = TrainConfig(epochs=chunks, lr=self.config.lr, optimizer="adamw", weight_decay=self.config.weight_decay,
                           batch_size=self.config.batch_size, grad_clip=self.config.grad_clip,
-                          select_on_val=task.has_val, keep_initial=True)  # the untrained tuner is a candidate
+                          select_on_val=task.has_val, keep_initial=self.keep_initial)
         self.tuned_.tuning(True)
         history = train(params, loss_fn, lambda _: (next(stream) for _ in range(per_chunk)), cfg,
                         val_score if task.has_val else None, backbone.autocast, description=f"tuning {self.name}")
         self._finalize(backbone)
         self.fit_info_ = {"iterations": per_chunk * chunks, "best_chunk": history["best_epoch"],
                           "chunks": chunks, "initial_val": history.get("initial_val"), "val": history["val"],
-                          "loss": history["loss"]}
+                          "loss": history["loss"], "batch_size": self.config.batch_size}
+
+    def _weights_train(self) -> bool:
+        """Whether the class weights change while training (then recomputed for each validation)."""
+        return "text" in self.towers
+
+    def _training_weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(C, D) class weights the loss uses while they train (``tokens``: the class prompts)."""
+        return self._text_weights(tokens)
 
     def _batches(self, task: Task, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless (x, y) batches: augmented images, or cached augmented features."""
