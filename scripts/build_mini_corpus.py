@@ -35,7 +35,6 @@ import io
 import json
 import logging
 import multiprocessing as mp
-import os
 import re
 import subprocess
 import sys
@@ -49,7 +48,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vlkit.io import atomic_write_json, cache_root  # noqa: E402
+from vlkit.io import atomic_file, atomic_write_json, atomic_write_text, cache_root  # noqa: E402
 
 log = logging.getLogger("build_mini_corpus")
 
@@ -293,17 +292,15 @@ def build(size: int, workers: int, limit: int | None, val_fraction: float) -> Pa
         c["synonyms"] = sorted(set(c["synonyms"]) | set(ic["synonyms"]))[:6]
         rows.append({"set": ic["set"], "name": ic["name"], "concept": concepts[key]})
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "icons.npy.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, np.stack([renders[i] for i in good]), allow_pickle=False)
-    os.replace(tmp, out / "icons.npy")
+    with atomic_file(out / "icons.npy") as tmp:
+        np.save(tmp, np.stack([renders[i] for i in good]), allow_pickle=False)
     used: dict[str, int] = {}
     for r in rows:
         used[r["set"]] = used.get(r["set"], 0) + 1
     atomic_write_json(out / "icons.json", {"icons": rows, "concepts": table})
     atomic_write_json(out / "sets.json", {"kept": {p: kept[p] | {"icons_used": used[p]} for p in used},
                                           "dropped": dropped})
-    (out / "ATTRIBUTION.md").write_text(attribution_text(kept, used))
+    atomic_write_text(out / "ATTRIBUTION.md", attribution_text(kept, used))
     from importlib.metadata import version
     manifest = {
         "source": f"npm {PACKAGE}@{VERSION}", "renderer": f"resvg-py {version('resvg-py')}",

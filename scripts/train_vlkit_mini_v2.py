@@ -42,7 +42,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import platform
 import sys
 import time
@@ -59,6 +58,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import build_mini_corpus as corpus  # noqa: E402
 import train_vlkit_mini as v1  # noqa: E402
 from vlkit.backbones import mini  # noqa: E402
+from vlkit.io import atomic_file, atomic_write_text  # noqa: E402
 
 log = logging.getLogger("train_vlkit_mini_v2")
 
@@ -239,17 +239,14 @@ def save_weights(model: torch.nn.Module, logit_scale: torch.Tensor, folder: Path
     """The shippable fp16 image tower + recipe record, written atomically into ``folder``."""
     from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().half().contiguous() for k, v in mini.image_state(model).items()}
     state["logit_scale"] = logit_scale.detach().clamp(max=math.log(100.0)).cpu().half().reshape(
         model.logit_scale.shape)
-    tmp = folder / (mini.IMAGE_WEIGHTS.name + ".tmp")
-    save_file(state, str(tmp), metadata={"model": "vlkit-mini", "version": "2"})
-    os.replace(tmp, folder / mini.IMAGE_WEIGHTS.name)
     weights = folder / mini.IMAGE_WEIGHTS.name
+    with atomic_file(weights) as tmp:
+        save_file(state, str(tmp), metadata={"model": "vlkit-mini", "version": "2"})
     record = record | {"weights": {"file": weights.name, "bytes": weights.stat().st_size, "dtype": "float16"}}
-    (folder / (mini.RECIPE_FILE.name + ".tmp")).write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(folder / (mini.RECIPE_FILE.name + ".tmp"), folder / mini.RECIPE_FILE.name)
+    atomic_write_text(folder / mini.RECIPE_FILE.name, json.dumps(record, indent=1) + "\n")
     return folder
 
 
@@ -372,12 +369,11 @@ def main(argv: list[str] | None = None) -> dict:
             stopped_early = True
             break
     state["train_seconds"] += time.perf_counter() - chunk_start
-    tmp = ckpt.with_suffix(".tmp")
-    torch.save({"visual": visual.state_dict(), "opt": opt.state_dict(), "logit_scale": logit_scale.detach(),
-                "gen": gen.get_state(), "state": state}, tmp)
-    os.replace(tmp, ckpt)
+    with atomic_file(ckpt) as tmp:
+        torch.save({"visual": visual.state_dict(), "opt": opt.state_dict(), "logit_scale": logit_scale.detach(),
+                    "gen": gen.get_state(), "state": state}, tmp)
     rec = record(args, data, state, visual, device) | {"wall_time_seconds_this_chunk": round(time.perf_counter() - t0, 1)}
-    (args.out / "run.json").write_text(json.dumps(rec, indent=1) + "\n")
+    atomic_write_text(args.out / "run.json", json.dumps(rec, indent=1) + "\n")
     log.info("%s at step %d; best %s", "paused" if stopped_early else "finished", state["step"], state["best"])
     return rec
 
