@@ -100,6 +100,11 @@ def _mean_ranks(rows: list[dict[str, Any]], order: dict[str, list[str]]) -> None
         row["mean_rank"] = float(np.mean(list(row["ranks"].values()))) if row["ranks"] else float("nan")
 
 
+def _recommend(rows: list[dict[str, Any]]) -> str | None:
+    """The row with the best mean rank (ties: higher LogME), or None without rows."""
+    return min(rows, key=lambda r: (r["mean_rank"], -r["scores"].get("logme", -np.inf)))["model"] if rows else None
+
+
 def _score_model(spec: str, sample: Any, source: Any, templates: list[str], store: FeatureStore,
                  load: Callable[[str], Backbone], seed: int) -> dict[str, Any]:
     """Load one model, read its features (timed, hit or miss), compute every metric (timed)."""
@@ -170,7 +175,7 @@ def rank_models(models: list[str], data: str, shots: int = 16, seed: int = 1, so
             on_model(row)
     order = rankings(rows)
     _mean_ranks(rows, order)
-    best = min(rows, key=lambda r: (r["mean_rank"], -r["scores"].get("logme", -np.inf)))["model"] if rows else None
+    best = _recommend(rows)
     return {"data": data, "source": source, "shots": shots, "seed": seed, "images": len(sample),
             "classes": len(pool.classnames), "metrics": {m: METRICS[m].paper for m in order},
             "rows": rows, "rankings": order, "recommendation": best,
@@ -220,7 +225,7 @@ def rank_layers(model: str, data: str, shots: int = 16, seed: int = 1, device: s
                      "features_seconds": extracted - loaded, "metrics_seconds": time.perf_counter() - begin})
     order = rankings(rows)
     _mean_ranks(rows, order)
-    best = min(rows, key=lambda r: (r["mean_rank"], -r["scores"].get("logme", -np.inf)))["model"]
+    best = _recommend(rows)
     return {"data": data, "model": model, "shots": shots, "seed": seed, "images": len(sample),
             "classes": len(pool.classnames), "metrics": {m: METRICS[m].paper for m in order},
             "pooling": "class token + patch-token mean per block (Head2Toe / LST inputs)",
