@@ -5,6 +5,6 @@ image tower (optionally of both towers) is trained, on a :func:`~vlkit.backbones
 whose trained tensors are copies, so the frozen backbone never changes. The artifact holds
 the fine-tuned tensors (the whole tower: its size is reported as it is).
 """
-from vlkit.methods.finetune.method import FullFineTune, FullFineTuneConfig, WiSEFT, WiSEFTConfig
+from vlkit.methods.finetune.full_finetune import FullFineTune, FullFineTuneConfig, WiSEFT, WiSEFTConfig
 
 __all__ = ["FullFineTune", "FullFineTuneConfig", "WiSEFT", "WiSEFTConfig"]
