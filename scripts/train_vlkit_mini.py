@@ -217,10 +217,11 @@ def encode_captions(model: torch.nn.Module, tokenizer, captions: list[str], batc
     tokens = tokenizer(captions)  # (C, L)
     order = torch.argsort((tokens != 0).sum(1), stable=True)
     emb = torch.empty(len(captions), mini.MINI_EMBED_DIM)
+    device = next(model.parameters()).device  # the tower runs where the model is (a GPU when there is one)
     for start in range(0, len(captions), batch):
         idx = order[start:start + batch]
-        tok = tokens[idx]
-        emb[idx] = F.normalize(tower.encode_embeddings(tower.token_embedding(tok), tok).float(), dim=-1)
+        tok = tokens[idx].to(device)
+        emb[idx] = F.normalize(tower.encode_embeddings(tower.token_embedding(tok), tok).float(), dim=-1).cpu()
         if start // batch % 40 == 0:
             log.info("encoded %d / %d captions", min(start + batch, len(captions)), len(captions))
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -265,13 +266,14 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def augment(rgba: torch.Tensor, gen: torch.Generator, out_size: int, p: dict) -> torch.Tensor:
     """(B, 4, 64, 64) uint8 RGBA -> (B, 3, out, out) float images in [0, 1].
 
-    All randomness comes from ``gen`` (CPU), so a seed fixes every view.
+    All randomness comes from ``gen`` (on the CPU, or on the images' GPU where the
+    random draws would otherwise dominate a step), so a seed fixes every view.
     """
     b = rgba.shape[0]
     dev = rgba.device
 
     def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=gen).to(dev)
+        return torch.rand(*shape, generator=gen, device=gen.device).to(dev)
 
     x = rgba.float() / 255.0
     x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], dim=1)  # premultiplied RGBA
@@ -323,16 +325,16 @@ def augment(rgba: torch.Tensor, gen: torch.Generator, out_size: int, p: dict) ->
     img = img.clamp_min(1e-4) ** gamma
     # blur (one sigma per batch) on a random subset
     blur = (rand(b) < p["blur"]).view(b, 1, 1, 1)
-    sigma = 0.3 + 0.9 * float(torch.rand(1, generator=gen))
+    sigma = 0.3 + 0.9 * float(torch.rand(1, generator=gen, device=gen.device))
     img = torch.where(blur, _gaussian_blur(img, sigma), img)
     # low resolution: down to r px and back up, r drawn once per batch
     low = (rand(b) < p["lowres"]).view(b, 1, 1, 1)
-    r = int(torch.randint(p["lowres_min"], out_size - 3, (1,), generator=gen))
+    r = int(torch.randint(p["lowres_min"], out_size - 3, (1,), generator=gen, device=gen.device))
     small = F.interpolate(img, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
     up = F.interpolate(small, size=(out_size, out_size), mode="bicubic", align_corners=False)
     img = torch.where(low, up, img)
     noise = (rand(b) < p["noise"]).view(b, 1, 1, 1) * (0.06 * rand(b)).view(b, 1, 1, 1)
-    img = img + noise * torch.randn(img.shape, generator=gen).to(dev)
+    img = img + noise * torch.randn(img.shape, generator=gen, device=gen.device).to(dev)
     return img.clamp(0, 1)
 
 

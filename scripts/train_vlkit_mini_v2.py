@@ -172,21 +172,37 @@ def elastic(x: torch.Tensor, gen: torch.Generator, strength: float = 0.08, slant
 # --- validation ------------------------------------------------------------------------------
 
 
+def validation_sets() -> dict[str, tuple[torch.Tensor, list[int], list[list[str]]]]:
+    """Per val split: preprocessed images (N, 3, S, S), labels, and each class's captions."""
+    from vlkit.backbones.preprocessing import eval_transform
+    from vlkit.data.offline import load_offline
+
+    transform = eval_transform(mini.MINI_PREPROCESS)
+    sets = {}
+    for name in VAL_SETS:
+        ds = load_offline(name, "val")
+        x = torch.stack([transform(ds.image(i).convert("RGB")) for i in range(len(ds))])  # (N, 3, S, S)
+        sets[name] = (x, list(ds.labels), [[t.format(c) for t in ds.templates] for c in ds.classnames])
+    return sets
+
+
+def text_banks(model: torch.nn.Module, tokenizer, data: dict, val_sets: dict) -> dict[str, torch.Tensor]:
+    """Every prototype bank the training reads, from the frozen text tower (on the model's device):
+    ``concepts`` (K, D), emoji ``sub`` and ``cat``, and ``val:NAME`` (C, D) per val split."""
+    emoji = data["emoji_captions"]
+    banks = {"concepts": prototypes(model, tokenizer, data["captions"]),
+             "sub": prototypes(model, tokenizer, [[emoji[j] for j in ids] for ids in data["per_sub"]]),
+             "cat": prototypes(model, tokenizer, [[emoji[j] for j in ids] for ids in data["per_cat"]])}
+    return banks | {f"val:{name}": prototypes(model, tokenizer, caps) for name, (_, _, caps) in val_sets.items()}
+
+
 class Validator:
     """Zero-shot accuracy of an image tower on the val splits (model selection only)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device) -> None:
-        from vlkit.backbones.preprocessing import eval_transform
-        from vlkit.data.offline import load_offline
-
-        transform = eval_transform(mini.MINI_PREPROCESS)
-        self.sets = {}
-        for name in VAL_SETS:
-            ds = load_offline(name, "val")
-            x = torch.stack([transform(ds.image(i).convert("RGB")) for i in range(len(ds))])  # (N, 3, S, S)
-            caps = [[t.format(c) for t in ds.templates] for c in ds.classnames]
-            w = prototypes(model, tokenizer, caps).to(device)  # (C, D)
-            self.sets[name] = (x.to(device), torch.tensor(ds.labels, device=device), w)
+    def __init__(self, sets: dict[str, tuple[torch.Tensor, list[int], list[list[str]]]],
+                 banks: dict[str, torch.Tensor], device: torch.device) -> None:
+        self.sets = {name: (x.to(device), torch.tensor(labels, device=device), banks[f"val:{name}"].to(device))
+                     for name, (x, labels, _) in sets.items()}  # images (N, 3, S, S), labels, class weights (C, D)
 
     @torch.no_grad()
     def __call__(self, visual: torch.nn.Module) -> dict[str, float]:
@@ -228,6 +244,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--chunk-seconds", type=float, default=0, help="stop and checkpoint after this long (0: never)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--packed", type=Path, default=None,
+                    help="read the data from a folder written by scripts/pack_mini_v2.py instead of building it")
     ap.add_argument("--log-every", type=int, default=100)
     return ap.parse_args(argv)
 
@@ -256,20 +274,25 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     t0 = time.perf_counter()
-    data = load_sources(args.size)
-    log.info("data: %s", {k: v for k, v in data["summary"].items() if k != "corpus"})
-    model = (mini.build_mini_model() if str(args.init) == "none" else mini.load_run(args.init)).to(device)
-    tokenizer = mini.mini_tokenizer()
-    model.eval()
-    protos = prototypes(model.cpu(), tokenizer, data["captions"]).to(device)  # (K, D)
-    sub_bank = prototypes(model, tokenizer, [[data["emoji_captions"][j] for j in ids] for ids in data["per_sub"]])
-    cat_bank = prototypes(model, tokenizer, [[data["emoji_captions"][j] for j in ids] for ids in data["per_cat"]])
-    sub_bank, cat_bank = sub_bank.to(device), cat_bank.to(device)
-    validator = Validator(model, tokenizer, device)
-    model.to(device)
+    if args.packed:  # a folder from scripts/pack_mini_v2.py (a machine without the registries)
+        import pack_mini_v2
+
+        data, val_sets, banks = pack_mini_v2.unpack(args.packed)
+    else:
+        data, val_sets, banks = load_sources(args.size), validation_sets(), None
+    log.info("data: %s (%.0f s)", {k: v for k, v in data["summary"].items() if k != "corpus"}, time.perf_counter() - t0)
+    text = banks is None  # with packed banks the text tower (and its package) is not needed
+    model = (mini.build_mini_model(text=text) if str(args.init) == "none" else mini.load_run(args.init, text))
+    model = model.to(device).eval()
+    if banks is None:  # a packed folder carries them: the text tower's weights need not travel
+        banks = text_banks(model, mini.mini_tokenizer(), data, val_sets)
+    protos, sub_bank, cat_bank = (banks[k].to(device) for k in ("concepts", "sub", "cat"))  # (K, D), ...
+    validator = Validator(val_sets, banks, device)
     visual = model.visual.train()
-    teacher = mini.load_run(mini.WEIGHTS_DIR).visual.to(device).eval().requires_grad_(False) \
+    teacher = mini.load_run(mini.WEIGHTS_DIR, text=False).visual.to(device).eval().requires_grad_(False) \
         if args.distill_weight > 0 else None
     logit_scale = torch.nn.Parameter(model.logit_scale.detach().clone().to(device))
     decay = [p for n, p in visual.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -277,7 +300,9 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd},
                              {"params": no_decay + [logit_scale], "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)  # sampling (CPU; on CPU runs the augmentation too)
+    # on a GPU the augmentation draws its randomness there: drawn on the CPU, it would take longer than the step
+    aug_gen = torch.Generator(device=device).manual_seed(args.seed + 1) if device.type == "cuda" else gen
     state = {"step": 0, "history": [], "evals": [], "best": None, "train_seconds": 0.0}
     ckpt = args.out / "checkpoint.pt"
     if ckpt.is_file():
@@ -286,6 +311,8 @@ def main(argv: list[str] | None = None) -> dict:
         opt.load_state_dict(saved["opt"])
         logit_scale.data.copy_(saved["logit_scale"])
         gen.set_state(saved["gen"])
+        if aug_gen is not gen and "aug_gen" in saved:
+            aug_gen.set_state(saved["aug_gen"])
         state = saved["state"]
         log.info("resumed at step %d", state["step"])
 
@@ -306,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
         per_image[sel] = float(mix[s]) * concept_weight[owner[sel]] / concept_weight.sum() / counts[owner[sel]]
     emoji_index = torch.from_numpy(data["emoji_index"])
     sub_of, cat_of = torch.from_numpy(data["sub_of"]), torch.from_numpy(data["cat_of"])
-    images = data["images"]
+    images = data["images"].to(device)  # (N, 4, S, S) uint8: 1.2 GB, gathered where the step runs
     size = args.size
     mean = torch.tensor(mini.MINI_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(mini.MINI_STD, device=device).view(1, 3, 1, 1)
@@ -317,13 +344,12 @@ def main(argv: list[str] | None = None) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
         idx = torch.multinomial(per_image, args.batch, replacement=True, generator=gen)
-        batch = images[idx]
+        batch = images[idx.to(device)]
         is_glyph = source[idx] == 2
-        if bool(is_glyph.any()):
-            batch[is_glyph] = elastic(batch[is_glyph], gen)
-        batch = batch.to(device)
+        if bool(is_glyph.any()):  # a tenth of the batch, distorted on the CPU
+            batch[is_glyph.to(device)] = elastic(batch[is_glyph.to(device)].cpu(), gen).to(device)
         keep = (torch.rand(len(idx), generator=gen) < args.clean).to(device).view(-1, 1, 1, 1)
-        x = torch.where(keep, v1.clean_view(batch, size), v1.augment(batch, gen, size, v1.AUG))
+        x = torch.where(keep, v1.clean_view(batch, size), v1.augment(batch, aug_gen, size, v1.AUG))
         x = (x - mean) / std
         target = owner[idx].to(device)  # (B,)
         negatives = torch.randint(len(protos), (args.negatives,), generator=gen).to(device)
@@ -371,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
     state["train_seconds"] += time.perf_counter() - chunk_start
     with atomic_file(ckpt) as tmp:
         torch.save({"visual": visual.state_dict(), "opt": opt.state_dict(), "logit_scale": logit_scale.detach(),
-                    "gen": gen.get_state(), "state": state}, tmp)
+                    "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), "state": state}, tmp)
     rec = record(args, data, state, visual, device) | {"wall_time_seconds_this_chunk": round(time.perf_counter() - t0, 1)}
     atomic_write_text(args.out / "run.json", json.dumps(rec, indent=1) + "\n")
     log.info("%s at step %d; best %s", "paused" if stopped_early else "finished", state["step"], state["best"])

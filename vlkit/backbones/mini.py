@@ -136,25 +136,43 @@ def _offline_quiet() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def build_mini_model(vision: dict[str, Any] | None = None) -> nn.Module:
+class ImageTowerOnly(nn.Module):
+    """vlkit-mini without its text tower: ``visual`` and ``logit_scale``, the keys that ship.
+
+    For training the image tower where the text side is precomputed (a GPU machine that
+    cannot install the MiniLM package): :func:`image_state` and :func:`load_image_weights`
+    treat it as the full model.
+    """
+
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        self.visual = visual
+        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))  # open_clip's initial value
+
+
+def build_mini_model(vision: dict[str, Any] | None = None, text: bool = True) -> nn.Module:
     """The vlkit-mini architecture: pretrained frozen MiniLM text tower, untrained image tower.
 
-    ``vision`` overrides entries of :data:`MINI_VISION` (for experiments only).
+    ``vision`` overrides entries of :data:`MINI_VISION` (for experiments only). ``text=False``
+    builds :class:`ImageTowerOnly` (no MiniLM needed; the initial weights of a from-scratch
+    tower then differ from the full model's, since the RNG runs in another order).
     """
-    from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP, _build_vision_tower
 
     cfg = {**MINI_VISION, **(vision or {})}
     tower = cfg.pop("tower", "vit")
     cnn_channels = tuple(cfg.pop("cnn_channels", (32, 64, 128, 256)))
     stem_channels, stem_strides = tuple(cfg.pop("stem_channels")), cfg.pop("stem_strides", None)
-    path = minilm_path()
-    text_cfg = CLIPTextCfg(
-        hf_model_name=str(path), hf_model_pretrained=True, hf_pooler_type="mean_pooler",
-        hf_proj_type=None, context_length=MINI_CONTEXT_LENGTH,
-    )
     vision_cfg = CLIPVisionCfg(image_size=MINI_IMAGE_SIZE, **cfg)
-    with _offline_quiet():
-        model = CustomTextCLIP(embed_dim=MINI_EMBED_DIM, vision_cfg=vision_cfg, text_cfg=text_cfg)
+    if text:
+        text_cfg = CLIPTextCfg(
+            hf_model_name=str(minilm_path()), hf_model_pretrained=True, hf_pooler_type="mean_pooler",
+            hf_proj_type=None, context_length=MINI_CONTEXT_LENGTH,
+        )
+        with _offline_quiet():
+            model = CustomTextCLIP(embed_dim=MINI_EMBED_DIM, vision_cfg=vision_cfg, text_cfg=text_cfg)
+    else:
+        model = ImageTowerOnly(_build_vision_tower(MINI_EMBED_DIM, vision_cfg))
     # built after the CLIP model, as the shipped weights were: the stem's initial weights
     # come from the seeded RNG in this order, which keeps training runs reproducible
     if tower == "cnn":
@@ -165,6 +183,8 @@ def build_mini_model(vision: dict[str, Any] | None = None) -> nn.Module:
             raise VlkitError(f"vlkit-mini's stem has stride {stem.stride}; patch_size must match, "
                              f"got {cfg['patch_size']}")
         model.visual.conv1 = stem  # (B, width, grid, grid), as open_clip's patch conv
+    if not text:
+        return model
     # open_clip reads max_position_embeddings (512); the tokenizer pads to this length.
     model.text.context_length = MINI_CONTEXT_LENGTH
     model.context_length = MINI_CONTEXT_LENGTH
@@ -221,16 +241,16 @@ def recorded_vision(record: dict[str, Any]) -> dict[str, Any]:
     return {"tower": "vit", **{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in vision.items()}}
 
 
-def load_run(weights: Path) -> nn.Module:
+def load_run(weights: Path, text: bool = True) -> nn.Module:
     """A training run's model (``scripts/train_vlkit_mini.py --out`` folder, or its weights file).
 
     The architecture is the one recorded in the ``vlkit_mini.json`` beside the weights (the
     current :data:`MINI_VISION` when there is no record), so older runs load after the
-    defaults change.
+    defaults change. ``text=False``: the image tower only (:class:`ImageTowerOnly`).
     """
     file = weights / IMAGE_WEIGHTS.name if weights.is_dir() else weights
     record = file.parent / RECIPE_FILE.name
-    model = build_mini_model(recorded_vision(json.loads(record.read_text())) if record.exists() else None)
+    model = build_mini_model(recorded_vision(json.loads(record.read_text())) if record.exists() else None, text)
     load_image_weights(model, file)
     return model
 
