@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from vlkit.cli.common import DeviceOpt, ModelOpt, OutputOpt, PretrainedOpt, ValOpt, ValPerClassOpt, err, out, \
-    parse_list, user_errors, write_json
+from vlkit.cli.common import DeviceOpt, JobsOpt, ModelOpt, OutputOpt, PretrainedOpt, ValOpt, ValPerClassOpt, err, \
+    out, parse_jobs, parse_list, user_errors, write_json
 
 
 @user_errors
@@ -30,7 +30,7 @@ def bench_command(
     test_per_class: Optional[int] = typer.Option(None, "--test-per-class",
                                                  help="score on the first N test images of each class (a budget "
                                                       "run; the datasets are then named NAME:testN)"),
-    val: str = ValOpt, val_per_class: int = ValPerClassOpt,
+    val: str = ValOpt, val_per_class: int = ValPerClassOpt, jobs: str = JobsOpt,
     model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
     output: Optional[Path] = OutputOpt,
 ) -> None:
@@ -40,7 +40,7 @@ def bench_command(
     result = run_bench(model, pretrained, parse_list(data, option="--data"), methods,
                        parse_list(shots, int, "--shots"), parse_list(seeds, int, "--seeds"),
                        out_dir, protocol, compare_published, device, views, fail_fast=fail_fast, schedule=schedule,
-                       test_per_class=test_per_class, val=val, val_per_class=val_per_class)
+                       test_per_class=test_per_class, val=val, val_per_class=val_per_class, jobs=parse_jobs(jobs))
     out.print(result["table"], markup=False, highlight=False, soft_wrap=True)
     err.print(f"{result['ran']} cells run, {result['skipped']} already done, {len(result['failed'])} failed "
               f"in {result['seconds']:.0f}s; reports in {result['out']}")

@@ -29,6 +29,19 @@ SeedOpt = typer.Option(1, "--seed", help="few-shot sampling and training seed")
 ValOpt = typer.Option("auto", "--val", help="validation for selection: auto (the data's val split when it has "
                       "one, else min(shots, 4) per class from train), split (the val split or an error), from-train")
 ValPerClassOpt = typer.Option(16, "--val-per-class", help="at most this many val-split images per class")
+JobsOpt = typer.Option("1", "--jobs", "-j", help="cells run at once, each in its own process with threads / jobs "
+                       "threads; auto: 2 on a CPU machine of 2 or more cores, 1 with a GPU")
+
+
+def parse_jobs(text: str) -> int:
+    """``--jobs``: a positive integer or ``auto``."""
+    if text == "auto":
+        from vlkit.protocols.parallel_cells import default_jobs
+
+        return default_jobs()
+    if not text.isdigit() or int(text) < 1:
+        raise VlkitError(f"--jobs must be a positive integer or auto, got {text!r}")
+    return int(text)
 
 
 class OnceFilter(logging.Filter):

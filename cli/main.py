@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from vlkit.cli.common import (DeviceOpt, ModelOpt, OutputOpt, PretrainedOpt, SeedOpt, ValOpt, ValPerClassOpt, err,
-                              parse_list, parse_settings, table, user_errors, write_json)
+                              parse_jobs, parse_list, parse_settings, table, user_errors, write_json)
 from vlkit.errors import VlkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -221,6 +221,8 @@ def fewshot_command(
                                  "resumable cells.jsonl (a re-run reuses finished cells)"),
     schedule: str = typer.Option("quick", "--schedule", help="quick: short schedules for the tuners that run the "
                                  "encoder at every step (recorded per row); paper: every method's paper schedule"),
+    jobs: str = typer.Option("auto", "--jobs", "-j", help="cells run at once, each in its own process; auto (the "
+                             "default): 2 on a CPU machine of 2 or more cores, 1 with a GPU"),
     model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
     output: Optional[Path] = OutputOpt,
 ) -> None:
@@ -230,7 +232,7 @@ def fewshot_command(
     chosen = None if methods == "all" else parse_list(methods, option="--methods")
     shot_list, seed_list = parse_list(shots, int, "--shots"), parse_list(seeds, int, "--seeds")
     result = run_fewshot_job(model, pretrained, data, chosen, shot_list, seed_list,
-                             out_dir, device=device, schedule=schedule,
+                             out_dir, device=device, schedule=schedule, jobs=parse_jobs(jobs),
                              on_result=lambda r: err.print(f"{r['method']:>16} {r['shots']:>2} shots: "
                                                            f"{r['top1']:.1f}% in {r['fit_seconds']:.1f}s"))
     shot_columns = [f"{k}-shot" for k in sorted(set(shot_list))]

@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -14,6 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 from vlkit.backbones.registry import offline_weights_digest
 from vlkit.data.fewshot import DEFAULT_VAL_PER_CLASS, check_val_options
 from vlkit.protocols.cells import Cell, CellLog, grid, val_key
+from vlkit.protocols.parallel_cells import CellOutcome, WorkerSpec, run_cells
 from vlkit.protocols.sources import DataSource, sources_from_specs, with_test_subset
 from vlkit.protocols.bench_progress import BenchProgress
 from vlkit.protocols.catalog import get_protocol
@@ -113,7 +115,7 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
               fail_fast: bool = False, schedule: str = "quick", test_per_class: int | None = None,
               settings: dict[str, dict[str, Any]] | None = None,
               on_result: Callable[[dict[str, Any]], None] | None = None, val: str = "auto",
-              val_per_class: int = DEFAULT_VAL_PER_CLASS) -> dict[str, Any]:
+              val_per_class: int = DEFAULT_VAL_PER_CLASS, jobs: int = 1) -> dict[str, Any]:
     """Run every missing cell, store each as it finishes, and write the reports into ``out``.
 
     A cell already in ``out/cells.jsonl`` is skipped, so a re-run after a crash or
@@ -129,7 +131,9 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     Validation (``val``, ``val_per_class``; :func:`vlkit.data.choose_validation`) comes from
     each dataset's val split by default (at most ``val_per_class`` per class), else from its
     train pool; the choice is part of each cell's key and recorded in its result.
-    Returns counts, the output files, the summary, this run's cell ``records`` (log order
+    ``jobs`` > 1 runs cells in that many worker processes (:mod:`vlkit.protocols.parallel_cells`)
+    when the bench is given by names (a ``backbone`` object or in-memory sources run in
+    this process). Returns counts, the output files, the summary, this run's cell ``records`` (log order
     of the grid) and, with ``compare_published``, the published numbers that match the
     model and protocol.
     """
@@ -138,6 +142,7 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     check_val_options(val, val_per_class)
     method_names = resolve_methods(methods, proto.name)
     specs = [d for d in data if isinstance(d, str)]
+    sources_given = any(isinstance(d, DataSource) for d in data)
     sources = [d for d in data if isinstance(d, DataSource)] + (sources_from_specs(specs) if specs else [])
     if not sources:
         raise VlkitError("--data names no dataset")
@@ -163,26 +168,26 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
         log.info("bench: %d cells, %d done, %d to run, output in %s", len(cells), len(cells) - len(todo),
                  len(todo), out)
         context = _Context(model, pretrained, device, views, store, backbone, {s.name: s for s in sources})
+        workers = min(int(jobs), len(todo)) if backbone is None and not sources_given else 1
+        if workers > 1:
+            log.info("bench: %d worker processes of %d thread(s) each", workers, _threads_per_job(workers))
         with BenchProgress(len(cells), len(cells) - len(todo), todo, done.values()) as bar, \
                 _interruption_keeps(cells, cell_log):
-            for cell in todo:
-                bar.start(cell)
-                t0 = time.perf_counter()
-                context.prepare(cell)  # the backbone and the data: a failure here stops the bench
-                try:
-                    result = context.run(proto, cell)
-                except Exception as exc:  # noqa: BLE001 - one broken method must not stop a long bench
+            outcomes = _parallel(todo, workers, bar, model, pretrained, device, views, store, specs,
+                                 test_per_class, proto.name) if workers > 1 else _in_process(todo, context, proto, bar, fail_fast)
+            for outcome in outcomes:
+                if outcome.error is not None:
                     if fail_fast:
-                        raise
-                    failed.append(_record_failure(out, cell, exc))
-                    bar.finish(cell, time.perf_counter() - t0, ok=False)
+                        outcomes.close()
+                        raise VlkitError(f"cell {outcome.cell.label()} failed: {outcome.error}")
+                    failed.append(_record_failure(out, outcome.cell, outcome))
+                    bar.finish(outcome.cell, outcome.result_seconds, ok=False)
                     continue
-                result = {**result.to_dict(), "wall_seconds": time.perf_counter() - t0}
-                cell_log.append(cell, result)
+                cell_log.append(outcome.cell, outcome.result)
                 ran += 1
-                bar.finish(cell, result["wall_seconds"])
+                bar.finish(outcome.cell, outcome.result["wall_seconds"])
                 if on_result is not None:
-                    on_result(result)
+                    on_result(outcome.result)
         done = cell_log.done()
     records = [done[c.key] for c in cells if c.key in done]
     info = {"model": model_name, "pretrained": tag, "protocol": proto.name, "device": context.device_name(),
@@ -250,11 +255,45 @@ class _Context:
                          self.views, **cell.validation, **cell.overrides)
 
 
-def _record_failure(out: Path, cell: Cell, exc: Exception) -> dict[str, str]:
+def _threads_per_job(jobs: int) -> int:
+    import torch
+
+    return max(1, torch.get_num_threads() // jobs)
+
+
+def _in_process(todo: Sequence[Cell], context: "_Context", proto: Any, bar: BenchProgress,
+                fail_fast: bool) -> Iterator[CellOutcome]:
+    """Run the cells one after another in this process (the default, and with a GPU)."""
+    for cell in todo:
+        bar.start(cell)
+        t0 = time.perf_counter()
+        context.prepare(cell)  # the backbone and the data: a failure here stops the bench
+        try:
+            result = context.run(proto, cell)
+        except Exception as exc:  # noqa: BLE001 - one broken method must not stop a long bench
+            if fail_fast:
+                raise
+            yield CellOutcome(cell, error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+                              expected=isinstance(exc, VlkitError), trace=traceback.format_exc(),
+                              seconds=time.perf_counter() - t0)
+            continue
+        yield CellOutcome(cell, {**result.to_dict(), "wall_seconds": time.perf_counter() - t0})
+
+
+def _parallel(todo: Sequence[Cell], jobs: int, bar: BenchProgress, model: str, pretrained: str | None,
+              device: str | None, views: int, store: Any, specs: Sequence[str], test_per_class: int | None,
+              protocol: str) -> Iterator[CellOutcome]:
+    spec = WorkerSpec(model, pretrained, device, views, store, tuple(specs), test_per_class, protocol,
+                      _threads_per_job(jobs))
+    return run_cells(todo, jobs, spec, on_start=bar.start)
+
+
+def _record_failure(out: Path, cell: Cell, outcome: CellOutcome) -> dict[str, str]:
     failure = {"cell": cell.label(), "key": cell.key, "data": cell.data, "method": cell.method, "shots": cell.shots,
-               "seed": cell.seed, "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+               "seed": cell.seed, "error": outcome.error,
                "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    log.error("cell %s failed: %s", cell.label(), failure["error"], exc_info=not isinstance(exc, VlkitError))
+    log.error("cell %s failed: %s%s", cell.label(), failure["error"],
+              "" if outcome.expected else "\n" + outcome.trace)
     with (out / "failed.jsonl").open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(failure) + "\n")
     return failure

@@ -1,0 +1,127 @@
+"""A bench's cells in worker processes (``--jobs N``): N processes of (threads / N) threads each.
+
+On a CPU, the models vlkit adapts offline are small: inside one cell, most matrix
+products are too small for two threads to split well, so one process of two threads
+leaves much of the second core idle. Two processes of one thread each, running two
+cells at once, keep both cores busy (``benchmarks/parallel_cells.py`` measures the
+ratio side by side). Each worker loads the backbone once and runs cells sent to it; the
+parent alone writes ``cells.jsonl``, reports progress and calls ``on_result``. Cells are
+deterministic under their seed in either mode; the float rounding of a different thread
+count can move a result in its last digits. Latency and memory are measured inside the
+worker, with another cell running beside it.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from vlkit.protocols.cells import Cell
+
+_WORKER: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to rebuild the bench's context: names, never live objects."""
+
+    model: str
+    pretrained: str | None
+    device: str | None
+    views: int
+    store: Any  # a FeatureStore (plain attributes: it pickles) or None
+    specs: tuple[str, ...]
+    test_per_class: int | None
+    protocol: str
+    threads: int
+
+
+@dataclass
+class CellOutcome:
+    """A finished cell: its result dict (with ``wall_seconds``) or the error it raised."""
+
+    cell: Cell
+    result: dict[str, Any] | None = None
+    error: str | None = None  # "Type: message", first line
+    expected: bool = True  # a VlkitError (one-line user error) rather than a bug
+    trace: str = ""
+    seconds: float = 0.0  # wall time of a failed cell
+
+    @property
+    def result_seconds(self) -> float:
+        """Wall seconds of the cell, finished or failed."""
+        return float(self.result["wall_seconds"]) if self.result is not None else self.seconds
+
+
+def default_jobs() -> int:
+    """``--jobs auto``: 2 on a CPU machine of 2 or more cores, else 1 (a GPU runs one cell at a time)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return 1
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def _init_worker(spec: WorkerSpec) -> None:
+    import torch
+
+    from vlkit.protocols.runner import _Context
+    from vlkit.protocols.sources import sources_from_specs, with_test_subset
+
+    torch.set_num_threads(spec.threads)
+    sources = sources_from_specs(list(spec.specs))
+    if spec.test_per_class is not None:
+        sources = [with_test_subset(s, spec.test_per_class) for s in sources]
+    _WORKER["context"] = _Context(spec.model, spec.pretrained, spec.device, spec.views, spec.store, None,
+                                  {s.name: s for s in sources})
+    _WORKER["protocol"] = spec.protocol
+
+
+def _run_cell(cell: Cell) -> CellOutcome:
+    from vlkit.errors import VlkitError
+    from vlkit.protocols.catalog import get_protocol
+
+    context = _WORKER["context"]
+    t0 = time.perf_counter()
+    context.prepare(cell)
+    try:
+        result = context.run(get_protocol(_WORKER["protocol"]), cell)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides
+        return CellOutcome(cell, error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+                           expected=isinstance(exc, VlkitError), trace=traceback.format_exc(),
+                           seconds=time.perf_counter() - t0)
+    return CellOutcome(cell, {**result.to_dict(), "wall_seconds": time.perf_counter() - t0})
+
+
+def run_cells(todo: Sequence[Cell], jobs: int, spec: WorkerSpec, on_start: Any = None) -> Iterator[CellOutcome]:
+    """Run ``todo`` on ``jobs`` worker processes; yield each outcome as it finishes.
+
+    Cells are sent largest few-shot sample first, so the long cells do not run last on one
+    worker while the other waits. Closing the generator early (fail-fast, Ctrl-C) cancels
+    the cells not yet started and stops the workers.
+    """
+    order = sorted(todo, key=lambda c: -c.shots)  # stable: grid order within a shot count
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(spec,))
+    pending: dict[Future, Cell] = {}
+    queue = list(order)
+    try:
+        while queue or pending:
+            while queue and len(pending) < jobs:  # one cell per idle worker: the rest wait in order
+                cell = queue.pop(0)
+                if on_start is not None:
+                    on_start(cell)
+                pending[pool.submit(_run_cell, cell)] = cell
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                pending.pop(future)
+                yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
