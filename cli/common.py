@@ -29,6 +29,12 @@ SeedOpt = typer.Option(1, "--seed", help="few-shot sampling and training seed")
 ValOpt = typer.Option("auto", "--val", help="validation for selection: auto (the data's val split when it has "
                       "one, else min(shots, 4) per class from train), split (the val split or an error), from-train")
 ValPerClassOpt = typer.Option(16, "--val-per-class", help="at most this many val-split images per class")
+EngineOpt = typer.Option("local", "--engine", help="feature extraction: local (this process) or ray (a Ray Data "
+                        'pipeline; needs pip install "vlkit[ray]")')
+RayAddressOpt = typer.Option(None, "--ray-address", help="with --engine ray: join the Ray cluster at HOST:PORT "
+                             "(default: start a local one)")
+WorkersOpt = typer.Option(None, "--workers", min=1, help="with --engine ray: encoder workers, one model each "
+                          "(default: one per GPU, else 1)")
 
 
 class OnceFilter(logging.Filter):
