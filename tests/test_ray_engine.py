@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -65,6 +66,18 @@ def test_engine_ray_without_ray_installed_is_one_line(folder, monkeypatch):
 def test_bad_engine_options_are_one_line_before_any_work(folder, options, message):
     result = runner.invoke(app, ["features", "extract", "--model", "test-tiny", "--data", str(folder), *options])
     assert message in _one_line_error(result)
+
+
+def test_an_address_where_no_cluster_listens_is_one_line_at_once(folder):
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.perf_counter()
+    result = runner.invoke(app, ["features", "extract", "--model", "test-tiny", "--data", str(folder),
+                                 "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"])
+    assert "no Ray head node answers there" in _one_line_error(result)
+    assert time.perf_counter() - started < 10  # ray.init alone would retry for minutes
 
 
 def test_the_default_path_never_imports_ray():

@@ -25,6 +25,7 @@ import gc
 import logging
 import os
 import re
+import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,21 @@ def check_address(address: str | None) -> None:
                              "(`ray status` there prints it), ray://HOST:PORT, or auto")
 
 
+def probe_address(address: str | None, timeout: float = 5.0) -> None:
+    """Raise one line unless something accepts a TCP connection at ``address`` (``auto``: not probed).
+
+    ``ray.init`` itself retries an address where nothing listens for minutes, printing warnings.
+    """
+    if address is None or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise RayEngineError(f"--ray-address {address}: no Ray head node answers there ({exc.__class__.__name__}: "
+                             f"{exc}); start one (`ray start --head` prints its address) or fix the address") from None
+
+
 def feature_engine(name: str = "local", ray_address: str | None = None,
                    workers: int | None = None) -> "RayEngine | None":
     """The store's engine from the CLI's options: None for ``local``, a :class:`RayEngine` for ``ray``.
@@ -87,6 +103,7 @@ def feature_engine(name: str = "local", ray_address: str | None = None,
         raise VlkitError(f"--workers takes an integer >= 1, got {workers}")
     check_address(ray_address)
     require_ray()
+    probe_address(ray_address)
     return RayEngine(address=ray_address, workers=workers)
 
 
@@ -233,6 +250,7 @@ class RayEngine:
         if ray.is_initialized():
             return ray
         check_address(self.address)
+        probe_address(self.address)
         options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                        runtime_env={"env_vars": worker_env()})
         try:
