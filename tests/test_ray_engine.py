@@ -93,6 +93,29 @@ def test_library_engine_names():
         feature_engine("ray", workers=0)
 
 
+class FakeRay:
+    """What RayEngine reads of a cluster: its resources."""
+
+    def __init__(self, **resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+def test_workers_the_cluster_cannot_hold_are_one_line_instead_of_a_pipeline_that_waits_forever():
+    from vlkit.features.ray_engine import RayEngine, RayEngineError
+
+    assert RayEngine(workers=2)._encoder_resources(FakeRay(CPU=3)) == (2, {"num_cpus": 1})
+    assert RayEngine()._encoder_resources(FakeRay(CPU=8, GPU=4)) == (4, {"num_gpus": 1, "num_cpus": 1})
+    with pytest.raises(RayEngineError, match="has 2 CPU.*need 3"):
+        RayEngine(workers=2)._encoder_resources(FakeRay(CPU=2))  # no CPU left for decoding
+    with pytest.raises(RayEngineError, match="has 8 CPU.*need 9"):
+        RayEngine(workers=2, threads=4)._encoder_resources(FakeRay(CPU=8))
+    with pytest.raises(RayEngineError, match="has 1 GPU"):
+        RayEngine(workers=2)._encoder_resources(FakeRay(CPU=16, GPU=1))
+
+
 def test_shard_plan_maps_positions_to_the_missing_shards_rows():
     plan = plan_shards([1, 3, 4], shard_size=4, total=18)  # shards 1, 3 and the short last one (rows 16, 17)
     assert plan.rows == 4 + 4 + 2

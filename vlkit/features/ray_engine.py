@@ -257,9 +257,11 @@ class RayEngine:
             if self.address is not None:
                 ray.init(address=self.address, **options)
             else:
-                workers = self.workers or max(1, torch.cuda.device_count())
-                decode = self.decode_cpus or max(1, (os.cpu_count() or 1) - workers)
-                ray.init(num_cpus=workers + decode, num_gpus=torch.cuda.device_count(), **options)
+                gpus = torch.cuda.device_count()
+                workers = self.workers or max(1, gpus)
+                encoders = workers * (1 if gpus else self.threads or 1)  # CPUs the encoder actors hold
+                decode = self.decode_cpus or max(1, (os.cpu_count() or 1) - encoders)
+                ray.init(num_cpus=encoders + decode, num_gpus=gpus, **options)
                 self._started = True
                 import atexit
 
@@ -287,6 +289,22 @@ class RayEngine:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def _encoder_resources(self, ray: Any) -> tuple[int, dict[str, int]]:
+        """Encoder workers and each one's resources (a GPU and a CPU, or ``threads`` CPUs); one line, instead
+        of a pipeline that waits forever, when the cluster cannot hold them and one decoding task."""
+        have = ray.cluster_resources()
+        gpus, cpus = int(have.get("GPU", 0)), have.get("CPU", 0)
+        workers = self.workers or max(1, gpus)
+        remote = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": self.threads or 1}
+        if gpus and workers > gpus:
+            raise RayEngineError(f"--workers {workers}: the Ray cluster has {gpus} GPU(s), one per encoder; "
+                                 f"use --workers {gpus} or fewer")
+        if cpus < workers * remote["num_cpus"] + 1:
+            raise RayEngineError(f"--workers {workers}: the Ray cluster has {cpus:g} CPU(s); {workers} encoder(s) of "
+                                 f"{remote['num_cpus']} CPU(s) and one decoding task need "
+                                 f"{workers * remote['num_cpus'] + 1}: use fewer workers or a bigger cluster")
+        return workers, remote
+
     # ---- extraction ------------------------------------------------------------------------
     def encode_shards(self, images: Any, backbone: "Backbone", dataset: "ImageDataset", shards: list[int],
                       shard_size: int, batch_size: int,
@@ -299,13 +317,12 @@ class RayEngine:
         from ray.data import ActorPoolStrategy
 
         plan = plan_shards(shards, shard_size, len(dataset))
-        gpus = ray.cluster_resources().get("GPU", 0)
-        workers = self.workers or max(1, int(gpus))
+        workers, remote = self._encoder_resources(ray)
+        gpus = remote.get("num_gpus", 0)
         started = time.perf_counter()
         pixels = ray.data.range(plan.rows, override_num_blocks=max(1, -(-plan.rows // batch_size))).map_batches(
             decode_batch, fn_kwargs={"images": images, "plan": plan}, batch_size=batch_size, batch_format="numpy",
             num_cpus=1)
-        remote = {"num_gpus": 1} if gpus else {"num_cpus": self.threads or 1}
         with warnings.catch_warnings():  # max_restarts has no named parameter yet (Ray 2.60)
             warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
             encoded = pixels.map_batches(
