@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -186,7 +187,7 @@ def ray_cluster():
 
     owner = RayEngine(workers=2, decode_cpus=1)
     owner.connect()
-    yield
+    yield owner
     owner.close()
 
 
@@ -227,6 +228,10 @@ def test_ray_features_equal_local_and_a_killed_worker_resumes(ray_cluster, tmp_p
     assert {s: os.stat(entry / f"shard-{int(s):05d}.npy").st_mtime_ns for s in finished} == finished
     assert torch.equal(feats, local.image_features(tiny_backbone, data))
     assert resumed.misses == 1 and resumed.image_features(tiny_backbone, data) is not None and resumed.hits == 1
+
+    # A copy in another process (a spawned bench cell) joins this cluster and never shuts it down.
+    copy = pickle.loads(pickle.dumps(ray_cluster))
+    assert ray_cluster._started and not copy._started and copy.address and ":" in copy.address
 
     # The CLI on the same cluster: `vlkit features extract --engine ray` writes the local path's entry.
     args = ["features", "extract", "--model", "test-tiny", "--data", str(folder), "--split", "all"]

@@ -283,6 +283,17 @@ class RayEngine:
             ray.shutdown()
             self._started = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy in another process (a spawned bench cell) joins this process's local cluster instead of
+        starting its own, and never shuts it down."""
+        state = dict(self.__dict__)
+        if self._started:
+            import ray
+
+            state["address"] = ray.get_runtime_context().gcs_address
+        state["_started"] = False
+        return state
+
     def __enter__(self) -> "RayEngine":
         return self
 
@@ -398,22 +409,20 @@ def extract_with_ray(backbone: "Backbone", dataset: "ImageDataset", store: Any, 
                      address: str | None = None, threads: int | None = 1) -> dict[str, Any]:
     """Encode ``dataset`` (view 0, plus ``views`` augmented views) into ``store`` on Ray; the benchmark's entry.
 
-    ``store`` is a :class:`~vlkit.features.store.FeatureStore` (its root, shard and batch sizes are used)
-    or a folder for a new one. A local cluster (``workers`` encoders, ``threads`` torch threads each) is
-    started and shut down unless ``address`` names one. Returns the images encoded, ``seconds`` for the whole
-    call (cluster start included), ``pipeline_seconds`` for the Ray Data runs alone (worker start and model
-    load included), images per second of each, and the cache hits and misses.
+    ``store`` is a :class:`~vlkit.features.store.FeatureStore`: its root, shard and batch sizes are used
+    (a copy of it runs on Ray; ``store`` itself is left as it is). A local cluster (``workers`` encoders,
+    ``threads`` torch threads each) is started and shut down unless ``address`` names one. Returns the
+    images encoded, ``seconds`` for the whole call (cluster start included), ``pipeline_seconds`` for the Ray
+    Data runs alone (worker start and model load included), images per second of each, and the cache hits
+    and misses.
     """
+    import copy
     import time
-
-    from vlkit.features.store import FeatureStore
 
     started = time.perf_counter()
     engine = RayEngine(address=address, workers=workers, threads=threads)
-    if isinstance(store, FeatureStore):
-        store = FeatureStore(store.root, store.shard_size, store.num_workers, store.batch_size, engine=engine)
-    else:
-        store = FeatureStore(store, engine=engine)
+    store = copy.copy(store)
+    store.engine, store.hits, store.misses = engine, 0, 0
     pipeline = 0.0
     with engine:
         engine.connect()

@@ -93,18 +93,13 @@ class FeatureStore:
     """Disk cache of image and text features (see the module docstring)."""
 
     def __init__(self, root: str | Path | None = None, shard_size: int = 2048, num_workers: int | None = None,
-                 batch_size: int = 256, engine: str | object | None = None) -> None:
-        """``engine``: None or ``"local"`` encodes in this process; ``"ray"`` or a
-        :class:`~vlkit.features.ray_engine.RayEngine` encodes the missing shards on a Ray cluster
-        (same keys, files and records)."""
+                 batch_size: int = 256, engine: object | None = None) -> None:
+        """``engine``: None encodes in this process; a :class:`~vlkit.features.ray_engine.RayEngine`
+        (see ``feature_engine``) encodes the missing shards on a Ray cluster (same keys, files and records)."""
         self.root = Path(root).expanduser() if root is not None else cache_root()
         self.shard_size = shard_size
         self.batch_size = batch_size
         self.num_workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if num_workers is None else num_workers
-        if isinstance(engine, str):
-            from vlkit.features.ray_engine import feature_engine
-
-            engine = feature_engine(engine)
         self.engine = engine
         self.hits = 0
         self.misses = 0
