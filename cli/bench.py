@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from vlkit.cli.common import DeviceOpt, JobsOpt, ModelOpt, OutputOpt, PretrainedOpt, ValOpt, ValPerClassOpt, err, \
-    out, parse_jobs, parse_list, user_errors, write_json
+from vlkit.cli.common import DeviceOpt, EngineOpt, JobsOpt, ModelOpt, OutputOpt, PretrainedOpt, RayAddressOpt, \
+    ValOpt, ValPerClassOpt, WorkersOpt, err, out, parse_jobs, parse_list, user_errors, write_json
 
 
 @user_errors
@@ -32,15 +32,19 @@ def bench_command(
                                                       "run; the datasets are then named NAME:testN)"),
     val: str = ValOpt, val_per_class: int = ValPerClassOpt, jobs: str = JobsOpt,
     model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
+    engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt,
     output: Optional[Path] = OutputOpt,
 ) -> None:
     """Every method x shots x seed on each dataset, accuracy and cost, resumable; Markdown, PNG and HTML reports."""
+    from vlkit.apps.commands import feature_store
     from vlkit.protocols import run_bench
 
+    store = feature_store(engine, ray_address, workers)
     result = run_bench(model, pretrained, parse_list(data, option="--data"), methods,
                        parse_list(shots, int, "--shots"), parse_list(seeds, int, "--seeds"),
                        out_dir, protocol, compare_published, device, views, fail_fast=fail_fast, schedule=schedule,
-                       test_per_class=test_per_class, val=val, val_per_class=val_per_class, jobs=parse_jobs(jobs))
+                       test_per_class=test_per_class, val=val, val_per_class=val_per_class, jobs=parse_jobs(jobs),
+                       store=store)
     out.print(result["table"], markup=False, highlight=False, soft_wrap=True)
     err.print(f"{result['ran']} cells run, {result['skipped']} already done, {len(result['failed'])} failed "
               f"in {result['seconds']:.0f}s; reports in {result['out']}")

@@ -42,6 +42,12 @@ def parse_jobs(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise VlkitError(f"--jobs must be a positive integer or auto, got {text!r}")
     return int(text)
+EngineOpt = typer.Option("local", "--engine", help="feature extraction: local (this process) or ray (a Ray Data "
+                        'pipeline; needs pip install "vlkit[ray]")')
+RayAddressOpt = typer.Option(None, "--ray-address", help="with --engine ray: join the Ray cluster at HOST:PORT "
+                             "(default: start a local one)")
+WorkersOpt = typer.Option(None, "--workers", min=1, help="with --engine ray: encoder workers, one model each "
+                          "(default: one per GPU, else 1)")
 
 
 class OnceFilter(logging.Filter):

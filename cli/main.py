@@ -6,8 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from vlkit.cli.common import (DeviceOpt, ModelOpt, OutputOpt, PretrainedOpt, SeedOpt, ValOpt, ValPerClassOpt, err,
-                              parse_jobs, parse_list, parse_settings, table, user_errors, write_json)
+from vlkit.cli.common import (DeviceOpt, EngineOpt, ModelOpt, OutputOpt, PretrainedOpt, RayAddressOpt, SeedOpt, ValOpt,
+                              ValPerClassOpt, WorkersOpt, err, parse_jobs, parse_list, parse_settings, table,
+                              user_errors, write_json)
 from vlkit.errors import VlkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -75,12 +76,18 @@ def features_extract(
     split: str = typer.Option("train", "--split", help="train, val, test or all"),
     views: int = typer.Option(0, "--views", help="augmented views to cache besides the plain one"),
     skip_corrupt: bool = SkipOpt, model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
+    engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt,
     output: Optional[Path] = OutputOpt,
 ) -> None:
-    """Encode a dataset once into the feature store (a second run is a cache hit)."""
+    """Encode a dataset once into the feature store (a second run is a cache hit).
+
+    --engine ray runs it as a Ray Data pipeline (decoding tasks, an encoder per worker) on a
+    local cluster or the one at --ray-address; the features and store entries are the same.
+    """
     from vlkit.apps.commands import extract_features
 
-    result = extract_features(model, pretrained, data, split, views, device, skip_corrupt)
+    result = extract_features(model, pretrained, data, split, views, device, skip_corrupt, engine, ray_address,
+                              workers)
     table([result], ["images", "views", "seconds", "images_per_second", "cache_hits", "cache_misses"],
           title=f"features of {data}/{split}")
     err.print(f"features stored under {result['store']} (set VLKIT_CACHE to move the store)", highlight=False,
@@ -121,6 +128,7 @@ def fit_command(
                                        "report base, novel and harmonic-mean accuracy"),
     val: str = ValOpt, val_per_class: int = ValPerClassOpt,
     skip_corrupt: bool = SkipOpt, model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
+    engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt,
     output: Optional[Path] = OutputOpt,
 ) -> None:
     """Fit one method on a few-shot sample; select on validation; score once on test.
@@ -132,18 +140,21 @@ def fit_command(
     settings = parse_settings(setting or [])
     if base_to_novel and run_dir is not None:
         raise VlkitError("--run-dir saves one fitted method; --base-to-novel does not save: drop one of them")
+    from vlkit.apps.commands import feature_store
+
+    store = feature_store(engine, ray_address, workers)
     if base_to_novel:
         from vlkit.apps.commands import fit_base_to_novel
 
         result = fit_base_to_novel(method, model, pretrained, data, shots, seed, settings, views, device, val,
-                                   val_per_class)
+                                   val_per_class, store)
         table([result], ["base", "novel", "hm", "trainable_parameters", "fit_seconds"],
               title=f"{method} base-to-novel, {shots} shots")
     else:
         from vlkit.apps.commands import fit
 
         result = fit(method, model, pretrained, data, shots, seed, settings, run_dir, views, device, skip_corrupt,
-                     val, val_per_class, force=force)
+                     val, val_per_class, force=force, store=store)
         table([result], COST_COLUMNS, title=f"{method}, {shots} shots, seed {seed}")
     write_json(output, result)
 
@@ -224,15 +235,18 @@ def fewshot_command(
     jobs: str = typer.Option("auto", "--jobs", "-j", help="cells run at once, each in its own process; auto (the "
                              "default): 2 on a CPU machine of 2 or more cores, 1 with a GPU"),
     model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
+    engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt,
     output: Optional[Path] = OutputOpt,
 ) -> None:
     """The main job: every few-shot method at 1, 4 and 16 shots, accuracy and cost side by side."""
+    from vlkit.apps.commands import feature_store
     from vlkit.protocols.presets import by_method, run_fewshot_job
 
     chosen = None if methods == "all" else parse_list(methods, option="--methods")
     shot_list, seed_list = parse_list(shots, int, "--shots"), parse_list(seeds, int, "--seeds")
+    store = feature_store(engine, ray_address, workers)
     result = run_fewshot_job(model, pretrained, data, chosen, shot_list, seed_list,
-                             out_dir, device=device, schedule=schedule, jobs=parse_jobs(jobs),
+                             out_dir, device=device, schedule=schedule, jobs=parse_jobs(jobs), store=store,
                              on_result=lambda r: err.print(f"{r['method']:>16} {r['shots']:>2} shots: "
                                                            f"{r['top1']:.1f}% in {r['fit_seconds']:.1f}s"))
     shot_columns = [f"{k}-shot" for k in sorted(set(shot_list))]

@@ -21,19 +21,33 @@ RUN_FILE = "run.json"
 REFIT = "re-create the run with `vlkit fit ... --run-dir DIR --force`"
 
 
+def feature_store(engine: str = "local", ray_address: str | None = None, workers: int | None = None) -> FeatureStore:
+    """The feature store that ``--engine``, ``--ray-address`` and ``--workers`` describe (checked before any work):
+    ``local`` encodes in this process, ``ray`` on a Ray cluster (:mod:`vlkit.features.ray_engine`)."""
+    from vlkit.features.ray_engine import feature_engine
+
+    return FeatureStore(engine=feature_engine(engine, ray_address, workers))
+
+
 def extract_features(model: str, pretrained: str | None, data: str, split: str, views: int = 0,
-                     device: str | None = None, skip_corrupt: bool = False) -> dict[str, Any]:
-    """Encode ``split`` of ``data`` (plus ``views`` augmented views) into the store."""
+                     device: str | None = None, skip_corrupt: bool = False, engine: str = "local",
+                     ray_address: str | None = None, workers: int | None = None) -> dict[str, Any]:
+    """Encode ``split`` of ``data`` (plus ``views`` augmented views) into the store, in this process or on Ray."""
+    store = feature_store(engine, ray_address, workers)
     backbone = load_backbone(model, pretrained, device)
     dataset = load_data(data, split, skip_corrupt=skip_corrupt)
-    store = FeatureStore()
     start = time.perf_counter()
-    feats = store.view_features(backbone, dataset, views) if views else store.image_features(backbone, dataset)
+    try:
+        feats = store.view_features(backbone, dataset, views) if views else store.image_features(backbone, dataset)
+    finally:
+        if store.engine is not None:
+            store.engine.close()
     seconds = time.perf_counter() - start
+    ray_stats = {"ray": store.engine.last_stats} if store.engine is not None else {}
     return {"model": model, "pretrained": pretrained, "data": data, "split": split, "images": len(dataset),
             "views": 1 + views, "shape": list(feats.shape), "seconds": seconds, "cache_hits": store.hits,
             "cache_misses": store.misses, "images_per_second": len(dataset) * (1 + views) / max(seconds, 1e-9),
-            "store": str(store.root)}
+            "store": str(store.root), "engine": engine, **ray_stats}
 
 
 def zeroshot(model: str, pretrained: str | None, data: str, split: str | None = None,
@@ -95,7 +109,8 @@ def load_val_split(data: str, val: str, skip_corrupt: bool = False) -> ImageData
 def fit(method: str, model: str, pretrained: str | None, data: str, shots: int, seed: int,
         settings: dict[str, Any] | None = None, run_dir: Path | None = None, views: int = 10,
         device: str | None = None, skip_corrupt: bool = False, val: str = "auto",
-        val_per_class: int = DEFAULT_VAL_PER_CLASS, force: bool = False) -> dict[str, Any]:
+        val_per_class: int = DEFAULT_VAL_PER_CLASS, force: bool = False,
+        store: FeatureStore | None = None) -> dict[str, Any]:
     """Fit ``method`` on ``shots`` per class of the train split; score once on the test split.
 
     Selection uses the data's val split (at most ``val_per_class`` per class) unless
@@ -112,7 +127,8 @@ def fit(method: str, model: str, pretrained: str | None, data: str, shots: int, 
     backbone = load_backbone(model, pretrained, device)
     pool, test = load_data(data, "train", skip_corrupt), load_data(data, "test", skip_corrupt)
     val_set = load_val_split(data, val, skip_corrupt)
-    options = dict(views=views, val_set=val_set, val=val, val_per_class=val_per_class, **(settings or {}))
+    options = dict(views=views, val_set=val_set, val=val, val_per_class=val_per_class, store=store,
+                   **(settings or {}))
     if run_dir is None:
         fitted = run_fewshot(backbone, pool, test, method, shots, seed, **options)
         fitted.extras["data"] = data
@@ -199,7 +215,7 @@ def adapt(methods: list[str], model: str, pretrained: str | None, source: str, t
 def fit_base_to_novel(method: str, model: str, pretrained: str | None, data: str, shots: int, seed: int,
                       settings: dict[str, Any] | None = None, views: int = 10,
                       device: str | None = None, val: str = "auto",
-                      val_per_class: int = DEFAULT_VAL_PER_CLASS) -> dict[str, Any]:
+                      val_per_class: int = DEFAULT_VAL_PER_CLASS, store: FeatureStore | None = None) -> dict[str, Any]:
     """``vlkit fit --base-to-novel``: train on the first half of the classes, score base and novel."""
     from vlkit.protocols.base_to_novel import base_to_novel
 
@@ -207,7 +223,7 @@ def fit_base_to_novel(method: str, model: str, pretrained: str | None, data: str
     check_val_options(val, val_per_class)
     backbone = load_backbone(model, pretrained, device)
     pool, test, val_set = load_data(data, "train"), load_data(data, "test"), load_val_split(data, val)
-    result = base_to_novel(backbone, pool, test, method, shots, seed, views=views, val_set=val_set, val=val,
+    result = base_to_novel(backbone, pool, test, method, shots, seed, store, views=views, val_set=val_set, val=val,
                            val_per_class=val_per_class, **(settings or {}))
     result.extras["data"] = data
     return result.to_dict()

@@ -93,11 +93,14 @@ class FeatureStore:
     """Disk cache of image and text features (see the module docstring)."""
 
     def __init__(self, root: str | Path | None = None, shard_size: int = 2048, num_workers: int | None = None,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, engine: object | None = None) -> None:
+        """``engine``: None encodes in this process; a :class:`~vlkit.features.ray_engine.RayEngine`
+        (see ``feature_engine``) encodes the missing shards on a Ray cluster (same keys, files and records)."""
         self.root = Path(root).expanduser() if root is not None else cache_root()
         self.shard_size = shard_size
         self.batch_size = batch_size
         self.num_workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if num_workers is None else num_workers
+        self.engine = engine
         self.hits = 0
         self.misses = 0
 
@@ -167,25 +170,37 @@ class FeatureStore:
         shards = dict(meta["shards"]) if usable else {}
         entry.mkdir(parents=True, exist_ok=True)
         todo = [s for s in range(n_shards) if not self._shard_ok(entry, str(s), shards.get(str(s)))]
+
+        def write(shard: int, feats: torch.Tensor, norms: torch.Tensor) -> None:  # (n, D), (n,)
+            shards[str(shard)] = self._write_shard(entry, shard, feats, norms)
+            atomic_write_json(meta_path, self._meta(backbone, dataset, view, shards, complete=False))
+
         with progress(total=len(dataset), description=f"encoding {dataset.name} view {view}") as bar:
             bar.advance(len(dataset) - sum(self._shard_len(s, len(dataset)) for s in todo))
-            for shard in todo:
-                feats, norms = self._encode_shard(backbone, dataset, view, shard, bar)  # (n, D), (n,)
-                record = {}
-                for kind, array in (("shard", feats.numpy().astype(np.float16)),
-                                    ("norms", norms.numpy().astype(np.float32))):
-                    data = _npy_bytes(array)
-                    path = _shard_path(entry, shard, kind)
-                    atomic_write_bytes(path, data)
-                    digest = hashlib.sha256(data).hexdigest()
-                    prefix = "" if kind == "shard" else "norms_"
-                    record.update({f"{prefix}bytes": len(data), f"{prefix}sha256": digest})
-                shards[str(shard)] = record
-                atomic_write_json(meta_path, self._meta(backbone, dataset, view, shards, complete=False))
+            if self.engine is None:
+                for shard in todo:
+                    write(shard, *self._encode_shard(backbone, dataset, view, shard, bar))
+            elif todo:  # e.g. Ray: the same shards and pixels, encoded elsewhere
+                transform = backbone.preprocess if view == 0 else backbone.train_transform
+                images = _ImageTensors(dataset, transform, 0, len(dataset), seed=view if view else None)
+                self.engine.encode_shards(images, backbone, dataset, todo, self.shard_size, self.batch_size, write,
+                                          bar.advance)
         meta = self._meta(backbone, dataset, view, shards, complete=True)
         atomic_write_json(meta_path, meta)
         self._check_shapes(entry, meta)
         return entry, meta
+
+    @staticmethod
+    def _write_shard(entry: Path, shard: int, feats: torch.Tensor, norms: torch.Tensor) -> dict:
+        """Write one shard's features (n, D) as float16 and norms (n,) as float32, each atomically;
+        returns its sidecar record (sizes and sha256)."""
+        record = {}
+        for kind, array in (("shard", feats.numpy().astype(np.float16)), ("norms", norms.numpy().astype(np.float32))):
+            data = _npy_bytes(array)
+            atomic_write_bytes(_shard_path(entry, shard, kind), data)
+            prefix = "" if kind == "shard" else "norms_"
+            record.update({f"{prefix}bytes": len(data), f"{prefix}sha256": hashlib.sha256(data).hexdigest()})
+        return record
 
     def _shard_len(self, shard: int, total: int) -> int:
         return min(self.shard_size, total - shard * self.shard_size)

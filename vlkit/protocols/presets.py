@@ -52,8 +52,10 @@ def run_fewshot_job(model: str = "vlkit-mini", pretrained: str | None = None, da
                     methods: Sequence[str] | None = None, shots: Sequence[int] = DEFAULT_SHOTS,
                     seeds: Sequence[int] = (1,), out_dir: Path = Path("runs/fewshot"), views: int = 10,
                     device: str | None = None, on_result: Callable[[dict[str, Any]], None] | None = None,
-                    schedule: str = "quick", jobs: int = 1) -> dict[str, Any]:
+                    schedule: str = "quick", jobs: int = 1, store: Any = None) -> dict[str, Any]:
     """Fit and score each method x shots x seed through the runner; write ``results.json`` and the plots.
+
+    ``store`` (default: a local :class:`~vlkit.features.store.FeatureStore`) encodes the images, e.g. on Ray.
 
     Cells already in ``out_dir/cells.jsonl`` are reused. A method that fails is recorded
     with its error and the job goes on; the caller decides the exit code from ``failures``.
@@ -65,7 +67,7 @@ def run_fewshot_job(model: str = "vlkit-mini", pretrained: str | None = None, da
     ran = [m for m in methods if m not in skipped]
     try:
         bench = run_bench(model, pretrained, [data], ran, shots, seeds, out_dir, "fewshot", device=device,
-                          views=views, schedule=schedule, on_result=on_result, jobs=jobs) if ran else \
+                          views=views, schedule=schedule, on_result=on_result, jobs=jobs, store=store) if ran else \
             {"records": [], "failed": [], "files": {}}
     except BenchInterrupted as stop:
         records = stop.records

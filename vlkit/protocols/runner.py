@@ -132,8 +132,8 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
     each dataset's val split by default (at most ``val_per_class`` per class), else from its
     train pool; the choice is part of each cell's key and recorded in its result.
     ``jobs`` > 1 runs cells in that many worker processes (:mod:`vlkit.protocols.parallel_cells`)
-    when the bench is given by names (a ``backbone`` object or in-memory sources run in
-    this process). Returns counts, the output files, the summary, this run's cell ``records`` (log order
+    when the bench is given by names (a ``backbone`` object, in-memory sources or a store
+    with a Ray engine run in this process). Returns counts, the output files, the summary, this run's cell ``records`` (log order
     of the grid) and, with ``compare_published``, the published numbers that match the
     model and protocol.
     """
@@ -168,7 +168,9 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
         log.info("bench: %d cells, %d done, %d to run, output in %s", len(cells), len(cells) - len(todo),
                  len(todo), out)
         context = _Context(model, pretrained, device, views, store, backbone, {s.name: s for s in sources})
-        workers = min(int(jobs), len(todo)) if backbone is None and not sources_given else 1
+        # a Ray engine spreads the extraction itself; its cluster belongs to this process
+        in_process = backbone is not None or sources_given or getattr(store, "engine", None) is not None
+        workers = 1 if in_process else min(int(jobs), len(todo))
         if workers > 1:
             log.info("bench: %d worker processes of %d thread(s) each", workers, _threads_per_job(workers))
         with BenchProgress(len(cells), len(cells) - len(todo), todo, done.values()) as bar, \
