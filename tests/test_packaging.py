@@ -52,7 +52,8 @@ def _library_imports(only: tuple[Path, ...] = (), skip: tuple[Path, ...] = ()) -
 
 
 # modules imported only inside the feature that needs them, with the extra that brings them
-OPTIONAL_IMPORTS = {"onnx": "export", "onnxruntime": "export"}  # vlkit export --format onnx
+OPTIONAL_IMPORTS = {"onnx": "export", "onnxruntime": "export",  # vlkit export --format onnx
+                    "webdataset": "shards"}  # --data given as WebDataset shards
 
 
 def test_the_core_install_has_what_the_library_imports():
