@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +60,16 @@ class ShardMember:
 
     def read_bytes(self) -> bytes:
         """The member's bytes (a short read, a shard cut after indexing, is a DataError)."""
-        try:
-            with open(self.shard, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read(self.size)
+        try:  # one positioned read: no buffered-reader setup, no shared file offset across forked workers
+            handle = os.open(self.shard, os.O_RDONLY)
+            try:
+                if hasattr(os, "pread"):
+                    data = os.pread(handle, self.size, self.offset)
+                else:  # Windows
+                    os.lseek(handle, self.offset, os.SEEK_SET)
+                    data = os.read(handle, self.size)
+            finally:
+                os.close(handle)
         except OSError as exc:
             raise DataError(f"cannot read shard {self.shard}: {exc.strerror or exc} (check the path)") from None
         if len(data) != self.size:
