@@ -27,7 +27,8 @@ from PIL import Image
 
 
 def write_images(root: Path, n: int, classes: int = 4, seed: int = 0) -> list[tuple[str, bytes, int]]:
-    """``n`` smooth-noise JPEGs of 500x375 as ``root/<class>/<name>.jpg``; returns (name, bytes, label) in folder order."""
+    """``n`` smooth-noise JPEGs of 500x375 as ``root/<class>/<name>.jpg``; returns (name, bytes, label)
+    in folder order."""
     rng = np.random.default_rng(seed)
     files = []
     for i in range(n):
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "command": f"python scripts/shard_read_speed.py --images {args.images} --per-shard {args.per_shard}",
-        "images": n, "image_size": [500, 375], "shard_bytes": sum(p.stat().st_size for p in (work / "shards").glob("*.tar")),
+        "images": n, "image_size": [500, 375],
+        "shard_bytes": sum(p.stat().st_size for p in (work / "shards").glob("*.tar")),
         "threads": 1,
         "index_first_load_samples_per_s": round(n / index_first),
         "index_cached_load_samples_per_s": round(n / index_cached),

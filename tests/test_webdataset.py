@@ -94,7 +94,8 @@ def both(tmp_path, cache) -> tuple[Path, Path, list[Path]]:
 
 def _names(dataset) -> list[str]:
     """Each item's file name: the folder's file, the shard's member."""
-    return [src.member if isinstance(src, webdataset_source.ShardMember) else Path(src).name for src, _ in dataset.items]
+    return [src.member if isinstance(src, webdataset_source.ShardMember) else Path(src).name
+            for src, _ in dataset.items]
 
 
 def test_the_three_spellings_of_shards_read_the_same_samples(both):
@@ -112,7 +113,8 @@ def test_folder_and_shards_give_identical_features_and_few_shot_samples(both, ti
     folder_all, shard_all = load_data(str(image_folder), "all"), load_data(str(shards), "all")
     assert _names(folder_all) == _names(shard_all) and folder_all.labels == shard_all.labels
     assert folder_all.classnames == shard_all.classnames and folder_all.identity != shard_all.identity
-    store = FeatureStore(tmp_path / "store", shard_size=16, num_workers=0)  # 2 store shards: the boundary too
+    # 2 store shards (the boundary too), read by a DataLoader worker process (items cross a pickle)
+    store = FeatureStore(tmp_path / "store", shard_size=16, num_workers=1, batch_size=8)
     a, b = store.image_features(tiny_backbone, folder_all), store.image_features(tiny_backbone, shard_all)
     assert a.shape == (27, tiny_backbone.embed_dim) and np.array_equal(a.numpy(), b.numpy())
     for split in ("train", "test"):  # the plain rule (every 4th per class is test) picks the same images

@@ -165,7 +165,8 @@ def _load_shards(spec: str, split: str, skip_corrupt: bool) -> ImageDataset:
         dataset = load_shard_set(layout.shards, read_classnames(layout.folders, spec), layout.name, skip_corrupt)
         return _plain_folder_split(dataset, split, kind="a plain set of shards (no val/ folder of shards)")
     if split == "all":
-        raise DataError(f"{spec} has fixed splits (train/, val/, test/ folders of shards): use --split train, val or test")
+        raise DataError(f"{spec} has fixed splits (train/, val/, test/ folders of shards): "
+                        "use --split train, val or test")
     if split not in layout.splits:
         error = MissingSplitError if split == "val" else DataError
         raise error(f"{spec} has no {split}/ folder of shards (it has {', '.join(s + '/' for s in layout.splits)})")

@@ -35,7 +35,7 @@ from typing import Any
 
 from PIL import Image
 
-from vlkit.data.dataset import ImageDataset, decode_image
+from vlkit.data.dataset import ImageDataset, decode_image, drop_unreadable
 from vlkit.errors import DataError
 from vlkit.io import atomic_write_json, cache_root
 
@@ -49,9 +49,9 @@ INDEX_VERSION = 1
 INSTALL_HINT = 'reading WebDataset shards needs the webdataset package: pip install "vlkit[shards]"'
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ShardMember:
-    """One image member of a shard: read with one seek, decoded to RGB by calling it."""
+    """One image member of a shard: its bytes read with one positioned read, decoded to RGB by calling it."""
 
     shard: str
     member: str
@@ -61,7 +61,7 @@ class ShardMember:
     def read_bytes(self) -> bytes:
         """The member's bytes (a short read, a shard cut after indexing, is a DataError)."""
         try:  # one positioned read: no buffered-reader setup, no shared file offset across forked workers
-            handle = os.open(self.shard, os.O_RDONLY)
+            handle = os.open(self.shard, os.O_RDONLY | getattr(os, "O_BINARY", 0))
             try:
                 if hasattr(os, "pread"):
                     data = os.pread(handle, self.size, self.offset)
@@ -104,7 +104,8 @@ def looks_like_shards(spec: str) -> bool:
 
 
 def _tar_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith((".tar", *COMPRESSED_SUFFIXES)))
+    suffixes = (".tar", *COMPRESSED_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
 
 
 @dataclass
@@ -125,7 +126,8 @@ def shard_layout(spec: str) -> ShardLayout:
     root = Path(spec).expanduser()
     if root.is_dir():
         if (root / "train").is_dir() and not _tar_files(root):
-            splits = {s: _checked(_tar_files(root / s), root / s) for s in ("train", "val", "test") if (root / s).is_dir()}
+            present = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+            splits = {s: _checked(_tar_files(root / s), root / s) for s in present}
             return ShardLayout(root.name, [root], splits=splits)
         image_folders = [p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
         if image_folders:
@@ -226,7 +228,11 @@ def shard_index(path: Path) -> list[list]:
     except (OSError, ValueError, AttributeError):
         pass
     samples = _scan_shard(path)
-    atomic_write_json(cached, {"shard": list(stat_key), "samples": samples}, sort_keys=False)
+    try:
+        atomic_write_json(cached, {"shard": list(stat_key), "samples": samples}, sort_keys=False)
+    except OSError as exc:  # a read-only cache costs a re-scan next time, never the run
+        log.warning("cannot cache the index of shard %s under %s (%s): the next run reads it again",
+                    path, cached.parent, exc.strerror or exc)
     return samples
 
 
@@ -307,7 +313,7 @@ def load_shard_set(paths: list[Path], classnames: list[str], name: str, skip_cor
     skipped: list[str] = []
     digest = hashlib.sha256()
     for path in paths:
-        stat_key = _stat_key(path)
+        stat_key, shard = _stat_key(path), str(path)  # one string per shard, shared by its items
         digest.update(f"{stat_key}\n".encode())
         for key, member, offset, size, label in shard_index(path):
             digest.update(f"{key}|{label}\n".encode())
@@ -315,18 +321,17 @@ def load_shard_set(paths: list[Path], classnames: list[str], name: str, skip_cor
                 f"{key} has no image ({', '.join('.' + e for e in IMAGE_EXTENSIONS)})"
             if problem:
                 if not skip_corrupt:
-                    raise DataError(f"shard {path}: {problem}; fix the shard, or pass --skip-corrupt to skip such samples")
+                    raise DataError(f"shard {path}: {problem}; fix the shard, or pass --skip-corrupt to skip "
+                                    "such samples")
                 skipped.append(f"{key} in shard {path}")
                 continue
             if not 0 <= label < len(classnames):
                 raise DataError(f"sample {key} in shard {path} has label {label}, outside the {len(classnames)} class "
                                 f"names 0..{len(classnames) - 1} (check classnames.txt / classnames.json)")
-            items.append((ShardMember(str(path), member, offset, size), label))
+            items.append((ShardMember(shard, member, offset, size), label))
     dataset = ImageDataset(items=items, classnames=classnames, name=name,
                            identity=f"shards:{name}:{digest.hexdigest()[:16]}")
     if skip_corrupt:
-        from vlkit.data.dataset import drop_unreadable
-
         dataset = drop_unreadable(dataset)
         if skipped:
             log.warning("skipped %d shard sample(s) without an image or label in %s, first: %s",
