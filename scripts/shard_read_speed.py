@@ -4,7 +4,8 @@ Writes ``--images`` JPEGs (500x375, as benchmarks/gpu_check.py's set) into a cla
 tree and the same files into shards of ``--per-shard`` samples, then times on one thread:
 the shard index pass (first load: webdataset stream + tar headers) and the cached load;
 reading each item's bytes (``open``/``read`` of a file vs one seek into a shard); and
-reading + decoding to RGB (``dataset.image(i)``, what the feature store's workers call).
+reading + decoding to RGB (``dataset.image(i)``, what the feature store's workers call); and
+the feature store end to end with ``--model`` (no DataLoader workers).
 Each timing is the best of ``--repeats`` passes over a warm page cache, folder and shards
 alternating.
 
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--per-shard", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model", default="vlkit-mini", help="also time FeatureStore.image_features ('' to skip)")
     ap.add_argument("--output", type=Path, default=None)
     args = ap.parse_args(argv)
     import torch
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
             src.read_bytes()
 
     result = {
-        "command": f"python scripts/shard_read_speed.py --images {args.images} --per-shard {args.per_shard}",
+        "command": f"python scripts/shard_read_speed.py --images {args.images} --per-shard {args.per_shard} "
+                   f"--repeats {args.repeats}",
         "images": n, "image_size": [500, 375],
         "shard_bytes": sum(p.stat().st_size for p in (work / "shards").glob("*.tar")),
         "threads": 1,
@@ -117,6 +120,18 @@ def main(argv: list[str] | None = None) -> dict:
         **best_rates(n, {"read_decode_folder_per_s": lambda: [folder.image(i) for i in range(n)],
                          "read_decode_shards_per_s": lambda: [shards.image(i) for i in range(n)]}, args.repeats),
     }
+    if args.model:  # end to end through the feature store: decode, preprocess, encode, write
+        from vlkit.backbones import load_backbone
+        from vlkit.features.store import FeatureStore
+
+        backbone = load_backbone(args.model, device="cpu")
+        rates = {}
+        for name, dataset in (("folder", folder), ("shards", shards)):
+            store = FeatureStore(work / f"store-{name}", num_workers=0)
+            start = time.perf_counter()
+            store.image_features(backbone, dataset)
+            rates[f"store_{name}_per_s"] = round(n / (time.perf_counter() - start))
+        result.update(model=args.model, **rates)
     if args.output:
         args.output.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

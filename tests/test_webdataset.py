@@ -227,6 +227,18 @@ def test_bad_shards_are_one_line_errors(tmp_path, cache, case):
     assert "\n" not in str(error.value) and str(shard) in str(error.value)
 
 
+@pytest.mark.parametrize("where", ["data", "header"])
+def test_a_shard_cut_short_is_one_line_at_load(both, where):
+    _, shards, paths = both
+    with tarfile.open(paths[2]) as tar:
+        last = [info for info in tar.getmembers() if info.name.endswith((".png", ".jpg"))][-1]
+    cut = last.offset_data + 10 if where == "data" else last.offset + 100  # in its bytes / in its header
+    paths[2].write_bytes(paths[2].read_bytes()[:cut])
+    with pytest.raises(DataError, match=r"shards-000002.tar is cut short") as error:
+        load_data(str(shards), "all")
+    assert "\n" not in str(error.value)
+
+
 def test_unusable_files_and_missing_class_names_are_one_line_errors(tmp_path, cache):
     folder = tmp_path / "d"
     folder.mkdir()

@@ -223,8 +223,9 @@ def shard_index(path: Path) -> list[list]:
     cached = _index_path(stat_key)
     try:
         content = json.loads(cached.read_bytes())
-        if content.get("shard") == list(stat_key):
-            return content["samples"]
+        samples = content["samples"] if content.get("shard") == list(stat_key) else None
+        if isinstance(samples, list) and all(isinstance(row, list) and len(row) == 5 for row in samples):
+            return samples
     except (OSError, ValueError, AttributeError):
         pass
     samples = _scan_shard(path)
@@ -249,10 +250,17 @@ def _member_table(path: Path) -> dict[str, dict[str, tuple[str, int, int]]]:
                 prefix, ext = keys(info.name)
                 if prefix is not None:
                     table.setdefault(prefix, {})[ext.lower()] = (info.name, info.offset_data, info.size)
-    except tarfile.ReadError as exc:
+            end = tar.offset  # where the end-of-archive marker (two zero blocks) starts
+    except tarfile.TarError as exc:
         if path.stat().st_size == 0:
             raise DataError(f"shard {path} is empty (0 bytes): remove it or re-write it") from None
+        if table:
+            raise DataError(f"shard {path} is cut short or damaged after {len(table)} samples ({exc}): "
+                            "re-write it") from None
         raise DataError(f"shard {path} is not an uncompressed tar file ({exc}): pass .tar shards") from None
+    if path.stat().st_size < end + 2 * tarfile.BLOCKSIZE:  # tarfile reads a header cut short as the end
+        raise DataError(f"shard {path} is cut short (it ends without the tar end-of-archive marker, after "
+                        f"{len(table)} samples): re-write it")
     return table
 
 
