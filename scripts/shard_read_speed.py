@@ -5,7 +5,7 @@ tree and the same files into shards of ``--per-shard`` samples, then times on on
 the shard index pass (first load: webdataset stream + tar headers) and the cached load;
 reading each item's bytes (``open``/``read`` of a file vs one seek into a shard); and
 reading + decoding to RGB (``dataset.image(i)``, what the feature store's workers call); and
-the feature store end to end with ``--model`` (no DataLoader workers).
+the feature store end to end with ``--model`` (no DataLoader workers, a fresh store each pass).
 Each timing is the best of ``--repeats`` passes over a warm page cache, folder and shards
 alternating.
 
@@ -125,12 +125,13 @@ def main(argv: list[str] | None = None) -> dict:
         from vlkit.features.store import FeatureStore
 
         backbone = load_backbone(args.model, device="cpu")
-        rates = {}
-        for name, dataset in (("folder", folder), ("shards", shards)):
-            store = FeatureStore(work / f"store-{name}", num_workers=0)
-            start = time.perf_counter()
-            store.image_features(backbone, dataset)
-            rates[f"store_{name}_per_s"] = round(n / (time.perf_counter() - start))
+        FeatureStore(work / "store-warmup", num_workers=0).image_features(backbone, folder.subset(range(32), "warmup"))
+
+        def encode(dataset) -> Callable[[], None]:  # a fresh store each call: always a cache miss
+            return lambda: FeatureStore(tempfile.mkdtemp(dir=work), num_workers=0).image_features(backbone, dataset)
+
+        rates = best_rates(n, {"store_folder_per_s": encode(folder), "store_shards_per_s": encode(shards)},
+                           args.repeats)
         result.update(model=args.model, **rates)
     if args.output:
         args.output.write_text(json.dumps(result, indent=1) + "\n")
