@@ -13,7 +13,8 @@ from vlkit.cli.common import DeviceOpt, EngineOpt, JobsOpt, ModelOpt, OutputOpt,
 @user_errors
 def bench_command(
     data: str = typer.Option("fashion-mnist-mini", "--data", "-d",
-                             help="comma-separated: offline names, image folders, NAME@COOP_ROOT, or coop@COOP_ROOT "
+                             help="comma-separated: offline names, image folders, WebDataset shards (.tar, a "
+                                  "{000000..000009}.tar pattern, a folder of .tar), NAME@COOP_ROOT, or coop@COOP_ROOT "
                                   "(all 11 CoOp benchmarks found there)"),
     methods: str = typer.Option("all", "--methods", help="all, a,b,c, or all,-a (every method but a)"),
     shots: str = typer.Option("1,2,4,8,16", "--shots", help="comma-separated shot counts"),

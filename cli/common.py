@@ -24,6 +24,8 @@ err = Console(stderr=True)
 ModelOpt = typer.Option("vlkit-mini", "--model", "-m", help="open_clip model name, or vlkit-mini / test-tiny")
 PretrainedOpt = typer.Option(None, "--pretrained", "-p", help="pretrained tag (e.g. openai) or a local checkpoint file")
 DeviceOpt = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)")
+DATA_HELP = ("offline dataset name, image folder, or WebDataset shards (a .tar, a shards-{000000..000009}.tar "
+             "pattern, or a folder of .tar shards)")
 OutputOpt = typer.Option(None, "--output", "-o", help="write the result as JSON to this file")
 SeedOpt = typer.Option(1, "--seed", help="few-shot sampling and training seed")
 ValOpt = typer.Option("auto", "--val", help="validation for selection: auto (the data's val split when it has "

@@ -6,9 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from vlkit.cli.common import (DeviceOpt, EngineOpt, ModelOpt, OutputOpt, PretrainedOpt, RayAddressOpt, SeedOpt, ValOpt,
-                              ValPerClassOpt, WorkersOpt, err, parse_jobs, parse_list, parse_settings, table,
-                              user_errors, write_json)
+from vlkit.cli.common import (DATA_HELP, DeviceOpt, EngineOpt, ModelOpt, OutputOpt, PretrainedOpt, RayAddressOpt,
+                              SeedOpt, ValOpt, ValPerClassOpt, WorkersOpt, err, parse_jobs, parse_list, parse_settings,
+                              table, user_errors, write_json)
 from vlkit.errors import VlkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -72,7 +72,7 @@ COST_COLUMNS = ["top1", "mean_per_class", "trainable_parameters", "artifact_byte
 @features_app.command("extract")
 @user_errors
 def features_extract(
-    data: str = typer.Option(..., "--data", "-d", help="offline dataset name or image folder"),
+    data: str = typer.Option(..., "--data", "-d", help=DATA_HELP),
     split: str = typer.Option("train", "--split", help="train, val, test or all"),
     views: int = typer.Option(0, "--views", help="augmented views to cache besides the plain one"),
     skip_corrupt: bool = SkipOpt, model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
@@ -98,7 +98,7 @@ def features_extract(
 @app.command("zeroshot")
 @user_errors
 def zeroshot_command(
-    data: str = typer.Option(..., "--data", "-d", help="offline dataset name or image folder"),
+    data: str = typer.Option(..., "--data", "-d", help=DATA_HELP),
     split: Optional[str] = typer.Option(None, "--split", help="default: test, or all of a plain folder"),
     template: Optional[List[str]] = typer.Option(None, "--template", help="prompt template with {} (repeatable)"),
     skip_corrupt: bool = SkipOpt, model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
@@ -116,7 +116,7 @@ def zeroshot_command(
 @user_errors
 def fit_command(
     method: str = typer.Argument(..., help="a method name from `vlkit methods`"),
-    data: str = typer.Option(..., "--data", "-d", help="offline dataset name or image folder"),
+    data: str = typer.Option(..., "--data", "-d", help=DATA_HELP),
     shots: int = typer.Option(16, "--shots", "-k", help="labelled images per class"),
     seed: int = SeedOpt,
     setting: Optional[List[str]] = typer.Option(None, "--set", help="method option key=value (repeatable)"),
@@ -135,7 +135,9 @@ def fit_command(
 
     --data takes an offline dataset name, a folder with train/ and test/ (and val/) sub-folders
     of <class>/<image>, a CoOp-style folder (images/ plus a split JSON with train/val/test lists),
-    or a plain <class>/<image> folder (every 4th image per class is the test split).
+    a plain <class>/<image> folder (every 4th image per class is the test split), or WebDataset
+    shards with classnames.txt beside them (a .tar, a shards-{000000..000127}.tar pattern, or a
+    folder of .tar shards; train/, val/, test/ folders of shards for fixed splits).
     """
     settings = parse_settings(setting or [])
     if base_to_novel and run_dir is not None:
@@ -224,7 +226,7 @@ def datasets_build(
 @app.command("fewshot")
 @user_errors
 def fewshot_command(
-    data: str = typer.Option("fashion-mnist-mini", "--data", "-d", help="offline dataset name or image folder"),
+    data: str = typer.Option("fashion-mnist-mini", "--data", "-d", help=DATA_HELP),
     methods: str = typer.Option("all", "--methods", help="all, or a comma-separated list"),
     shots: str = typer.Option("1,4,16", "--shots", help="comma-separated shot counts"),
     seeds: str = typer.Option("1", "--seeds", help="comma-separated seeds"),

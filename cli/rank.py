@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import typer
 
-from vlkit.cli.common import DeviceOpt, OutputOpt, SeedOpt, err, parse_list, table, write_json
+from vlkit.cli.common import DATA_HELP, DeviceOpt, OutputOpt, SeedOpt, err, parse_list, table, write_json
 
 
 def metric_cells(result: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -26,7 +26,7 @@ def metric_cells(result: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str
 def rank_command(
     models: str = typer.Option(..., "--models", help="comma-separated: offline models (vlkit-mini, test-tiny), "
                                "open_clip NAME:TAG or NAME:/path/checkpoint, or vlkit-mini training-run folders"),
-    data: str = typer.Option("fashion-mnist-mini", "--data", "-d", help="offline dataset name or image folder"),
+    data: str = typer.Option("fashion-mnist-mini", "--data", "-d", help=DATA_HELP),
     shots: int = typer.Option(16, "--shots", "-k", help="labelled images per class the metrics see"),
     seed: int = SeedOpt,
     source: Optional[str] = typer.Option(None, "--source", help="a labelled source domain with the same classes "

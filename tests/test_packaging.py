@@ -53,7 +53,8 @@ def _library_imports(only: tuple[Path, ...] = (), skip: tuple[Path, ...] = ()) -
 
 # modules imported only inside the feature that needs them, with the extra that brings them
 OPTIONAL_IMPORTS = {"onnx": "export", "onnxruntime": "export",  # vlkit export --format onnx
-                    "ray": "ray"}  # --engine ray (vlkit.features.ray_engine)
+                    "ray": "ray",  # --engine ray (vlkit.features.ray_engine)
+                    "webdataset": "shards"}  # --data given as WebDataset shards
 
 
 def test_the_core_install_has_what_the_library_imports():

@@ -5,7 +5,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import BinaryIO, Callable, Sequence, Union
 
 from PIL import Image, UnidentifiedImageError
 
@@ -30,9 +30,13 @@ def open_image(source: ImageSource) -> Image.Image:
         return source.convert("RGB")
     if callable(source):
         return source().convert("RGB")
-    path = Path(source)
+    return decode_image(Path(source), str(Path(source)))
+
+
+def decode_image(file: Path | BinaryIO, what: str) -> Image.Image:
+    """Decode ``file`` (a path or an open binary file) to RGB; errors are one-line DataErrors naming ``what``."""
     try:
-        with Image.open(path) as img:  # reads the header only; over twice the limit PIL raises here
+        with Image.open(file) as img:  # reads the header only; over twice the limit PIL raises here
             limit = Image.MAX_IMAGE_PIXELS
             if limit and img.size[0] * img.size[1] > limit:  # over the limit: refused before decoding
                 raise Image.DecompressionBombError(img.size)
@@ -40,14 +44,15 @@ def open_image(source: ImageSource) -> Image.Image:
             return img.convert("RGB")
     except Image.DecompressionBombError:
         raise DataError(
-            f"image {path} is too large to decode safely: more than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} "
+            f"image {what} is too large to decode safely: more than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} "
             "pixels (a decompression bomb?); remove or shrink it, or pass --skip-corrupt / skip_corrupt=True"
         ) from None
     except FileNotFoundError:
-        raise DataError(f"image not found: {path} (check the dataset root)") from None
+        raise DataError(f"image not found: {what} (check the dataset root)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        detail = str(exc).replace(f" {file!r}", "")  # PIL names an open file by its repr: drop it
         raise DataError(
-            f"cannot decode image {path}: {exc.__class__.__name__}: {exc} "
+            f"cannot decode image {what}: {exc.__class__.__name__}: {detail} "
             "(remove or replace it, or pass --skip-corrupt / skip_corrupt=True)"
         ) from None
 

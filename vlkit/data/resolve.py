@@ -3,7 +3,10 @@
 Accepted layouts (:data:`LAYOUTS`): an offline dataset name; ``NAME@COOP_ROOT`` (one of
 the 11 benchmarks); a folder holding a CoOp-style ``split*.json`` beside ``images/``; a
 folder with ``train/``, ``val/``, ``test/`` ImageFolder trees; a plain ImageFolder
-(``<root>/<class>/<image>``, then every 4th image per class is test). Anything that
+(``<root>/<class>/<image>``, then every 4th image per class is test); WebDataset shards
+(a brace pattern ``shards-{000000..000127}.tar``, one ``.tar``, or a folder of ``.tar``
+shards, with ``train/``, ``val/``, ``test/`` folders of shards for fixed splits, else every
+4th sample per class is test, as for a plain folder; see :mod:`vlkit.data.webdataset_source`). Anything that
 would read one layout as another (a class called ``images`` or ``train``, a class folder
 that is itself a dataset root, fewer than 2 classes) is a one-line DataError naming what
 was found and these layouts, never a result.
@@ -21,7 +24,9 @@ SPLIT_FOLDERS = ("train", "val", "test")
 RESERVED_CLASS_NAMES = ("images", *SPLIT_FOLDERS)  # folder names that belong to another layout
 LAYOUTS = ("an offline dataset name (`vlkit datasets` lists them)", "NAME@COOP_ROOT (a CoOp benchmark)",
            "ROOT/images/... with a CoOp split*.json in ROOT", "ROOT/train|val|test/<class>/<image>",
-           "ROOT/<class>/<image> with 2 or more classes")
+           "ROOT/<class>/<image> with 2 or more classes",
+           "WebDataset shards with classnames.txt beside them: PATH/shards-{000000..000127}.tar, one .tar, or a "
+           "folder of .tar shards (train/, val/, test/ folders of shards for fixed splits)")
 
 
 def accepted_layouts() -> str:
@@ -49,16 +54,18 @@ def has_splits(spec: str) -> bool:
     """Whether ``spec`` names data with its own train/test split (else one plain folder)."""
     if spec in _offline_names() or ("@" in spec and not Path(spec).exists()):
         return True
+    if _is_shards(spec):
+        return _shard_layout(spec).splits is not None
     root = Path(spec).expanduser()
     return root.is_dir() and ((root / "train").is_dir() or bool(_split_files(root)))
 
 
-def _plain_folder_split(dataset: ImageDataset, split: str) -> ImageDataset:
-    """Every 4th image of each class (in sorted order) is test; the rest is the train pool."""
+def _plain_folder_split(dataset: ImageDataset, split: str, kind: str = "a plain ImageFolder") -> ImageDataset:
+    """Every 4th image of each class (in dataset order) is test; the rest is the train pool."""
     if split == "all":
         return dataset
     if split == "val":
-        raise MissingSplitError(f"{dataset.name} is a plain ImageFolder: it has no val split")
+        raise MissingSplitError(f"{dataset.name} is {kind}: it has no val split")
     seen = [0] * len(dataset.classnames)
     keep: list[int] = []
     for i, label in enumerate(dataset.labels):
@@ -137,6 +144,37 @@ def _load_folder(root: Path, split: str, skip_corrupt: bool) -> ImageDataset:
     return _plain_folder_split(load_image_folder(root, skip_corrupt=skip_corrupt), split)
 
 
+def _is_shards(spec: str) -> bool:
+    from vlkit.data.webdataset_source import looks_like_shards
+
+    return looks_like_shards(spec)
+
+
+def _shard_layout(spec: str):
+    from vlkit.data.webdataset_source import shard_layout
+
+    return shard_layout(spec)
+
+
+def _load_shards(spec: str, split: str, skip_corrupt: bool) -> ImageDataset:
+    """WebDataset shards, split as folders are: train/, val/, test/ folders of shards, else every 4th per class."""
+    from vlkit.data.webdataset_source import load_shard_set, read_classnames
+
+    layout = _shard_layout(spec)
+    if layout.splits is None:
+        dataset = load_shard_set(layout.shards, read_classnames(layout.folders, spec), layout.name, skip_corrupt)
+        return _plain_folder_split(dataset, split, kind="a plain set of shards (no val/ folder of shards)")
+    if split == "all":
+        raise DataError(f"{spec} has fixed splits (train/, val/, test/ folders of shards): "
+                        "use --split train, val or test")
+    if split not in layout.splits:
+        error = MissingSplitError if split == "val" else DataError
+        raise error(f"{spec} has no {split}/ folder of shards (it has {', '.join(s + '/' for s in layout.splits)})")
+    folder = layout.folders[0] / split
+    return load_shard_set(layout.splits[split], read_classnames([*layout.folders, folder], spec),
+                          f"{layout.name}/{split}", skip_corrupt)
+
+
 def drop_unreadable_if(dataset: ImageDataset, skip_corrupt: bool) -> ImageDataset:
     """``dataset`` without its unreadable images when ``skip_corrupt``, else as it is."""
     from vlkit.data.dataset import drop_unreadable
@@ -152,7 +190,8 @@ def load_data(spec: str, split: str = "test", skip_corrupt: bool = False, **opti
     CoOp-style split file (``split*.json``, any name, images under ``images/``), an
     ImageFolder root with ``train/``, ``val/``, ``test/`` sub-trees, or a plain
     ImageFolder root (then every 4th image per class is the test split and the rest the
-    training pool; ``all`` is every image). A split the data lacks (no ``val/``, an
+    training pool; ``all`` is every image), or WebDataset shards (a brace pattern, one
+    ``.tar``, or a folder of shards; split like folders). A split the data lacks (no ``val/``, an
     empty ``val`` list) raises :class:`~vlkit.data.dataset.MissingSplitError`; a layout
     that cannot be read safely, or fewer than 2 classes, a DataError.
     """
@@ -169,6 +208,8 @@ def load_data(spec: str, split: str = "test", skip_corrupt: bool = False, **opti
 
         name, data_root = spec.split("@", 1)
         dataset = drop_unreadable_if(load_benchmark(name, data_root, split), skip_corrupt)
+    elif _is_shards(spec):
+        dataset = _load_shards(spec, split, skip_corrupt)
     else:
         root = Path(spec).expanduser()
         if not root.exists():
