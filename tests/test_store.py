@@ -118,13 +118,11 @@ def test_gpu_jpeg_route_agrees_with_the_pil_route(tmp_path, tiny_backbone, monke
     data = load_image_folder(tmp_path / "img")
     pil = FeatureStore(tmp_path / "pil", num_workers=0).image_features(tiny_backbone, data)
     calls = []
-    monkeypatch.setattr(store_module, "gpu_paths_for",
-                        lambda b, d, v, s, e: calls.append(v) or (jpeg_paths(d, s, e) if v == 0 else None))
-    real_batches = store_module.gpu_image_batches
-    monkeypatch.setattr(store_module, "gpu_image_batches",
-                        lambda paths, cfg, bs, device: real_batches(paths, cfg, bs, "cpu", 0))
+    real_paths = store_module.pipeline_paths
+    monkeypatch.setenv("VLKIT_GPU_DECODE", "cpu")  # the pipeline on the CPU (CUDA's route, without streams)
+    monkeypatch.setattr(store_module, "pipeline_paths", lambda b, d, s, e: calls.append(s) or real_paths(b, d, s, e))
     routed = FeatureStore(tmp_path / "gpu", num_workers=0).image_features(tiny_backbone, data)
-    assert calls == [0]
+    assert calls == [0] and jpeg_paths(data) is not None
     assert torch.nn.functional.cosine_similarity(pil, routed).min() >= 0.99
 
 

@@ -1,0 +1,258 @@
+"""The overlapped extraction pipeline: read, decode and transform, and encode, each stage in its own thread.
+
+Stages (:func:`encode_views`), joined by bounded queues (:func:`run_stages`) so that each
+works on the next batch while the one after it is busy and none runs more than
+``depth`` batches ahead::
+
+    file reads (a thread pool, in path order)
+      -> decode the batch (torchvision's ``decode_jpeg`` on a list: nvJPEG on CUDA,
+         libjpeg-turbo on the CPU) and build every requested view from the decoded
+         images: view 0 with :func:`~vlkit.features.gpu_decode.resize_normalize` (the
+         model's evaluation preprocessing), views >= 1 with
+         :func:`~vlkit.features.gpu_augment.augment_views` (the store's seeded crop + flip)
+      -> encode each view (the caller's thread)
+
+On CUDA the decode stage runs on its own stream and records an event the encoder's
+stream waits on; the encoder runs on a second stream and copies features into pinned
+host buffers without blocking; file bytes are packed into a pinned buffer per batch.
+On the CPU the same stage code runs without streams or pinning (the tests run it so).
+
+One read and one decode per image serve every view: 10 augmented views cost one pass
+over the files. A file the batched decode rejects (or that cannot be read) is decoded by
+``fallback`` (the store passes the dataset's own PIL decode, so a corrupt file raises the
+same ``DataError`` as on the PIL path). An exception in any stage is re-raised in the
+consumer and stops the other stages.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+
+from vlkit.features.gpu_augment import augment_views
+from vlkit.features.gpu_decode import (decode_or_fallback, gpu_decode_enabled, gpu_reproduces, jpeg_paths,
+                                       prefetched_bytes, read_bytes_or_none, resize_normalize)
+
+_DONE = object()  # end of stream marker passed down the queues
+
+
+@dataclass
+class _Failure:
+    """An exception raised in a stage, carried down the queues to the consumer."""
+
+    exc: BaseException
+
+
+def run_stages(source: Iterable[Any], stages: Sequence[Callable[[Any], Any]], depth: int = 2,
+               name: str = "vlkit-pipeline", poll_s: float = 0.1) -> Iterator[Any]:
+    """Yield ``stages[-1](...(stages[0](item)))`` for each ``item`` of ``source``, in order.
+
+    ``source`` is iterated in one thread and each stage runs in its own thread, with a
+    queue of at most ``depth`` items between neighbours. An exception in ``source`` or a
+    stage is re-raised here (the same object); closing the iterator early (``break``, an
+    error in the consumer) stops every thread. Threads poll a stop flag every ``poll_s``
+    seconds, so none blocks forever on a full or empty queue.
+    """
+    stop = threading.Event()
+    queues = [queue.Queue(maxsize=max(1, depth)) for _ in range(len(stages) + 1)]
+
+    def put(q: queue.Queue, item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=poll_s)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(q: queue.Queue) -> Any:
+        while not stop.is_set():
+            try:
+                return q.get(timeout=poll_s)
+            except queue.Empty:
+                continue
+        return _DONE
+
+    def feed() -> None:
+        items = iter(source)
+        try:
+            for item in items:
+                if not put(queues[0], item):
+                    return
+            put(queues[0], _DONE)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            put(queues[0], _Failure(exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator's own resources (its read threads) end here
+
+    def work(k: int, stage: Callable[[Any], Any]) -> None:
+        while True:
+            item = get(queues[k])
+            if item is _DONE or isinstance(item, _Failure):
+                put(queues[k + 1], item)
+                return
+            try:
+                out = stage(item)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                put(queues[k + 1], _Failure(exc))
+                return
+            if not put(queues[k + 1], out):
+                return
+
+    threads = [threading.Thread(target=feed, name=f"{name}-source", daemon=True)]
+    threads += [threading.Thread(target=work, args=(k, stage), name=f"{name}-stage{k}", daemon=True)
+                for k, stage in enumerate(stages)]
+    for thread in threads:
+        thread.start()
+    try:
+        while True:
+            try:
+                item = queues[-1].get(timeout=poll_s)
+            except queue.Empty:
+                if not any(thread.is_alive() for thread in threads) and queues[-1].empty():
+                    raise RuntimeError(f"{name}: every stage stopped without a result") from None
+                continue
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+def pipeline_device_ok(device: torch.device) -> bool:
+    """Whether the pipeline is the default on ``device``: CUDA always; the CPU when ``VLKIT_GPU_DECODE=cpu``.
+
+    On the CPU the PIL DataLoader stays the default (measured in
+    ``benchmarks/results/extraction.json``: see ``cpu_pipeline_over_pil_store``).
+    """
+    if device.type == "cuda":
+        return True
+    return os.environ.get("VLKIT_GPU_DECODE", "1").lower() == "cpu"
+
+
+def pipeline_paths(backbone: Any, dataset: Any, start: int = 0, stop: int | None = None) -> list[str] | None:
+    """The JPEG paths of items ``[start, stop)`` when the pipeline applies to ``backbone``, else None.
+
+    It applies to datasets of JPEG files, every view, on a device :func:`pipeline_device_ok`
+    accepts, for a preprocessing config the tensor transforms reproduce
+    (:func:`~vlkit.features.gpu_decode.gpu_reproduces`), unless ``VLKIT_GPU_DECODE=0``.
+    """
+    if not gpu_decode_enabled() or not pipeline_device_ok(torch.device(backbone.device)):
+        return None
+    if not gpu_reproduces(backbone.preprocess_cfg):
+        return None
+    return jpeg_paths(dataset, start, stop)
+
+
+@dataclass
+class ViewBatch:
+    """The views of one batch of images, ready to encode."""
+
+    indices: list[int]  # dataset index of each row
+    views: dict[int, torch.Tensor]  # {view: (B, 3, S, S) float32 on the device}
+    ready: Any = None  # CUDA event recorded after the views were built (None on the CPU)
+    keep: Any = field(default=None, repr=False)  # pinned bytes held until the batch is consumed
+
+
+def _byte_batches(paths: Sequence[str], indices: Sequence[int], batch_size: int, workers: int,
+                  pin: bool) -> Iterator[tuple[list[int], list[torch.Tensor | None], Any]]:
+    """(indices, file bytes or None where unreadable, pinned buffer or None) per batch, in order."""
+    position = 0
+    for datas in prefetched_bytes(paths, batch_size, workers, reader=read_bytes_or_none):
+        rows = list(indices[position:position + len(datas)])
+        position += len(datas)
+        buffer = None
+        if pin and any(d is not None for d in datas):
+            total = sum(len(d) for d in datas if d is not None)
+            buffer = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+            offset, packed = 0, []
+            for data in datas:
+                if data is None:
+                    packed.append(None)
+                    continue
+                buffer[offset:offset + len(data)].copy_(data)
+                packed.append(buffer[offset:offset + len(data)])
+                offset += len(data)
+            datas = packed
+        yield rows, datas, buffer
+
+
+def view_batches(paths: Sequence[str], indices: Sequence[int], views: Sequence[int], cfg: Any,
+                 device: torch.device, fallback: Callable[[int], torch.Tensor], batch_size: int = 256,
+                 workers: int | None = None, depth: int = 2) -> Iterator[ViewBatch]:
+    """Decoded, transformed :class:`ViewBatch` es of ``paths`` (dataset ``indices``) for ``views``, in order.
+
+    ``fallback(index)`` gives a (3, H, W) uint8 image for a file the batched decode rejects.
+    Reading and decoding run ``depth`` batches ahead of the caller (:func:`run_stages`).
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    workers = min(8, max(1, (os.cpu_count() or 1) - 1)) if workers is None else workers
+    stream = torch.cuda.Stream(device) if cuda else None
+    augmented = [v for v in views if v > 0]
+
+    def decode(item: tuple[list[int], list[torch.Tensor | None], Any]) -> ViewBatch:
+        rows, datas, buffer = item
+        with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+            images = decode_or_fallback(datas, device, lambda i: fallback(rows[i]))  # (3, H, W) uint8 each
+            built = {0: resize_normalize(images, cfg)} if 0 in views else {}
+            if augmented:
+                built.update(augment_views(images, rows, augmented, cfg))
+            ready = None
+            if cuda:
+                ready = torch.cuda.Event()
+                ready.record(stream)
+        return ViewBatch(rows, {v: built[v] for v in views}, ready, buffer)
+
+    source = _byte_batches(list(paths), list(indices), batch_size, workers, pin=cuda)
+    yield from run_stages(source, [decode], depth=depth, name="vlkit-extract")
+
+
+def encode_views(backbone: Any, paths: Sequence[str], indices: Sequence[int], views: Sequence[int],
+                 fallback: Callable[[int], torch.Tensor], batch_size: int = 256, workers: int | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{view: (normalised features (N, D) float32, norms (N,) float32)} of ``paths`` for each of ``views``.
+
+    One read and one decode per image for all views; ``on_batch(images encoded)`` after each
+    batch (progress). On CUDA the encoder runs on its own stream, waiting on the decode
+    stream's event per batch, and copies into pinned host buffers (synchronised once at the end).
+    """
+    device = torch.device(backbone.device)
+    cuda = device.type == "cuda"
+    n, dim = len(paths), backbone.embed_dim
+    feats = {v: torch.empty(n, dim, pin_memory=cuda) for v in views}  # (N, D) each
+    norms = {v: torch.empty(n, pin_memory=cuda) for v in views}  # (N,) each
+    stream = torch.cuda.Stream(device) if cuda else None
+    row = 0
+    with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+        for batch in view_batches(paths, indices, views, backbone.preprocess_cfg, device, fallback, batch_size,
+                                  workers):
+            if cuda:
+                stream.wait_event(batch.ready)
+            size = len(batch.indices)
+            for view in views:
+                images = batch.views[view]  # (B, 3, S, S)
+                if cuda:
+                    images.record_stream(stream)  # allocated on the decode stream, read on this one
+                unit, norm = backbone.encode_images_with_norms(images)  # (B, D), (B,)
+                feats[view][row:row + size].copy_(unit, non_blocking=cuda)
+                norms[view][row:row + size].copy_(norm.float(), non_blocking=cuda)
+            row += size
+            if on_batch is not None:
+                on_batch(size * len(views))
+    if cuda:
+        stream.synchronize()
+    if row != n:
+        raise RuntimeError(f"the extraction pipeline gave {row} rows for {n} files")
+    return {v: (feats[v], norms[v]) for v in views}
