@@ -9,12 +9,13 @@ and flip of an image in a view are a function of (view, index, image size).
 
 :func:`view_crop` draws those same parameters on the CPU from a private generator seeded
 the same way (the global generator is never touched, so decode threads cannot race on
-it). :func:`augment_views` then applies them to a batch of decoded (3, H, W) uint8 images
-as two batched matrix products per image size: PIL's resampling is separable, so the
-crop, the antialiased resize and the flip of each image are one (S, H) row-weight
-matrix and one (S, W) column-weight matrix built with PIL's own filter weights
-(bicubic a = -0.5, or triangle). Like PIL, the horizontal pass runs first and both
-passes round and clip to 0..255.
+it). :func:`augment_views` then applies them to a batch of decoded (3, H, W) uint8 images.
+On the GPU, as two batched matrix products per image size: PIL's resampling is
+separable, so the crop, the antialiased resize and the flip of each image are one
+(S, H) row-weight matrix and one (S, W) column-weight matrix built with PIL's own filter
+weights (bicubic a = -0.5, or triangle); like PIL, the horizontal pass runs first and
+both passes round and clip to 0..255. On the CPU each crop is resized alone by torch's
+uint8 antialiased kernel, which is faster there.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 from open_clip.transform import PreprocessCfg
 
 from vlkit.backbones.preprocessing import AUGMENT_FLIP, AUGMENT_SCALE
+from vlkit.features.gpu_decode import resize_uint8
 
 VIEW_SEED_STRIDE = 1_000_003  # the store's seed of image ``index`` in view ``view``: view * stride + index
 AUGMENT_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
@@ -126,20 +128,33 @@ def resample_weights(starts: torch.Tensor, lengths: torch.Tensor, in_size: int, 
 
 
 def augment_views(images: Sequence[torch.Tensor], indices: Sequence[int], views: Sequence[int],
-                  cfg: PreprocessCfg) -> dict[int, torch.Tensor]:
+                  cfg: PreprocessCfg, batched: bool | None = None) -> dict[int, torch.Tensor]:
     """{view: (B, 3, S, S) float32} normalised augmented views of decoded (3, H, W) uint8 ``images``.
 
-    ``indices[i]`` is image i's dataset index (the seed's second part). Images of one size
-    are processed together: each is converted to float once for every view.
+    ``indices[i]`` is image i's dataset index (the seed's second part). ``batched`` (default:
+    on any device but the CPU) builds each size group's crops as two batched matrix products
+    (:func:`resample_weights`: one kernel per group and view, whatever the crops); otherwise
+    each crop is sliced and resized alone with torch's uint8 antialiased kernel (fastest on
+    the CPU). Both reproduce PIL's crop + resize within a grey level.
     """
     if not images:
         raise ValueError("no images to augment")
     side = cfg.size if isinstance(cfg.size, int) else int(cfg.size[0])
     mode = "bilinear" if cfg.interpolation == "bilinear" else "bicubic"
     device = images[0].device
+    batched = device.type != "cpu" if batched is None else batched
     mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
     out = {view: torch.empty(len(images), 3, side, side, device=device) for view in views}
+    if not batched:
+        for i, (image, index) in enumerate(zip(images, indices)):
+            h, w = image.shape[-2:]
+            for view in views:
+                top, left, ch, cw, flipped = view_crop(h, w, view_seed(view, index))
+                crop = image[None, :, top:top + ch, left:left + cw]  # (1, 3, ch, cw) uint8
+                pixels = resize_uint8(crop, (side, side), mode).float()  # (1, 3, S, S)
+                out[view][i] = ((pixels.flip(-1) if flipped else pixels) / 255.0 - mean)[0] / std[0]
+        return out
     groups: dict[tuple[int, int], list[int]] = {}
     for i, img in enumerate(images):
         groups.setdefault(tuple(img.shape[-2:]), []).append(i)

@@ -197,6 +197,18 @@ def crop_or_pad(x: torch.Tensor, side: int, fill: float) -> torch.Tensor:
     return x[:, :, top:top + side, left:left + side]
 
 
+def resize_uint8(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(b, 3, h, w) uint8 -> (b, 3, *size) values rounded and clipped to 0..255, antialiased as PIL resamples.
+
+    On the CPU torch's uint8 kernel (about 7x faster than float there, within one grey
+    level of it); elsewhere in float32, then rounded and clamped (the result is float).
+    """
+    if x.device.type == "cpu":
+        return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
+    x = F.interpolate(x.float(), size=size, mode=mode, antialias=True, align_corners=False)
+    return x.clamp_(0, 255).round_()
+
+
 def resize_normalize(images: list[torch.Tensor], cfg: PreprocessCfg) -> torch.Tensor:
     """(3, H, W) uint8 images of any sizes -> (B, 3, S, S) float32, as ``Backbone.preprocess`` does for ``cfg``.
 
@@ -217,12 +229,11 @@ def resize_normalize(images: list[torch.Tensor], cfg: PreprocessCfg) -> torch.Te
     m = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
     s = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
     for (h, w), idx in groups.items():
-        x = torch.stack([images[i] for i in idx]).float()  # (b, 3, h, w)
+        x = torch.stack([images[i] for i in idx])  # (b, 3, h, w) uint8
         nh, nw = mode_resized_size(h, w, side, cfg.resize_mode)
         if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode=mode, antialias=True, align_corners=False)
-            x = x.clamp_(0, 255).round_()
-        x = crop_or_pad(x, side, float(cfg.fill_color))  # (b, 3, side, side)
+            x = resize_uint8(x, (nh, nw), mode)
+        x = crop_or_pad(x.float(), side, float(cfg.fill_color))  # (b, 3, side, side)
         out[idx] = (x / 255.0 - m) / s
     return out
 
