@@ -132,16 +132,16 @@ def test_one_pass_for_several_views_writes_the_entries_of_separate_passes(tmp_pa
     passes = []
     import vlkit.features.store as store_module
 
-    real = store_module.encode_views
-    monkeypatch.setattr(store_module, "encode_views", lambda b, p, i, views, *a, **k: passes.append(list(views))
-                        or real(b, p, i, views, *a, **k))
+    real = store_module.encode_view_chunks
+    monkeypatch.setattr(store_module, "encode_view_chunks", lambda b, p, i, views, f, chunks, *a, **k: passes.append(
+        (list(views), list(chunks))) or real(b, p, i, views, f, chunks, *a, **k))
     feats, norms = together.views(backbone, data, 3)
-    assert passes == [[0, 1, 2, 3], [0, 1, 2, 3]]  # one pass per shard (2 shards of 4), every view in it
+    assert passes == [([0, 1, 2, 3], [4, 3])]  # one pass over both shards (4 + 3 images), every view in it
     passes.clear()
     for view in range(4):
         assert torch.equal(apart.image_features(backbone, data, view), feats[:, view])
         assert torch.equal(apart.image_norms(backbone, data, view), norms[:, view])
-    assert passes == [[0], [0], [1], [1], [2], [2], [3], [3]]
+    assert passes == [([0], [4, 3]), ([1], [4, 3]), ([2], [4, 3]), ([3], [4, 3])]
     for view in range(4):
         a, b = together.entry_dir(backbone, data, view), apart.entry_dir(backbone, data, view)
         assert a.relative_to(tmp_path / "together") == b.relative_to(tmp_path / "apart")  # the same key
@@ -165,11 +165,11 @@ def test_only_the_missing_views_and_shards_are_encoded(tmp_path, monkeypatch):
     passes = []
     import vlkit.features.store as store_module
 
-    real = store_module.encode_views
-    monkeypatch.setattr(store_module, "encode_views", lambda b, p, i, views, *a, **k: passes.append(
-        (i[0], list(views))) or real(b, p, i, views, *a, **k))
+    real = store_module.encode_view_chunks
+    monkeypatch.setattr(store_module, "encode_view_chunks", lambda b, p, i, views, f, chunks, *a, **k: passes.append(
+        (i[0], list(views), list(chunks))) or real(b, p, i, views, f, chunks, *a, **k))
     store.views(backbone, data, 2)
-    assert passes == [(0, [1]), (4, [1, 2])]
+    assert passes == [(0, [1], [4]), (4, [1, 2], [3])]  # view 1's first shard alone, then views 1 and 2
 
 
 def test_a_file_the_decoder_rejects_is_decoded_by_pil(tmp_path, monkeypatch):

@@ -91,25 +91,34 @@ def read_bytes_or_none(path: str) -> torch.Tensor | None:
 
 
 def prefetched_bytes(paths: Sequence[str], batch_size: int, workers: int, ahead: int = 4,
-                     reader: Callable[[str], Any] = _read_bytes) -> Iterator[list[Any]]:
+                     reader: Callable[[str], Any] = _read_bytes,
+                     sizes: Sequence[int] | None = None) -> Iterator[list[Any]]:
     """Batches of file bytes in ``paths`` order, read by ``workers`` threads up to ``ahead`` batches early.
 
-    Threads, not DataLoader processes: a file read releases the GIL, and handing hundreds
-    of small tensors per batch from worker processes through shared memory cost more
-    than the GPU's decode (1.7k images/s on an H200 host, against 7k/s for the encoder).
+    Batches hold ``batch_size`` files (the last fewer), or ``sizes[k]`` files for batch k
+    when ``sizes`` is given (they sum to ``len(paths)``). Threads, not DataLoader
+    processes: a file read releases the GIL, and handing hundreds of small tensors per
+    batch from worker processes through shared memory cost more than the GPU's decode
+    (1.7k images/s on an H200 host, against 7k/s for the encoder).
     """
+    if sizes is None:
+        sizes = [min(batch_size, len(paths) - start) for start in range(0, len(paths), batch_size)]
+    if sum(sizes) != len(paths):
+        raise ValueError(f"batch sizes {list(sizes)} do not add up to {len(paths)} paths")
     if workers <= 0:
-        for start in range(0, len(paths), batch_size):
-            yield [reader(p) for p in paths[start:start + batch_size]]
+        start = 0
+        for size in sizes:
+            yield [reader(p) for p in paths[start:start + size]]
+            start += size
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()  # futures of the reads in flight, in path order
         submitted = 0
-        while submitted < len(paths) or pending:
-            while submitted < len(paths) and len(pending) < ahead * batch_size:
+        for size in sizes:
+            while submitted < len(paths) and len(pending) < max(ahead * batch_size, size):
                 pending.append(pool.submit(reader, paths[submitted]))
                 submitted += 1
-            yield [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+            yield [pending.popleft().result() for _ in range(size)]
 
 
 def _pil_decode(data: torch.Tensor) -> torch.Tensor:

@@ -165,11 +165,17 @@ class ViewBatch:
     keep: Any = field(default=None, repr=False)  # pinned bytes held until the batch is consumed
 
 
-def _byte_batches(paths: Sequence[str], indices: Sequence[int], batch_size: int, workers: int,
+def batch_sizes(chunk_sizes: Sequence[int], batch_size: int) -> list[int]:
+    """Batch lengths that cover ``chunk_sizes`` in order, ``batch_size`` at most, never crossing a chunk's end."""
+    return [min(batch_size, chunk - start) for chunk in chunk_sizes for start in range(0, chunk, batch_size)]
+
+
+def _byte_batches(paths: Sequence[str], indices: Sequence[int], sizes: Sequence[int], workers: int,
                   pin: bool) -> Iterator[tuple[list[int], list[torch.Tensor | None], Any]]:
-    """(indices, file bytes or None where unreadable, pinned buffer or None) per batch, in order."""
+    """(indices, file bytes or None where unreadable, pinned buffer or None) per batch of ``sizes``, in order."""
     position = 0
-    for datas in prefetched_bytes(paths, batch_size, workers, reader=read_bytes_or_none):
+    for datas in prefetched_bytes(paths, max(sizes, default=1), workers, reader=read_bytes_or_none,
+                                  sizes=sizes):
         rows = list(indices[position:position + len(datas)])
         position += len(datas)
         buffer = None
@@ -190,11 +196,13 @@ def _byte_batches(paths: Sequence[str], indices: Sequence[int], batch_size: int,
 
 def view_batches(paths: Sequence[str], indices: Sequence[int], views: Sequence[int], cfg: Any,
                  device: torch.device, fallback: Callable[[int], torch.Tensor], batch_size: int = 256,
-                 workers: int | None = None, depth: int = 2) -> Iterator[ViewBatch]:
+                 workers: int | None = None, depth: int = 2,
+                 chunk_sizes: Sequence[int] | None = None) -> Iterator[ViewBatch]:
     """Decoded, transformed :class:`ViewBatch` es of ``paths`` (dataset ``indices``) for ``views``, in order.
 
     ``fallback(index)`` gives a (3, H, W) uint8 image for a file the batched decode rejects.
     Reading and decoding run ``depth`` batches ahead of the caller (:func:`run_stages`).
+    With ``chunk_sizes`` (summing to ``len(paths)``) no batch crosses a chunk's end.
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -215,32 +223,44 @@ def view_batches(paths: Sequence[str], indices: Sequence[int], views: Sequence[i
                 ready.record(stream)
         return ViewBatch(rows, {v: built[v] for v in views}, ready, buffer)
 
-    source = _byte_batches(list(paths), list(indices), batch_size, workers, pin=cuda)
+    sizes = batch_sizes(list(chunk_sizes) if chunk_sizes is not None else [len(paths)], batch_size)
+    source = _byte_batches(list(paths), list(indices), sizes, workers, pin=cuda)
     yield from run_stages(source, [decode], depth=depth, name="vlkit-extract")
 
 
-def encode_views(backbone: Any, paths: Sequence[str], indices: Sequence[int], views: Sequence[int],
-                 fallback: Callable[[int], torch.Tensor], batch_size: int = 256, workers: int | None = None,
-                 on_batch: Callable[[int], None] | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """{view: (normalised features (N, D) float32, norms (N,) float32)} of ``paths`` for each of ``views``.
+def encode_view_chunks(backbone: Any, paths: Sequence[str], indices: Sequence[int], views: Sequence[int],
+                       fallback: Callable[[int], torch.Tensor], chunk_sizes: Sequence[int], batch_size: int = 256,
+                       workers: int | None = None, on_batch: Callable[[int], None] | None = None,
+                       ) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """Per chunk of ``chunk_sizes`` rows, in order: {view: (normalised features (n, D) float32, norms (n,))}.
 
-    One read and one decode per image for all views; ``on_batch(images encoded)`` after each
-    batch (progress). On CUDA the encoder runs on its own stream, waiting on the decode
-    stream's event per batch, and copies into pinned host buffers (synchronised once at the end).
+    One pipeline runs over every chunk (the store's shards), so reading and decoding go on
+    across a chunk's end while the caller writes it. One read and one decode per image for
+    all ``views``; ``on_batch(view-images encoded)`` after each batch (progress). On CUDA the
+    encoder runs on its own stream, waiting on the decode stream's event per batch, and
+    copies into pinned host buffers; the stream is synchronised once per chunk.
     """
     device = torch.device(backbone.device)
     cuda = device.type == "cuda"
-    n, dim = len(paths), backbone.embed_dim
-    feats = {v: torch.empty(n, dim, pin_memory=cuda) for v in views}  # (N, D) each
-    norms = {v: torch.empty(n, pin_memory=cuda) for v in views}  # (N,) each
+    if sum(chunk_sizes) != len(paths):
+        raise ValueError(f"chunk sizes {list(chunk_sizes)} do not add up to {len(paths)} files")
     stream = torch.cuda.Stream(device) if cuda else None
+    pending = [size for size in chunk_sizes if size > 0]
+
+    def buffers(n: int) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        feats = {v: torch.empty(n, backbone.embed_dim, pin_memory=cuda) for v in views}  # (n, D) each
+        return feats, {v: torch.empty(n, pin_memory=cuda) for v in views}  # (n,) each
+
+    if not pending:
+        return
+    feats, norms = buffers(pending[0])
     row = 0
-    with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
-        for batch in view_batches(paths, indices, views, backbone.preprocess_cfg, device, fallback, batch_size,
-                                  workers):
+    for batch in view_batches(paths, indices, views, backbone.preprocess_cfg, device, fallback, batch_size, workers,
+                              chunk_sizes=pending):
+        size = len(batch.indices)
+        with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():  # never held across a yield
             if cuda:
                 stream.wait_event(batch.ready)
-            size = len(batch.indices)
             for view in views:
                 images = batch.views[view]  # (B, 3, S, S)
                 if cuda:
@@ -248,11 +268,28 @@ def encode_views(backbone: Any, paths: Sequence[str], indices: Sequence[int], vi
                 unit, norm = backbone.encode_images_with_norms(images)  # (B, D), (B,)
                 feats[view][row:row + size].copy_(unit, non_blocking=cuda)
                 norms[view][row:row + size].copy_(norm.float(), non_blocking=cuda)
-            row += size
-            if on_batch is not None:
-                on_batch(size * len(views))
-    if cuda:
-        stream.synchronize()
-    if row != n:
-        raise RuntimeError(f"the extraction pipeline gave {row} rows for {n} files")
-    return {v: (feats[v], norms[v]) for v in views}
+        row += size
+        if on_batch is not None:
+            on_batch(size * len(views))
+        if row == pending[0]:
+            if cuda:
+                stream.synchronize()  # the chunk's copies into host memory are done
+            yield {v: (feats[v], norms[v]) for v in views}
+            pending.pop(0)
+            if pending:
+                feats, norms = buffers(pending[0])
+            row = 0
+    if pending:
+        raise RuntimeError(f"the extraction pipeline stopped with {len(pending)} chunks unfinished")
+
+
+def encode_views(backbone: Any, paths: Sequence[str], indices: Sequence[int], views: Sequence[int],
+                 fallback: Callable[[int], torch.Tensor], batch_size: int = 256, workers: int | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{view: (normalised features (N, D) float32, norms (N,) float32)} of ``paths`` for each of ``views``.
+
+    :func:`encode_view_chunks` with one chunk.
+    """
+    (only,) = list(encode_view_chunks(backbone, paths, indices, views, fallback, [len(paths)], batch_size,
+                                      workers, on_batch))
+    return only

@@ -24,6 +24,7 @@ Format version 2 (the norms) is part of the key: entries written by version 1
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from vlkit.data.dataset import ImageDataset
 from vlkit.errors import BackboneMismatchError, DataError
 from vlkit.features.layer_features import POOLING, layer_shape, layer_tokens
 from vlkit.features.gpu_augment import view_seed
-from vlkit.features.pipeline import encode_views, pipeline_paths
+from vlkit.features.pipeline import encode_view_chunks, pipeline_paths
 from vlkit.io import atomic_write_bytes, atomic_write_json, cache_root
 from vlkit.progress import progress
 
@@ -194,14 +195,15 @@ class FeatureStore:
         missing = sum(self._shard_len(s, len(dataset)) for _, _, shards in todo.values() for s in shards)
         with progress(total=len(dataset) * len(todo), description=f"encoding {dataset.name} {label}") as bar:
             bar.advance(len(dataset) * len(todo) - missing)
-            for shard in sorted({s for _, _, shards in todo.values() for s in shards}):
-                wanted = [view for view, (_, _, shards) in todo.items() if shard in shards]
-                encoded = self._encode_shard_views(backbone, dataset, wanted, shard, bar)
-                for view in wanted:
-                    entry, shards, _ = todo[view]
-                    shards[str(shard)] = self._write_shard(entry, shard, *encoded[view])
-                    atomic_write_json(entry / "meta.json",
-                                      self._meta(backbone, dataset, view, shards, complete=False))
+            plan = [(shard, tuple(view for view, (_, _, shards) in todo.items() if shard in shards))
+                    for shard in sorted({s for _, _, shards in todo.values() for s in shards})]
+            for wanted, group in itertools.groupby(plan, key=lambda item: item[1]):  # runs of one view set
+                for shard, encoded in self._encode_shards(backbone, dataset, [s for s, _ in group], list(wanted), bar):
+                    for view in wanted:
+                        entry, shards, _ = todo[view]
+                        shards[str(shard)] = self._write_shard(entry, shard, *encoded[view])
+                        atomic_write_json(entry / "meta.json",
+                                          self._meta(backbone, dataset, view, shards, complete=False))
         for view, (entry, shards, _) in todo.items():
             meta = self._meta(backbone, dataset, view, shards, complete=True)
             atomic_write_json(entry / "meta.json", meta)
@@ -223,26 +225,31 @@ class FeatureStore:
     def _shard_len(self, shard: int, total: int) -> int:
         return min(self.shard_size, total - shard * self.shard_size)
 
-    def _encode_shard_views(self, backbone: Backbone, dataset: ImageDataset, views: list[int], shard: int,
-                            bar) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """{view: (normalised features (n, D), pre-normalisation norms (n,))} of one shard's images.
+    def _encode_shards(self, backbone: Backbone, dataset: ImageDataset, shards: list[int], views: list[int],
+                       bar) -> Iterator[tuple[int, dict[int, tuple[torch.Tensor, torch.Tensor]]]]:
+        """(shard, {view: (normalised features (n, D), pre-normalisation norms (n,))}) for each of ``shards``.
 
-        JPEG files on the pipeline's device (CUDA; see :func:`pipeline_paths`) go through the
-        overlapped pipeline, one read and decode for every view; otherwise each view is a
-        PIL DataLoader pass, augmented views seeded per (view, image).
+        JPEG files on the pipeline's device (CUDA; see :func:`pipeline_paths`) go through one
+        overlapped pipeline over all ``shards``, one read and decode per image for every view;
+        otherwise each shard and view is a PIL DataLoader pass, augmented views seeded per
+        (view, image).
         """
-        start = shard * self.shard_size
-        stop = min(len(dataset), start + self.shard_size)
-        jpegs = pipeline_paths(backbone, dataset, start, stop)
-        if jpegs is not None:
+        ranges = [(s * self.shard_size, min(len(dataset), (s + 1) * self.shard_size)) for s in shards]
+        found = [pipeline_paths(backbone, dataset, start, stop) for start, stop in ranges]
+        if all(paths is not None for paths in found):
             from torchvision.transforms.functional import pil_to_tensor
 
             def fallback(index: int) -> torch.Tensor:  # the PIL path's decode: same image, same errors
                 return pil_to_tensor(dataset.image(index))  # (3, H, W) uint8
 
-            return encode_views(backbone, jpegs, range(start, stop), views, fallback, self.batch_size,
-                                on_batch=bar.advance)
-        return {view: self._encode_shard(backbone, dataset, view, start, stop, bar) for view in views}
+            paths = [p for part in found for p in part]
+            indices = [i for start, stop in ranges for i in range(start, stop)]
+            chunks = encode_view_chunks(backbone, paths, indices, views, fallback, [b - a for a, b in ranges],
+                                        self.batch_size, on_batch=bar.advance)
+            yield from zip(shards, chunks)
+            return
+        for shard, (start, stop) in zip(shards, ranges):
+            yield shard, {view: self._encode_shard(backbone, dataset, view, start, stop, bar) for view in views}
 
     def _encode_shard(self, backbone: Backbone, dataset: ImageDataset, view: int, start: int, stop: int,
                       bar) -> tuple[torch.Tensor, torch.Tensor]:
