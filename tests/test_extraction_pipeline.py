@@ -82,6 +82,21 @@ def test_pipeline_views_agree_with_the_pil_path(tmp_path, monkeypatch, name, cha
     assert torch.nn.functional.cosine_similarity(ours[:, 1], ours[:, 2], dim=-1).min() < 0.9999
 
 
+def test_decode_threads_change_nothing(tmp_path):
+    """The CPU decode stage with a thread pool gives the same views as one thread, in order."""
+    from vlkit.features.pipeline import view_batches
+
+    backbone = vlkit.load_backbone("test-tiny", device="cpu")
+    paths = _jpegs(tmp_path / "img")
+    outs = []
+    for workers in (0, 3):
+        batches = list(view_batches(paths, range(len(paths)), [0, 2], backbone.preprocess_cfg, torch.device("cpu"),
+                                    lambda i: None, batch_size=3, workers=workers))
+        assert [b.indices for b in batches] == [[0, 1, 2], [3, 4, 5], [6]]
+        outs.append({v: torch.cat([b.views[v] for b in batches]) for v in (0, 2)})
+    assert all(torch.equal(outs[0][v], outs[1][v]) for v in (0, 2))
+
+
 def test_view_crops_are_the_ones_the_seeded_train_transform_draws():
     """Crop box and flip from a private generator equal torchvision's draws after torch.manual_seed."""
     import torchvision.transforms as T

@@ -94,14 +94,12 @@ def test_pipeline_applies_to_jpegs_on_cuda_for_every_view(tmp_path, tiny_backbon
     paths = _jpegs(tmp_path, SIZES[:2])
     ds = ImageDataset([(p, 0) for p in paths], ["a"])
     cuda_like = SimpleNamespace(device=torch.device("cuda"), preprocess_cfg=tiny_backbone.preprocess_cfg)
-    assert pipeline_paths(tiny_backbone, ds) is None  # CPU backbone: the PIL path
+    assert pipeline_paths(tiny_backbone, ds) == paths  # the CPU runs the pipeline too
     assert pipeline_paths(cuda_like, ds) == paths and pipeline_paths(cuda_like, ds, 1, 2) == paths[1:]
     cuda_like.preprocess_cfg = replace(tiny_backbone.preprocess_cfg, size=(32, 48))  # not reproduced: PIL path
     assert pipeline_paths(cuda_like, ds) is None
-    monkeypatch.setenv("VLKIT_GPU_DECODE", "0")
-    assert pipeline_paths(cuda_like, ds) is None
-    monkeypatch.setenv("VLKIT_GPU_DECODE", "cpu")  # the pipeline forced onto the CPU
-    assert pipeline_paths(tiny_backbone, ds) == paths
+    monkeypatch.setenv("VLKIT_GPU_DECODE", "0")  # the PIL path everywhere
+    assert pipeline_paths(cuda_like, ds) is None and pipeline_paths(tiny_backbone, ds) is None
 
 
 def test_prefetched_bytes_keeps_path_order_with_threads(tmp_path):

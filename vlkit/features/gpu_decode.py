@@ -132,9 +132,11 @@ def _pil_decode(data: torch.Tensor) -> torch.Tensor:
 
 
 def decode_or_fallback(datas: Sequence[torch.Tensor | None], device: str | torch.device,
-                       fallback: Callable[[int], torch.Tensor]) -> list[torch.Tensor]:
+                       fallback: Callable[[int], torch.Tensor], pool: Any = None) -> list[torch.Tensor]:
     """Decode JPEG byte tensors to (3, H, W) uint8 images on ``device``, the whole list in one call.
 
+    On the CPU with a thread ``pool`` (an executor), files are decoded one per task in it
+    instead (libjpeg-turbo releases the GIL, so they decode in parallel).
     When the batched call fails, each file is decoded alone; ``fallback(i)`` gives image
     ``i`` (a CPU (3, H, W) uint8 tensor) for a file that is None (unreadable), that the
     decoder rejects, or that is larger than PIL's ``MAX_IMAGE_PIXELS`` (the PIL path refuses
@@ -146,8 +148,18 @@ def decode_or_fallback(datas: Sequence[torch.Tensor | None], device: str | torch
     device = torch.device(device)
     present = [i for i, data in enumerate(datas) if data is not None]
     out: list[torch.Tensor | None] = [None] * len(datas)
+    def decode_one(data: torch.Tensor) -> torch.Tensor | None:
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            return None
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision >= 0.29 marks its codecs deprecated (TorchCodec)
+        if pool is not None and device.type == "cpu":
+            for i, image in zip(present, pool.map(decode_one, [datas[i] for i in present])):
+                out[i] = image
+            present = []
         try:
             decoded = decode_jpeg([datas[i] for i in present], mode=ImageReadMode.RGB, device=device) \
                 if present else []
@@ -155,10 +167,7 @@ def decode_or_fallback(datas: Sequence[torch.Tensor | None], device: str | torch
                 out[i] = image
         except RuntimeError:
             for i in present:
-                try:
-                    out[i] = decode_jpeg(datas[i], mode=ImageReadMode.RGB, device=device)
-                except RuntimeError:
-                    out[i] = None
+                out[i] = decode_one(datas[i])
     limit = Image.MAX_IMAGE_PIXELS
     for i, image in enumerate(out):
         if image is None or (limit and image.shape[-2] * image.shape[-1] > limit):

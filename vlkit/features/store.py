@@ -13,6 +13,12 @@ process and again whenever its size, mtime, ctime or inode changes (hashing is a
 costly as loading: 3 ms per 2048 x 512 float16 shard on a busy 2-core machine, so
 a bench that re-reads an entry per cell does not re-hash it each time).
 
+Extraction: a folder of JPEG files goes through :mod:`vlkit.features.pipeline` (file reads,
+batched decode and every view built on the backbone's device, encoding, overlapped), one
+read and decode per image for all the views :meth:`FeatureStore.views` is missing; other
+images (PNG, in memory) and ``VLKIT_GPU_DECODE=0`` take the PIL DataLoader path. Both give
+each view's entry the same key and files (features agree to cosine >= 0.99 per image).
+
 Per-layer features (:meth:`FeatureStore.layer_features`, see
 :mod:`vlkit.features.layer_features`) live beside them under ``layers/``: one entry per
 (image set, view, block) holding ``tokens.npy`` (n, 2, W) float16 and a checksummed
@@ -229,10 +235,10 @@ class FeatureStore:
                        bar) -> Iterator[tuple[int, dict[int, tuple[torch.Tensor, torch.Tensor]]]]:
         """(shard, {view: (normalised features (n, D), pre-normalisation norms (n,))}) for each of ``shards``.
 
-        JPEG files on the pipeline's device (CUDA; see :func:`pipeline_paths`) go through one
-        overlapped pipeline over all ``shards``, one read and decode per image for every view;
-        otherwise each shard and view is a PIL DataLoader pass, augmented views seeded per
-        (view, image).
+        JPEG files (see :func:`pipeline_paths`) go through one overlapped pipeline over all
+        ``shards``, one read and decode per image for every view (on the backbone's device:
+        nvJPEG on CUDA); otherwise each shard and view is a PIL DataLoader pass, augmented
+        views seeded per (view, image).
         """
         ranges = [(s * self.shard_size, min(len(dataset), (s + 1) * self.shard_size)) for s in shards]
         found = [pipeline_paths(backbone, dataset, start, stop) for start, stop in ranges]
