@@ -137,7 +137,8 @@ def make_jpegs(folder: Path, count: int, workers: int) -> list[str]:
 def jpeg_paths_check(backbone: Any, paths: list[str], batch: int, workers: int, sync: bool) -> dict[str, Any]:
     """PIL DataLoader (the store today), GPU decode alone, GPU decode + encode, and feature agreement."""
     from vlkit.data import ImageDataset
-    from vlkit.features.gpu_decode import gpu_image_batches, preprocess_params
+    from vlkit.features.gpu_decode import preprocess_params
+    from vlkit.features.pipeline import gpu_image_batches
     from vlkit.features.store import FeatureStore, _ImageTensors
     from torch.utils.data import DataLoader
 

@@ -110,7 +110,8 @@ def test_view_crops_are_the_ones_the_seeded_train_transform_draws():
         for index in range(60):
             for w, h in [(500, 375), (375, 500), (40, 30), (3, 200), (200, 2)]:  # the last two: fallback crops
                 torch.manual_seed(view * 1_000_003 + index)
-                expected = (*crop.get_params(Image.new("RGB", (w, h)), crop.scale, crop.ratio), bool(torch.rand(1) < 0.5))
+                box = crop.get_params(Image.new("RGB", (w, h)), crop.scale, crop.ratio)
+                expected = (*box, bool(torch.rand(1) < 0.5))
                 assert view_crop(h, w, view_seed(view, index)) == expected, (view, index, w, h)
     torch.set_rng_state(state)
 

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from vlkit.data import ImageDataset
-from vlkit.features.gpu_decode import (gpu_image_batches, gpu_reproduces, is_jpeg, jpeg_paths, mode_resized_size,
+from vlkit.features.gpu_decode import (gpu_reproduces, is_jpeg, jpeg_paths, mode_resized_size,
                                        preprocess_params, resized_size)
+from vlkit.features.pipeline import gpu_image_batches
 
 SIZES = [(40, 30), (30, 40), (64, 64), (40, 30), (23, 57), (16, 12)]  # (width, height), repeats batch together
 

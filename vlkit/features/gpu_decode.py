@@ -75,13 +75,13 @@ def gpu_reproduces(cfg: PreprocessCfg) -> bool:
             and cfg.interpolation in ("bicubic", "bilinear", "random") and isinstance(cfg.fill_color, int))
 
 
-def _read_bytes(path: str) -> torch.Tensor:
+def read_bytes(path: str) -> torch.Tensor:
     """The raw bytes of ``path`` as a 1-d uint8 tensor (no copy beyond the read)."""
     return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
 
 
 def read_bytes_or_none(path: str) -> torch.Tensor | None:
-    """:func:`_read_bytes`, or None when the file cannot be read or is empty (its decode fallback then
+    """:func:`read_bytes`, or None when the file cannot be read or is empty (its decode fallback then
     reports it as the PIL path does)."""
     try:
         data = Path(path).read_bytes()
@@ -91,7 +91,7 @@ def read_bytes_or_none(path: str) -> torch.Tensor | None:
 
 
 def prefetched_bytes(paths: Sequence[str], batch_size: int, workers: int, ahead: int = 4,
-                     reader: Callable[[str], Any] = _read_bytes,
+                     reader: Callable[[str], Any] = read_bytes,
                      sizes: Sequence[int] | None = None) -> Iterator[list[Any]]:
     """Batches of file bytes in ``paths`` order, read by ``workers`` threads up to ``ahead`` batches early.
 
@@ -121,7 +121,7 @@ def prefetched_bytes(paths: Sequence[str], batch_size: int, workers: int, ahead:
             yield [pending.popleft().result() for _ in range(size)]
 
 
-def _pil_decode(data: torch.Tensor) -> torch.Tensor:
+def pil_decode(data: torch.Tensor) -> torch.Tensor:
     """(3, H, W) uint8 via PIL, for files the GPU decoder rejects."""
     import numpy as np
     from PIL import Image
@@ -136,7 +136,7 @@ def decode_or_fallback(datas: Sequence[torch.Tensor | None], device: str | torch
     """Decode JPEG byte tensors to (3, H, W) uint8 images on ``device``, the whole list in one call.
 
     On the CPU with a thread ``pool`` (an executor), files are decoded one per task in it
-    instead (libjpeg-turbo releases the GIL, so they decode in parallel).
+    instead (``decode_jpeg`` releases the GIL while it decodes, so they run in parallel).
     When the batched call fails, each file is decoded alone; ``fallback(i)`` gives image
     ``i`` (a CPU (3, H, W) uint8 tensor) for a file that is None (unreadable), that the
     decoder rejects, or that is larger than PIL's ``MAX_IMAGE_PIXELS`` (the PIL path refuses
@@ -148,6 +148,7 @@ def decode_or_fallback(datas: Sequence[torch.Tensor | None], device: str | torch
     device = torch.device(device)
     present = [i for i, data in enumerate(datas) if data is not None]
     out: list[torch.Tensor | None] = [None] * len(datas)
+
     def decode_one(data: torch.Tensor) -> torch.Tensor | None:
         try:
             return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
@@ -177,7 +178,7 @@ def decode_or_fallback(datas: Sequence[torch.Tensor | None], device: str | torch
 
 def decode_batch(datas: list[torch.Tensor], device: str | torch.device) -> list[torch.Tensor]:
     """Decode JPEG byte tensors to (3, H, W) uint8 images on ``device`` (batched; PIL fallback per file)."""
-    return decode_or_fallback(datas, device, lambda i: _pil_decode(datas[i]))
+    return decode_or_fallback(datas, device, lambda i: pil_decode(datas[i]))
 
 
 def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -254,26 +255,3 @@ def resize_normalize(images: list[torch.Tensor], cfg: PreprocessCfg) -> torch.Te
         x = crop_or_pad(x.float(), side, float(cfg.fill_color))  # (b, 3, side, side)
         out[idx] = (x / 255.0 - m) / s
     return out
-
-
-def gpu_image_batches(paths: Sequence[str | Path], cfg: PreprocessCfg, batch_size: int = 256,
-                      device: str | torch.device = "cuda", num_workers: int | None = None) -> Iterator[torch.Tensor]:
-    """Yield (B, 3, S, S) float32 evaluation-view batches on ``device``, in the order of ``paths``.
-
-    The extraction pipeline (:func:`vlkit.features.pipeline.view_batches`) for view 0 alone:
-    threads read bytes ahead while another thread decodes and resizes ahead of the caller.
-    ``device="cpu"`` runs the same stages on the CPU (tests).
-    """
-    from vlkit.features.pipeline import view_batches
-
-    paths = [str(p) for p in paths]
-
-    def pil_fallback(index: int) -> torch.Tensor:
-        return _pil_decode(_read_bytes(paths[index]))
-
-    for batch in view_batches(paths, range(len(paths)), [0], cfg, torch.device(device), pil_fallback, batch_size,
-                              num_workers):
-        if batch.ready is not None:
-            torch.cuda.current_stream(batch.views[0].device).wait_event(batch.ready)
-            batch.views[0].record_stream(torch.cuda.current_stream(batch.views[0].device))
-        yield batch.views[0]

@@ -31,13 +31,15 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
+from open_clip.transform import PreprocessCfg
 
 from vlkit.features.gpu_augment import augment_views
 from vlkit.features.gpu_decode import (decode_or_fallback, gpu_decode_enabled, gpu_reproduces, jpeg_paths,
-                                       prefetched_bytes, read_bytes_or_none, resize_normalize)
+                                       pil_decode, prefetched_bytes, read_bytes, read_bytes_or_none, resize_normalize)
 
 _DONE = object()  # end of stream marker passed down the queues
 
@@ -292,3 +294,24 @@ def encode_views(backbone: Any, paths: Sequence[str], indices: Sequence[int], vi
     (only,) = list(encode_view_chunks(backbone, paths, indices, views, fallback, [len(paths)], batch_size,
                                       workers, on_batch))
     return only
+
+
+def gpu_image_batches(paths: Sequence[str | Path], cfg: PreprocessCfg, batch_size: int = 256,
+                      device: str | torch.device = "cuda", num_workers: int | None = None) -> Iterator[torch.Tensor]:
+    """Yield (B, 3, S, S) float32 evaluation-view batches on ``device``, in the order of ``paths``.
+
+    The extraction pipeline (:func:`view_batches`) for view 0 alone:
+    threads read bytes ahead while another thread decodes and resizes ahead of the caller.
+    ``device="cpu"`` runs the same stages on the CPU (tests).
+    """
+    paths = [str(p) for p in paths]
+
+    def pil_fallback(index: int) -> torch.Tensor:
+        return pil_decode(read_bytes(paths[index]))
+
+    for batch in view_batches(paths, range(len(paths)), [0], cfg, torch.device(device), pil_fallback, batch_size,
+                              num_workers):
+        if batch.ready is not None:
+            torch.cuda.current_stream(batch.views[0].device).wait_event(batch.ready)
+            batch.views[0].record_stream(torch.cuda.current_stream(batch.views[0].device))
+        yield batch.views[0]
