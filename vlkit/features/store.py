@@ -174,7 +174,7 @@ class FeatureStore:
 
         Each view keeps its own entry (same key and files as when encoded alone); the shards
         missing from several views are encoded in one pass over the images
-        (:meth:`_encode_shard_views`: one read and decode for every view on the pipeline path).
+        (:meth:`_encode_shards`: one read and decode for every view on the pipeline path).
         """
         if len(dataset) == 0:
             raise DataError(f"dataset {dataset.name} is empty: nothing to encode")
