@@ -392,7 +392,7 @@ def test_fit_that_fails_leaves_no_run_folder(ws, monkeypatch):
 def test_ctrl_c_in_fewshot_keeps_the_finished_rows(ws, monkeypatch):
     from vlkit.protocols import runner as bench_runner
 
-    real_run = bench_runner._Context.run
+    real_run = bench_runner.BenchContext.run
     calls = {"n": 0}
 
     def interrupt_after_two(self, proto, cell):
@@ -401,10 +401,10 @@ def test_ctrl_c_in_fewshot_keeps_the_finished_rows(ws, monkeypatch):
             raise KeyboardInterrupt
         return real_run(self, proto, cell)
 
-    monkeypatch.setattr(bench_runner._Context, "run", interrupt_after_two)
+    monkeypatch.setattr(bench_runner.BenchContext, "run", interrupt_after_two)
     job = ws["tmp"] / "job"
     argv = ["fewshot", "--model", "test-tiny", "--data", ws["folder"], "--methods", "zero-shot,linear-probe",
-            "--shots", "1,2", "--out", str(job)]
+            "--shots", "1,2", "--out", str(job), "--jobs", "1"]  # in this process, where the patch is
     result = runner.invoke(app, argv)
     assert result.exit_code == 130, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -415,7 +415,7 @@ def test_ctrl_c_in_fewshot_keeps_the_finished_rows(ws, monkeypatch):
     assert "interrupted" in saved["note"] and saved["interrupted"] is True
     assert len((job / "cells.jsonl").read_text().splitlines()) == 2
 
-    monkeypatch.setattr(bench_runner._Context, "run", real_run)  # the re-run resumes: 2 cells left
+    monkeypatch.setattr(bench_runner.BenchContext, "run", real_run)  # the re-run resumes: 2 cells left
     result = runner.invoke(app, argv)
     assert result.exit_code == 0, result.output
     saved = json.loads((job / "results.json").read_text())

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from vlkit.data import ImageDataset
-from vlkit.features.gpu_decode import (gpu_image_batches, gpu_reproduces, is_jpeg, jpeg_paths, mode_resized_size,
+from vlkit.features.gpu_decode import (gpu_reproduces, is_jpeg, jpeg_paths, mode_resized_size,
                                        preprocess_params, resized_size)
+from vlkit.features.pipeline import gpu_image_batches
 
 SIZES = [(40, 30), (30, 40), (64, 64), (40, 30), (23, 57), (16, 12)]  # (width, height), repeats batch together
 
@@ -86,20 +87,20 @@ def test_cuda_decode_matches_pil_path(tmp_path):
     assert cos.min() >= 0.99
 
 
-def test_gpu_path_applies_only_to_view0_jpegs_on_cuda(tmp_path, tiny_backbone, monkeypatch):
+def test_pipeline_applies_to_jpegs_on_cuda_for_every_view(tmp_path, tiny_backbone, monkeypatch):
     from types import SimpleNamespace
 
-    from vlkit.features.gpu_decode import gpu_paths_for
+    from vlkit.features.pipeline import pipeline_paths
 
     paths = _jpegs(tmp_path, SIZES[:2])
     ds = ImageDataset([(p, 0) for p in paths], ["a"])
     cuda_like = SimpleNamespace(device=torch.device("cuda"), preprocess_cfg=tiny_backbone.preprocess_cfg)
-    assert gpu_paths_for(tiny_backbone, ds, 0) is None  # CPU backbone: the PIL path
-    assert gpu_paths_for(cuda_like, ds, 0) == paths and gpu_paths_for(cuda_like, ds, 1) is None
+    assert pipeline_paths(tiny_backbone, ds) == paths  # the CPU runs the pipeline too
+    assert pipeline_paths(cuda_like, ds) == paths and pipeline_paths(cuda_like, ds, 1, 2) == paths[1:]
     cuda_like.preprocess_cfg = replace(tiny_backbone.preprocess_cfg, size=(32, 48))  # not reproduced: PIL path
-    assert gpu_paths_for(cuda_like, ds, 0) is None
-    monkeypatch.setenv("VLKIT_GPU_DECODE", "0")
-    assert gpu_paths_for(cuda_like, ds, 0) is None
+    assert pipeline_paths(cuda_like, ds) is None
+    monkeypatch.setenv("VLKIT_GPU_DECODE", "0")  # the PIL path everywhere
+    assert pipeline_paths(cuda_like, ds) is None and pipeline_paths(tiny_backbone, ds) is None
 
 
 def test_prefetched_bytes_keeps_path_order_with_threads(tmp_path):

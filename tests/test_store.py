@@ -101,7 +101,7 @@ def test_key_depends_on_backbone_and_features_from_another_backbone_fail(tmp_pat
 
 
 def test_gpu_jpeg_route_agrees_with_the_pil_route(tmp_path, tiny_backbone, monkeypatch):
-    """The store's batched-decode route (GPU on CUDA; forced onto the CPU here) gives the PIL features."""
+    """The store's pipeline route (nvJPEG on CUDA; the same stages on the CPU here) gives the PIL features."""
     import numpy as np
     from PIL import Image
 
@@ -116,15 +116,14 @@ def test_gpu_jpeg_route_agrees_with_the_pil_route(tmp_path, tiny_backbone, monke
             smooth = np.kron(rng.integers(0, 255, (6, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # (48, 64, 3)
             Image.fromarray(smooth).save(tmp_path / "img" / f"c{c}" / f"{i}.jpg", quality=95)
     data = load_image_folder(tmp_path / "img")
+    monkeypatch.setenv("VLKIT_GPU_DECODE", "0")  # the PIL path
     pil = FeatureStore(tmp_path / "pil", num_workers=0).image_features(tiny_backbone, data)
     calls = []
-    monkeypatch.setattr(store_module, "gpu_paths_for",
-                        lambda b, d, v, s, e: calls.append(v) or (jpeg_paths(d, s, e) if v == 0 else None))
-    real_batches = store_module.gpu_image_batches
-    monkeypatch.setattr(store_module, "gpu_image_batches",
-                        lambda paths, cfg, bs, device: real_batches(paths, cfg, bs, "cpu", 0))
+    real_paths = store_module.pipeline_paths
+    monkeypatch.setenv("VLKIT_GPU_DECODE", "1")  # the pipeline: the default for JPEG files, on the CPU too
+    monkeypatch.setattr(store_module, "pipeline_paths", lambda b, d, s, e: calls.append(s) or real_paths(b, d, s, e))
     routed = FeatureStore(tmp_path / "gpu", num_workers=0).image_features(tiny_backbone, data)
-    assert calls == [0]
+    assert calls == [0] and jpeg_paths(data) is not None
     assert torch.nn.functional.cosine_similarity(pil, routed).min() >= 0.99
 
 

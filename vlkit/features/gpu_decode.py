@@ -1,29 +1,28 @@
-"""JPEG extraction on the GPU: CPU workers read file bytes, the GPU decodes and resizes in batches.
+"""JPEG decoding and the evaluation preprocessing on tensors: the pieces of the extraction pipeline.
 
 A PIL DataLoader spends its time in JPEG decoding and resizing on the CPU (about 1.2k
 images/s with 15 workers on an H200 host), far below what the encoder takes
 (ViT-B-16 bf16: about 7k/s). Here threads only read bytes; ``torchvision.io.decode_jpeg``
-decodes a whole batch with nvJPEG on the GPU and the resize, crop or pad and
-normalisation run there too, reproducing ``Backbone.preprocess`` from the same open_clip
-preprocessing config: each resize mode (shorter side + centre crop, longer side + centre
-pad with the fill colour, squash), antialiased bicubic or bilinear, then Normalize.
+decodes a whole batch (nvJPEG on the GPU) and the resize, crop or pad and
+normalisation run on the same device, reproducing ``Backbone.preprocess`` from the same
+open_clip preprocessing config: each resize mode (shorter side + centre crop, longer side
++ centre pad with the fill colour, squash), antialiased bicubic or bilinear, then Normalize.
 
-Used only for the evaluation view (view 0) of JPEG files on a CUDA backbone whose config
-it reproduces (:func:`gpu_reproduces`); otherwise the PIL path stays. A file nvJPEG cannot
-decode (CMYK, progressive corner cases) is decoded by PIL on the CPU and uploaded, so
+:mod:`vlkit.features.pipeline` runs these as overlapped stages (and the augmented views of
+:mod:`vlkit.features.gpu_augment` beside them) for JPEG files when :func:`gpu_reproduces`
+accepts the backbone's config; otherwise the PIL path stays. A file the batched decoder
+rejects (CMYK, progressive corner cases) is decoded by PIL on the CPU and uploaded, so
 every path yields an image.
 """
 from __future__ import annotations
 
 import io
 import os
-import queue
-import threading
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,20 +59,6 @@ def gpu_decode_enabled() -> bool:
     return os.environ.get("VLKIT_GPU_DECODE", "1") != "0"
 
 
-def gpu_paths_for(backbone: Any, dataset: Any, view: int, start: int = 0, stop: int | None = None) -> list[str] | None:
-    """The JPEG paths of items ``[start, stop)`` when the GPU path applies, else None.
-
-    It applies to the evaluation view (0) of a dataset of JPEG files on a CUDA backbone
-    whose preprocessing config the GPU reproduces, unless ``VLKIT_GPU_DECODE=0``.
-    Augmented views keep the PIL path (random crops).
-    """
-    if view != 0 or getattr(backbone.device, "type", "cpu") != "cuda" or not gpu_decode_enabled():
-        return None
-    if not gpu_reproduces(preprocess_params(backbone)):
-        return None
-    return jpeg_paths(dataset, start, stop)
-
-
 def preprocess_params(backbone: Any) -> PreprocessCfg:
     """The open_clip preprocessing config ``backbone.preprocess`` is built on."""
     return backbone.preprocess_cfg
@@ -90,34 +75,53 @@ def gpu_reproduces(cfg: PreprocessCfg) -> bool:
             and cfg.interpolation in ("bicubic", "bilinear", "random") and isinstance(cfg.fill_color, int))
 
 
-def _read_bytes(path: str) -> torch.Tensor:
+def read_bytes(path: str) -> torch.Tensor:
     """The raw bytes of ``path`` as a 1-d uint8 tensor (no copy beyond the read)."""
     return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
 
 
-def prefetched_bytes(paths: Sequence[str], batch_size: int, workers: int,
-                     ahead: int = 4) -> Iterator[list[torch.Tensor]]:
+def read_bytes_or_none(path: str) -> torch.Tensor | None:
+    """:func:`read_bytes`, or None when the file cannot be read or is empty (its decode fallback then
+    reports it as the PIL path does)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else None
+
+
+def prefetched_bytes(paths: Sequence[str], batch_size: int, workers: int, ahead: int = 4,
+                     reader: Callable[[str], Any] = read_bytes,
+                     sizes: Sequence[int] | None = None) -> Iterator[list[Any]]:
     """Batches of file bytes in ``paths`` order, read by ``workers`` threads up to ``ahead`` batches early.
 
-    Threads, not DataLoader processes: a file read releases the GIL, and handing hundreds
-    of small tensors per batch from worker processes through shared memory cost more
-    than the GPU's decode (1.7k images/s on an H200 host, against 7k/s for the encoder).
+    Batches hold ``batch_size`` files (the last fewer), or ``sizes[k]`` files for batch k
+    when ``sizes`` is given (they sum to ``len(paths)``). Threads, not DataLoader
+    processes: a file read releases the GIL, and handing hundreds of small tensors per
+    batch from worker processes through shared memory cost more than the GPU's decode
+    (1.7k images/s on an H200 host, against 7k/s for the encoder).
     """
+    if sizes is None:
+        sizes = [min(batch_size, len(paths) - start) for start in range(0, len(paths), batch_size)]
+    if sum(sizes) != len(paths):
+        raise ValueError(f"batch sizes {list(sizes)} do not add up to {len(paths)} paths")
     if workers <= 0:
-        for start in range(0, len(paths), batch_size):
-            yield [_read_bytes(p) for p in paths[start:start + batch_size]]
+        start = 0
+        for size in sizes:
+            yield [reader(p) for p in paths[start:start + size]]
+            start += size
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()  # futures of the reads in flight, in path order
         submitted = 0
-        while submitted < len(paths) or pending:
-            while submitted < len(paths) and len(pending) < ahead * batch_size:
-                pending.append(pool.submit(_read_bytes, paths[submitted]))
+        for size in sizes:
+            while submitted < len(paths) and len(pending) < max(ahead * batch_size, size):
+                pending.append(pool.submit(reader, paths[submitted]))
                 submitted += 1
-            yield [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+            yield [pending.popleft().result() for _ in range(size)]
 
 
-def _pil_decode(data: torch.Tensor) -> torch.Tensor:
+def pil_decode(data: torch.Tensor) -> torch.Tensor:
     """(3, H, W) uint8 via PIL, for files the GPU decoder rejects."""
     import numpy as np
     from PIL import Image
@@ -127,22 +131,54 @@ def _pil_decode(data: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def decode_batch(datas: list[torch.Tensor], device: str | torch.device) -> list[torch.Tensor]:
-    """Decode JPEG byte tensors to (3, H, W) uint8 images on ``device`` (batched; PIL fallback per file)."""
+def decode_or_fallback(datas: Sequence[torch.Tensor | None], device: str | torch.device,
+                       fallback: Callable[[int], torch.Tensor], pool: Any = None) -> list[torch.Tensor]:
+    """Decode JPEG byte tensors to (3, H, W) uint8 images on ``device``, the whole list in one call.
+
+    On the CPU with a thread ``pool`` (an executor), files are decoded one per task in it
+    instead (``decode_jpeg`` releases the GIL while it decodes, so they run in parallel).
+    When the batched call fails, each file is decoded alone; ``fallback(i)`` gives image
+    ``i`` (a CPU (3, H, W) uint8 tensor) for a file that is None (unreadable), that the
+    decoder rejects, or that is larger than PIL's ``MAX_IMAGE_PIXELS`` (the PIL path refuses
+    those, so the fallback does too).
+    """
+    from PIL import Image
     from torchvision.io import ImageReadMode, decode_jpeg
+
+    device = torch.device(device)
+    present = [i for i, data in enumerate(datas) if data is not None]
+    out: list[torch.Tensor | None] = [None] * len(datas)
+
+    def decode_one(data: torch.Tensor) -> torch.Tensor | None:
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            return None
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision >= 0.29 marks its codecs deprecated (TorchCodec)
+        if pool is not None and device.type == "cpu":
+            for i, image in zip(present, pool.map(decode_one, [datas[i] for i in present])):
+                out[i] = image
+            present = []
         try:
-            return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+            decoded = decode_jpeg([datas[i] for i in present], mode=ImageReadMode.RGB, device=device) \
+                if present else []
+            for i, image in zip(present, decoded):
+                out[i] = image
         except RuntimeError:
-            out = []
-            for data in datas:
-                try:
-                    out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-                except RuntimeError:
-                    out.append(_pil_decode(data).to(device))
-            return out
+            for i in present:
+                out[i] = decode_one(datas[i])
+    limit = Image.MAX_IMAGE_PIXELS
+    for i, image in enumerate(out):
+        if image is None or (limit and image.shape[-2] * image.shape[-1] > limit):
+            out[i] = fallback(i).to(device)
+    return out  # type: ignore[return-value]
+
+
+def decode_batch(datas: list[torch.Tensor], device: str | torch.device) -> list[torch.Tensor]:
+    """Decode JPEG byte tensors to (3, H, W) uint8 images on ``device`` (batched; PIL fallback per file)."""
+    return decode_or_fallback(datas, device, lambda i: pil_decode(datas[i]))
 
 
 def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -180,6 +216,18 @@ def crop_or_pad(x: torch.Tensor, side: int, fill: float) -> torch.Tensor:
     return x[:, :, top:top + side, left:left + side]
 
 
+def resize_uint8(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(b, 3, h, w) uint8 -> (b, 3, *size) values rounded and clipped to 0..255, antialiased as PIL resamples.
+
+    On the CPU torch's uint8 kernel (about 7x faster than float there, within one grey
+    level of it); elsewhere in float32, then rounded and clamped (the result is float).
+    """
+    if x.device.type == "cpu":
+        return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
+    x = F.interpolate(x.float(), size=size, mode=mode, antialias=True, align_corners=False)
+    return x.clamp_(0, 255).round_()
+
+
 def resize_normalize(images: list[torch.Tensor], cfg: PreprocessCfg) -> torch.Tensor:
     """(3, H, W) uint8 images of any sizes -> (B, 3, S, S) float32, as ``Backbone.preprocess`` does for ``cfg``.
 
@@ -200,75 +248,10 @@ def resize_normalize(images: list[torch.Tensor], cfg: PreprocessCfg) -> torch.Te
     m = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
     s = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
     for (h, w), idx in groups.items():
-        x = torch.stack([images[i] for i in idx]).float()  # (b, 3, h, w)
+        x = torch.stack([images[i] for i in idx])  # (b, 3, h, w) uint8
         nh, nw = mode_resized_size(h, w, side, cfg.resize_mode)
         if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode=mode, antialias=True, align_corners=False)
-            x = x.clamp_(0, 255).round_()
-        x = crop_or_pad(x, side, float(cfg.fill_color))  # (b, 3, side, side)
+            x = resize_uint8(x, (nh, nw), mode)
+        x = crop_or_pad(x.float(), side, float(cfg.fill_color))  # (b, 3, side, side)
         out[idx] = (x / 255.0 - m) / s
     return out
-
-
-def gpu_image_batches(paths: Sequence[str | Path], cfg: PreprocessCfg, batch_size: int = 256,
-                      device: str | torch.device = "cuda", num_workers: int | None = None) -> Iterator[torch.Tensor]:
-    """Yield (B, 3, S, S) float32 batches on ``device``, in the order of ``paths``.
-
-    Threads read bytes up to 4 batches ahead while the GPU decodes the current batch; on
-    CUDA a second thread decodes ahead of the caller (:func:`_decoded_ahead`).
-    ``device="cpu"`` runs the same pipeline on the CPU (tests).
-    """
-    workers = min(8, max(0, (os.cpu_count() or 1) - 1)) if num_workers is None else num_workers
-    batches = (resize_normalize(decode_batch(datas, device), cfg)
-               for datas in prefetched_bytes([str(p) for p in paths], batch_size, workers))
-    if torch.device(device).type != "cuda":
-        yield from batches
-        return
-    yield from _decoded_ahead(batches, torch.device(device))
-
-
-def _decoded_ahead(batches: Iterator[torch.Tensor], device: torch.device, depth: int = 2) -> Iterator[torch.Tensor]:
-    """Run ``batches`` in a thread on its own CUDA stream, ``depth`` batches ahead of the consumer.
-
-    The caller's encoder and the next batch's reading, decoding and resizing then overlap
-    instead of taking turns (H200, 4096 JPEGs: 3.0k -> 3.4k images/s end to end, encoder 7.0k/s).
-    """
-    out: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-    stream = torch.cuda.Stream(device)
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            with torch.cuda.stream(stream):
-                for batch in batches:
-                    stream.synchronize()  # ready before the consumer's stream reads it
-                    if not put(batch):
-                        return
-            put(done)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            put(exc)
-
-    worker = threading.Thread(target=produce, name="vlkit-gpu-decode", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = out.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            item.record_stream(torch.cuda.current_stream(device))  # allocator: used on the consumer's stream
-            yield item
-    finally:
-        stop.set()
-        worker.join(timeout=5)

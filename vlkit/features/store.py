@@ -13,6 +13,12 @@ process and again whenever its size, mtime, ctime or inode changes (hashing is a
 costly as loading: 3 ms per 2048 x 512 float16 shard on a busy 2-core machine, so
 a bench that re-reads an entry per cell does not re-hash it each time).
 
+Extraction: a folder of JPEG files goes through :mod:`vlkit.features.pipeline` (file reads,
+batched decode and every view built on the backbone's device, encoding, overlapped), one
+read and decode per image for all the views :meth:`FeatureStore.views` is missing; other
+images (PNG, in memory) and ``VLKIT_GPU_DECODE=0`` take the PIL DataLoader path. Both give
+each view's entry the same key and files (features agree to cosine >= 0.99 per image).
+
 Per-layer features (:meth:`FeatureStore.layer_features`, see
 :mod:`vlkit.features.layer_features`) live beside them under ``layers/``: one entry per
 (image set, view, block) holding ``tokens.npy`` (n, 2, W) float16 and a checksummed
@@ -24,6 +30,7 @@ Format version 2 (the norms) is part of the key: entries written by version 1
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -39,7 +46,8 @@ from vlkit.backbones import Backbone
 from vlkit.data.dataset import ImageDataset
 from vlkit.errors import BackboneMismatchError, DataError
 from vlkit.features.layer_features import POOLING, layer_shape, layer_tokens
-from vlkit.features.gpu_decode import gpu_image_batches, gpu_paths_for, preprocess_params
+from vlkit.features.gpu_augment import view_seed
+from vlkit.features.pipeline import encode_view_chunks, pipeline_paths
 from vlkit.io import atomic_write_bytes, atomic_write_json, cache_root
 from vlkit.progress import progress
 
@@ -85,7 +93,7 @@ class _ImageTensors(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         index = self.start + i
         if self.seed is not None:  # augmented view: a fixed seed per (view, image)
-            torch.manual_seed(self.seed * 1_000_003 + index)
+            torch.manual_seed(view_seed(self.seed, index))
         return self.transform(self.dataset.image(index))
 
 
@@ -131,69 +139,114 @@ class FeatureStore:
 
     def views(self, backbone: Backbone, dataset: ImageDataset, views: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (N, 1 + views, D) and their norms (N, 1 + views): the eval view then ``views``
-        augmented views, each entry checked once."""
-        feats, norms = [], []
-        for v in range(views + 1):
-            entry, meta = self._entry(backbone, dataset, v)
-            feats.append(self._load(entry, meta, "shard"))  # (N, D)
-            norms.append(self._load(entry, meta, "norms"))  # (N,)
+        augmented views, each entry checked once; missing views are encoded together (:meth:`_entries`)."""
+        entries = self._entries(backbone, dataset, list(range(views + 1)))
+        feats = [self._load(*entries[v], "shard") for v in range(views + 1)]  # (N, D) each
+        norms = [self._load(*entries[v], "norms") for v in range(views + 1)]  # (N,) each
         return torch.stack(feats, dim=1), torch.stack(norms, dim=1)
 
     def view_features(self, backbone: Backbone, dataset: ImageDataset, views: int) -> torch.Tensor:
         """(N, 1 + views, D): the eval view then ``views`` augmented views, each cached."""
-        return torch.stack([self.image_features(backbone, dataset, v) for v in range(views + 1)], dim=1)
+        return self.views(backbone, dataset, views)[0]
 
     def view_norms(self, backbone: Backbone, dataset: ImageDataset, views: int) -> torch.Tensor:
         """(N, 1 + views) pre-normalisation norms of ``view_features``' rows."""
-        return torch.stack([self.image_norms(backbone, dataset, v) for v in range(views + 1)], dim=1)
+        return self.views(backbone, dataset, views)[1]
 
     def _entry(self, backbone: Backbone, dataset: ImageDataset, view: int) -> tuple[Path, dict]:
         """The folder and sidecar of a complete, checked entry, encoding whatever is missing or damaged."""
-        if len(dataset) == 0:
-            raise DataError(f"dataset {dataset.name} is empty: nothing to encode")
+        return self._entries(backbone, dataset, [view])[view]
+
+    def _checked_entry(self, backbone: Backbone, dataset: ImageDataset, view: int) -> tuple[Path, dict | None]:
+        """An entry's folder and its sidecar when the entry is complete and checked, else (folder, the sidecar
+        of a partial entry or None); a corrupt complete entry is removed."""
         entry = self.entry_dir(backbone, dataset, view)
-        meta_path = entry / "meta.json"
-        n_shards = (len(dataset) + self.shard_size - 1) // self.shard_size
-        meta = self._read_meta(meta_path)
+        meta = self._read_meta(entry / "meta.json")
         if meta is not None and meta.get("complete") and self._shards_valid(entry, meta, backbone):
             try:
                 self._check_shapes(entry, meta)
-                self.hits += 1
                 return entry, meta
             except (ValueError, OSError, EOFError):
                 log.warning("feature entry %s is corrupt; re-encoding it", entry)
                 shutil.rmtree(entry, ignore_errors=True)
-                meta = None
-        self.misses += 1
-        usable = (meta and meta.get("fingerprint") == backbone.fingerprint and meta.get("version") == STORE_VERSION
-                  and meta.get("shard_size") == self.shard_size)
-        shards = dict(meta["shards"]) if usable else {}
-        entry.mkdir(parents=True, exist_ok=True)
-        todo = [s for s in range(n_shards) if not self._shard_ok(entry, str(s), shards.get(str(s)))]
+                return entry, None
+        return entry, (dict(meta, complete=False) if meta is not None else None)
 
-        def write(shard: int, feats: torch.Tensor, norms: torch.Tensor) -> None:  # (n, D), (n,)
-            shards[str(shard)] = self._write_shard(entry, shard, feats, norms)
-            atomic_write_json(meta_path, self._meta(backbone, dataset, view, shards, complete=False))
+    def _entries(self, backbone: Backbone, dataset: ImageDataset, views: list[int]) -> dict[int, tuple[Path, dict]]:
+        """{view: (folder, sidecar)} of complete, checked entries, encoding whatever is missing or damaged.
 
-        with progress(total=len(dataset), description=f"encoding {dataset.name} view {view}") as bar:
-            bar.advance(len(dataset) - sum(self._shard_len(s, len(dataset)) for s in todo))
-            if self.engine is None:
-                for shard in todo:
-                    write(shard, *self._encode_shard(backbone, dataset, view, shard, bar))
-            elif todo:  # e.g. Ray: the same shards and pixels, encoded elsewhere
-                transform = backbone.preprocess if view == 0 else backbone.train_transform
-                images = _ImageTensors(dataset, transform, 0, len(dataset), seed=view if view else None)
-                self.engine.encode_shards(images, backbone, dataset, todo, self.shard_size, self.batch_size, write,
-                                          bar.advance)
-        meta = self._meta(backbone, dataset, view, shards, complete=True)
-        atomic_write_json(meta_path, meta)
-        self._check_shapes(entry, meta)
-        return entry, meta
+        Each view keeps its own entry (same key and files as when encoded alone); the shards
+        missing from several views are encoded in one pass over the images
+        (:meth:`_encode_shards`: one read and decode for every view on the pipeline path).
+        """
+        if len(dataset) == 0:
+            raise DataError(f"dataset {dataset.name} is empty: nothing to encode")
+        n_shards = (len(dataset) + self.shard_size - 1) // self.shard_size
+        ready: dict[int, tuple[Path, dict]] = {}
+        todo: dict[int, tuple[Path, dict, list[int]]] = {}  # view -> (folder, shard records, shards to encode)
+        for view in dict.fromkeys(views):
+            entry, meta = self._checked_entry(backbone, dataset, view)
+            if meta is not None and meta.get("complete"):
+                self.hits += 1
+                ready[view] = (entry, meta)
+                continue
+            self.misses += 1
+            usable = (meta and meta.get("fingerprint") == backbone.fingerprint
+                      and meta.get("version") == STORE_VERSION and meta.get("shard_size") == self.shard_size)
+            shards = dict(meta["shards"]) if usable else {}
+            entry.mkdir(parents=True, exist_ok=True)
+            todo[view] = (entry, shards, [s for s in range(n_shards) if not self._shard_ok(entry, str(s),
+                                                                                             shards.get(str(s)))])
+        if not todo:
+            return ready
+        names = ", ".join(map(str, todo)) if len(todo) <= 3 else f"{min(todo)}-{max(todo)}"
+        label = f"view {names}" if len(todo) == 1 else f"views {names}"
+        missing = sum(self._shard_len(s, len(dataset)) for _, _, shards in todo.values() for s in shards)
+        with progress(total=len(dataset) * len(todo), description=f"encoding {dataset.name} {label}") as bar:
+            bar.advance(len(dataset) * len(todo) - missing)
+            if self.engine is not None:  # e.g. Ray: the same shards and pixels, encoded elsewhere, view by view
+                self._encode_with_engine(backbone, dataset, todo, bar)
+            else:
+                self._encode_here(backbone, dataset, todo, bar)
+        for view, (entry, shards, _) in todo.items():
+            meta = self._meta(backbone, dataset, view, shards, complete=True)
+            atomic_write_json(entry / "meta.json", meta)
+            self._check_shapes(entry, meta)
+            ready[view] = (entry, meta)
+        return {view: ready[view] for view in dict.fromkeys(views)}
+
+    def _encode_here(self, backbone: Backbone, dataset: ImageDataset,
+                     todo: dict[int, tuple[Path, dict, list[int]]], bar) -> None:
+        """Encode every view's missing shards in this process, one pass per run of shards missing the same views."""
+        plan = [(shard, tuple(view for view, (_, _, shards) in todo.items() if shard in shards))
+                for shard in sorted({s for _, _, shards in todo.values() for s in shards})]
+        for wanted, group in itertools.groupby(plan, key=lambda item: item[1]):  # runs of one view set
+            for shard, encoded in self._encode_shards(backbone, dataset, [s for s, _ in group], list(wanted), bar):
+                for view in wanted:  # one read and decode for all of them
+                    entry, shards, _ = todo[view]
+                    shards[str(shard)] = self._write_shard(entry, shard, *encoded[view])
+                    atomic_write_json(entry / "meta.json", self._meta(backbone, dataset, view, shards, complete=False))
+
+    def _encode_with_engine(self, backbone: Backbone, dataset: ImageDataset,
+                            todo: dict[int, tuple[Path, dict, list[int]]], bar) -> None:
+        """Each view's missing shards through ``self.engine`` (pixels from the store's own transform and seeds)."""
+        for view, (entry, shards, missing) in todo.items():
+            if not missing:
+                continue
+            transform = backbone.preprocess if view == 0 else backbone.train_transform
+            images = _ImageTensors(dataset, transform, 0, len(dataset), seed=view if view else None)
+
+            def write(shard: int, feats: torch.Tensor, norms: torch.Tensor, entry: Path = entry,
+                      shards: dict = shards, view: int = view) -> None:  # (n, D), (n,)
+                shards[str(shard)] = self._write_shard(entry, shard, feats, norms)
+                atomic_write_json(entry / "meta.json", self._meta(backbone, dataset, view, shards, complete=False))
+
+            self.engine.encode_shards(images, backbone, dataset, missing, self.shard_size, self.batch_size, write,
+                                      bar.advance)
 
     @staticmethod
     def _write_shard(entry: Path, shard: int, feats: torch.Tensor, norms: torch.Tensor) -> dict:
-        """Write one shard's features (n, D) as float16 and norms (n,) as float32, each atomically;
-        returns its sidecar record (sizes and sha256)."""
+        """Write one shard's features (n, D) as float16 and norms (n,) as float32; return its record."""
         record = {}
         for kind, array in (("shard", feats.numpy().astype(np.float16)), ("norms", norms.numpy().astype(np.float32))):
             data = _npy_bytes(array)
@@ -205,20 +258,40 @@ class FeatureStore:
     def _shard_len(self, shard: int, total: int) -> int:
         return min(self.shard_size, total - shard * self.shard_size)
 
-    def _encode_shard(self, backbone: Backbone, dataset: ImageDataset, view: int, shard: int,
+    def _encode_shards(self, backbone: Backbone, dataset: ImageDataset, shards: list[int], views: list[int],
+                       bar) -> Iterator[tuple[int, dict[int, tuple[torch.Tensor, torch.Tensor]]]]:
+        """(shard, {view: (normalised features (n, D), pre-normalisation norms (n,))}) for each of ``shards``.
+
+        JPEG files (see :func:`pipeline_paths`) go through one overlapped pipeline over all
+        ``shards``, one read and decode per image for every view (on the backbone's device:
+        nvJPEG on CUDA); otherwise each shard and view is a PIL DataLoader pass, augmented
+        views seeded per (view, image).
+        """
+        ranges = [(s * self.shard_size, min(len(dataset), (s + 1) * self.shard_size)) for s in shards]
+        found = [pipeline_paths(backbone, dataset, start, stop) for start, stop in ranges]
+        if all(paths is not None for paths in found):
+            from torchvision.transforms.functional import pil_to_tensor
+
+            def fallback(index: int) -> torch.Tensor:  # the PIL path's decode: same image, same errors
+                return pil_to_tensor(dataset.image(index))  # (3, H, W) uint8
+
+            paths = [p for part in found for p in part]
+            indices = [i for start, stop in ranges for i in range(start, stop)]
+            chunks = encode_view_chunks(backbone, paths, indices, views, fallback, [b - a for a, b in ranges],
+                                        self.batch_size, on_batch=bar.advance)
+            yield from zip(shards, chunks)
+            return
+        for shard, (start, stop) in zip(shards, ranges):
+            yield shard, {view: self._encode_shard(backbone, dataset, view, start, stop, bar) for view in views}
+
+    def _encode_shard(self, backbone: Backbone, dataset: ImageDataset, view: int, start: int, stop: int,
                       bar) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised features (n, D) and pre-normalisation norms (n,) of one shard's images."""
-        start = shard * self.shard_size
-        stop = min(len(dataset), start + self.shard_size)
-        jpegs = gpu_paths_for(backbone, dataset, view, start, stop)
-        if jpegs is not None:  # CUDA + eval view + JPEG files: decode and resize on the GPU
-            batches = gpu_image_batches(jpegs, preprocess_params(backbone), self.batch_size, backbone.device)
-        else:
-            transform = backbone.preprocess if view == 0 else backbone.train_transform
-            images = _ImageTensors(dataset, transform, start, stop, seed=view if view else None)
-            workers = self.num_workers if stop - start > self.batch_size else 0
-            batches = DataLoader(images, batch_size=self.batch_size, num_workers=workers,
-                                 pin_memory=backbone.device.type == "cuda", persistent_workers=False)
+        """The PIL path: normalised features (n, D) and norms (n,) of items ``[start, stop)`` for one view."""
+        transform = backbone.preprocess if view == 0 else backbone.train_transform
+        images = _ImageTensors(dataset, transform, start, stop, seed=view if view else None)
+        workers = self.num_workers if stop - start > self.batch_size else 0
+        batches = DataLoader(images, batch_size=self.batch_size, num_workers=workers,
+                             pin_memory=backbone.device.type == "cuda", persistent_workers=False)
         feats, norms = [], []
         for batch in batches:  # (B, 3, H, W)
             unit, norm = backbone.encode_images_with_norms(batch)

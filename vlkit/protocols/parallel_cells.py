@@ -72,14 +72,14 @@ def default_jobs() -> int:
 def _init_worker(spec: WorkerSpec) -> None:
     import torch
 
-    from vlkit.protocols.runner import _Context
+    from vlkit.protocols.bench_context import BenchContext
     from vlkit.protocols.sources import sources_from_specs, with_test_subset
 
     torch.set_num_threads(spec.threads)
     sources = sources_from_specs(list(spec.specs))
     if spec.test_per_class is not None:
         sources = [with_test_subset(s, spec.test_per_class) for s in sources]
-    _WORKER["context"] = _Context(spec.model, spec.pretrained, spec.device, spec.views, spec.store, None,
+    _WORKER["context"] = BenchContext(spec.model, spec.pretrained, spec.device, spec.views, spec.store, None,
                                   {s.name: s for s in sources})
     _WORKER["protocol"] = spec.protocol
 

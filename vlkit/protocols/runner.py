@@ -15,11 +15,11 @@ from typing import Any, Callable, Iterator, Sequence
 from vlkit.backbones.registry import offline_weights_digest
 from vlkit.data.fewshot import DEFAULT_VAL_PER_CLASS, check_val_options
 from vlkit.protocols.cells import Cell, CellLog, grid, val_key
+from vlkit.protocols.bench_context import BenchContext
 from vlkit.protocols.parallel_cells import CellOutcome, WorkerSpec, run_cells
 from vlkit.protocols.sources import DataSource, sources_from_specs, with_test_subset
 from vlkit.protocols.bench_progress import BenchProgress
 from vlkit.protocols.catalog import get_protocol
-from vlkit.report.result import Result
 from vlkit.report.writers import write_reports
 from vlkit.errors import VlkitError
 
@@ -167,7 +167,7 @@ def run_bench(model: str = "vlkit-mini", pretrained: str | None = None,
         todo = [c for c in cells if c.key not in done]
         log.info("bench: %d cells, %d done, %d to run, output in %s", len(cells), len(cells) - len(todo),
                  len(todo), out)
-        context = _Context(model, pretrained, device, views, store, backbone, {s.name: s for s in sources})
+        context = BenchContext(model, pretrained, device, views, store, backbone, {s.name: s for s in sources})
         # a Ray engine spreads the extraction itself; its cluster belongs to this process
         in_process = backbone is not None or sources_given or getattr(store, "engine", None) is not None
         workers = 1 if in_process else min(int(jobs), len(todo))
@@ -224,46 +224,13 @@ def _interruption_keeps(cells: Sequence[Cell], cell_log: CellLog) -> Iterator[No
         raise BenchInterrupted([done[c.key] for c in cells if c.key in done]) from None
 
 
-class _Context:
-    """Loads the backbone and the feature store on first use, so a finished bench loads nothing."""
-
-    def __init__(self, model: str, pretrained: str | None, device: str | None, views: int, store: Any,
-                 backbone: Any, sources: dict[str, DataSource]) -> None:
-        self.model, self.pretrained, self.device, self.views = model, pretrained, device, views
-        self.store, self.backbone, self.sources = store, backbone, sources
-
-    def device_name(self) -> str:
-        """The backbone's device if loaded, else the requested one."""
-        return str(self.backbone.device) if self.backbone is not None else (self.device or "")
-
-    def prepare(self, cell: Cell) -> None:
-        """Load what ``cell`` needs and every cell shares (backbone, store, its dataset's splits)."""
-        from vlkit.features.store import FeatureStore
-
-        if self.backbone is None:
-            from vlkit.backbones import load_backbone
-
-            self.backbone = load_backbone(self.model, self.pretrained, self.device)
-        if self.store is None:
-            self.store = FeatureStore()
-        for split in ("train", "test"):
-            self.sources[cell.data].split(split)
-        if cell.validation.get("val") != "from-train":
-            self.sources[cell.data].val_split()
-
-    def run(self, proto: Any, cell: Cell) -> Result:
-        """Run one cell with the shared backbone and store (after :meth:`prepare`)."""
-        return proto.run(self.backbone, self.sources[cell.data], cell.method, cell.shots, cell.seed, self.store,
-                         self.views, **cell.validation, **cell.overrides)
-
-
 def _threads_per_job(jobs: int) -> int:
     import torch
 
     return max(1, torch.get_num_threads() // jobs)
 
 
-def _in_process(todo: Sequence[Cell], context: "_Context", proto: Any, bar: BenchProgress,
+def _in_process(todo: Sequence[Cell], context: BenchContext, proto: Any, bar: BenchProgress,
                 fail_fast: bool) -> Iterator[CellOutcome]:
     """Run the cells one after another in this process (the default, and with a GPU)."""
     for cell in todo:
