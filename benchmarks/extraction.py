@@ -1,4 +1,4 @@
-"""Extraction throughput: plain open_clip loop, PIL store, the overlapped pipeline, the CPU-side stages.
+"""Extraction throughput: open_clip loop, PIL store, overlapped pipeline, WebDataset shards, Ray, CPU stages.
 
     python benchmarks/extraction.py --threads 1,2                     # CPU (this machine): vlkit-mini
     python benchmarks/extraction.py --device cuda --model ViT-B-16 --images 4096 --batch-size 256
@@ -12,6 +12,10 @@ Writes ``benchmarks/results/extraction.json`` (``--out`` elsewhere; the conventi
 - ``pipeline``: the store through :mod:`vlkit.features.pipeline` (its default for JPEG
   files on the CPU and on CUDA): 1 view, and ``--views`` augmented views
   (``FeatureStore.views``: the eval view + the augmented ones, one read and decode per image);
+- ``shards_store``: the same images as WebDataset shards (``--data`` shards; members read by
+  offset, decoded by PIL), 1 view and ``--views`` views;
+- ``ray_1_worker`` / ``ray_2_workers``: ``--engine ray`` on a local cluster (whole call, cluster
+  start included; ``pipeline_images_per_s`` without it), once, outside the CPU budgets;
 - ``encoder_bound``: ``encode_images`` on tensors already on the device (the ceiling);
 - CPU-side stages alone: file reads on 1/2/4 threads and the bounded-queue hand-off to a
   no-op consumer, against the encoder-bound rate (the issue's must-show when there is no GPU).
@@ -20,8 +24,7 @@ Rates are images/s; with several views, view-images/s ("per view": images x view
 the number to hold against the encoder-bound rate. ``--threads`` runs the CPU rows under
 each CPU budget: the process is pinned to that many cores (``sched_setaffinity``) and
 torch uses that many threads. Each row is one function in :data:`ROWS` (name ->
-function of a :class:`Bench`); rows for other sources (WebDataset shards, Ray workers)
-join there.
+function of a :class:`Bench`).
 """
 from __future__ import annotations
 
@@ -222,15 +225,71 @@ def row_queue_handoff(bench: Bench, handoffs: int = 2000) -> dict[str, Any]:
     return {"views": 1, "seconds": seconds, "images_per_s": count / seconds}
 
 
-# name -> (source, function). The lead adds rows for the other sources here after merging:
-# ("webdataset", row_wds_pil_store / row_wds_pipeline) on the same images as shards, and
-# ("ray", lambda b: row_ray(b, workers=1)) / workers=2, each returning the same keys.
+def shard_dataset(bench: Bench) -> Any:
+    """The same JPEGs as WebDataset shards (image + ``.cls``, 64 a shard, ``classnames.txt``), read by ``--data``."""
+    if "shards" not in bench.reference:
+        import io
+        import tarfile
+
+        from vlkit.data.resolve import load_data
+
+        folder = bench.tmp / "shards"
+        folder.mkdir(exist_ok=True)
+        for number, start in enumerate(range(0, len(bench.paths), 64)):
+            with tarfile.open(folder / f"shards-{number:06d}.tar", "w") as tar:
+                for path in bench.paths[start:start + 64]:
+                    key = Path(path).stem
+                    for member, payload in ((f"{key}.jpg", Path(path).read_bytes()),
+                                            (f"{key}.cls", Path(path).parent.name[1:].encode())):
+                        info = tarfile.TarInfo(member)
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+        (folder / "classnames.txt").write_text("".join(f"c{i}\n" for i in range(10)))
+        bench.reference["shards"] = load_data(str(folder), "all")
+    return bench.reference["shards"]
+
+
+def row_shards(bench: Bench, views: int = 0) -> dict[str, Any]:
+    """The store reading the same images from WebDataset shards (members read by offset, decoded by PIL)."""
+    from vlkit.features.store import FeatureStore
+
+    dataset = shard_dataset(bench)  # the index pass is not timed: it is cached after the first run
+    with tempfile.TemporaryDirectory(dir=bench.tmp) as root:
+        store = FeatureStore(root, num_workers=bench.workers, batch_size=bench.batch_size,
+                             shard_size=max(len(bench.paths), 1))
+        extract = (lambda: store.image_features(bench.backbone, dataset)[:, None]) if views == 0 else \
+            (lambda: store.views(bench.backbone, dataset, views)[0])
+        seconds, feats = timed(bench, extract)
+    count = len(bench.paths) * feats.shape[1]
+    return {"views": feats.shape[1], "seconds": seconds, "images_per_s": count / seconds}
+
+
+def row_ray(bench: Bench, workers: int) -> dict[str, Any]:
+    """``--engine ray`` on a local cluster of ``workers`` encoders (1 thread each): the whole call, cluster start
+    included, and the Ray Data pipeline alone (worker start and model load included)."""
+    from vlkit.features.ray_engine import extract_with_ray
+    from vlkit.features.store import FeatureStore
+
+    with tempfile.TemporaryDirectory(dir=bench.tmp) as root:
+        store = FeatureStore(root, batch_size=bench.batch_size, shard_size=max(1, len(bench.paths) // 4))
+        stats = extract_with_ray(bench.backbone, bench.dataset, store, workers)
+    return {"views": 1, "seconds": stats["seconds"], "images_per_s": stats["images_per_second"],
+            "cluster_seconds": stats["cluster_seconds"], "pipeline_images_per_s": stats["pipeline_images_per_second"]}
+
+
+# name -> (source, function); each row returns its seconds and images/s (per view with several views)
 ROWS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
     "plain_open_clip": ("jpeg folder", row_plain_open_clip),
     "pil_store": ("jpeg folder", row_pil_store),
     "pipeline": ("jpeg folder", row_pipeline),
     "pil_store_views": ("jpeg folder", lambda b: row_pil_store(b, b.views)),
     "pipeline_views": ("jpeg folder", lambda b: row_pipeline(b, b.views)),
+    "shards_store": ("webdataset shards", row_shards),
+    "shards_store_views": ("webdataset shards", lambda b: row_shards(b, b.views)),
+}
+RAY_ROWS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {  # run once, outside the CPU budgets
+    "ray_1_worker": ("jpeg folder", lambda b: row_ray(b, 1)),
+    "ray_2_workers": ("jpeg folder", lambda b: row_ray(b, 2)),
 }
 ENCODER_ROW = ("device tensors", row_encoder_bound)
 STAGE_ROWS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
@@ -288,6 +347,12 @@ def _machine(device: torch.device) -> str:
             f"torch {torch.__version__}")
 
 
+def budgets_max(rate: dict[tuple[str, Any], Any]) -> Any:
+    """The largest CPU budget the rows ran under (None on CUDA)."""
+    budgets = [t for (_, t) in rate if t is not None]
+    return max(budgets) if budgets else None
+
+
 def ratios_of(rows: list[dict[str, Any]], encoder: float, cuda: bool) -> dict[str, float]:
     """Headline ratios: the pipeline (and the CPU-side stages) over the encoder-bound rate and the PIL store."""
     rate = {(r["row"], r.get("threads")): r.get("images_per_s") for r in rows}
@@ -296,6 +361,14 @@ def ratios_of(rows: list[dict[str, Any]], encoder: float, cuda: bool) -> dict[st
         if value is None:
             continue
         tag = "" if threads is None else f"_{threads}t"
+        if name.startswith("shards_store"):
+            folder = rate.get(("pil_store" + name[len("shards_store"):], threads))
+            if folder:
+                out[f"{name}_over_folder_pil_store{tag}"] = value / folder
+        if name.startswith("ray_"):
+            local = rate.get(("pipeline", budgets_max(rate)))
+            if local:
+                out[f"{name}_over_local_pipeline"] = value / local
         if name in ("pipeline", "pipeline_views"):
             pil = rate.get(("pil_store" + name[len("pipeline"):], threads))
             if pil:
@@ -320,6 +393,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1", help="CPU budgets to run the CPU rows under, e.g. 1,2")
     parser.add_argument("--workers", type=int, default=None, help="read threads / loader workers on CUDA "
                         "(default: CPUs - 1, at most 8); on the CPU each budget uses its thread count - 1")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray rows (they need vlkit[ray])")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "extraction.json")
     args = parser.parse_args()
     import vlkit
@@ -352,6 +426,8 @@ def main() -> None:
                 rows += encoder + run_rows(bench, ROWS, label)
         encoder_rate = max(r["images_per_s"] for r in rows if r["row"] == "encoder_bound")
         rows += run_rows(bench, STAGE_ROWS, {"device": "cpu", "threads": None})  # every core the process has
+        if not args.no_ray:
+            rows += run_rows(bench, RAY_ROWS, {"device": device.type, "threads": None})
     for row in rows:
         if "images_per_s" in row:
             row["over_encoder"] = row["images_per_s"] / encoder_rate
