@@ -67,10 +67,28 @@ def test_health_classes_and_docs(server):
     assert classes["limits"]["max_batch"] == 4
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/predict", "/examples", "/classes", "/health"} <= set(schema["paths"])
-    assert httpx.get(f"{server.url}/docs").status_code == 200
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"] and 'id="file-input"' in page.text
     assert httpx.get(f"{server.url}/heldout").status_code == 404  # started without --heldout
+
+
+@pytest.mark.parametrize("route", ["/docs", "/redoc"])
+def test_docs_pages_load_nothing_from_outside(server, route):
+    """Swagger UI and ReDoc work offline: every script, style and icon they reference is on this server."""
+    import re
+
+    page = httpx.get(f"{server.url}{route}")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    external = re.findall(r"https?://[^\s\"'<>]+", page.text)
+    assert not external, f"{route} references external URLs: {external}"
+    assets = re.findall(r"(?:src|href)=[\"']([^\"']+)[\"']", page.text)
+    assets += re.findall(r"(?:url|redoc_js_url)[\"']?\s*[:=]\s*[\"'](/[^\"']+)[\"']", page.text)
+    local = sorted({a for a in assets if a.startswith("/docs/assets/")})
+    assert len(local) >= 2, f"{route} references no local assets: {assets}"
+    for asset in local:
+        answer = httpx.get(f"{server.url}{asset}")
+        assert answer.status_code == 200 and len(answer.content) > 100, asset
+    assert httpx.get(f"{server.url}/docs/assets/../../run.json").status_code == 404  # no path out of the assets
 
 
 def test_concurrent_adds_none_lost(server):
