@@ -5,7 +5,7 @@ writes it atomically with its metadata (class names, preprocessing, method, back
 ONNX uses ``torch.onnx.export``'s TorchScript-based exporter (``dynamo=False``: the
 dynamo exporter needs onnxscript, which vlkit does not depend on) at opset 17, with a
 dynamic batch axis; ``int8`` is onnxruntime's dynamic quantisation (int8 weights of the
-MatMul/Gemm ops, activations quantised at run time). TorchScript is ``torch.jit.trace``;
+MatMul/Gemm ops, activations quantised at run time) under :data:`~vlkit.apps.export.int8.DEFAULT_RULE`. TorchScript is ``torch.jit.trace``;
 ``int8`` is ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` first.
 With check images, the exported model is run on them and compared with the Python path
 (the method's own ``logits``): largest logit difference, top-1 agreement, accuracy of both.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import tempfile
 import warnings
 from dataclasses import asdict
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from vlkit.apps.export.graph import classifier_module, check_exportable
+from vlkit.apps.export.int8 import DEFAULT_RULE, Int8Rule, quantize_onnx
 from vlkit.apps.export.runtime import METADATA_KEY, TORCHSCRIPT_EXTRA, ExportedModel, require_onnx
 from vlkit.errors import VlkitError
 from vlkit.io import atomic_file
@@ -112,32 +112,6 @@ def _onnx_export(module: nn.Module, dummy: torch.Tensor, path: Path) -> None:
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
 
 
-def _onnx_quantize(fp32: Path, path: Path) -> None:
-    """int8 weights (per output channel) for the image tower's MatMul/Gemm; the head stays float32.
-
-    Measured on vlkit-mini's Tip-Adapter run (fashion-mnist-mini, 500 test images), top-1 agreement
-    with float32: every op per tensor 98.4 %, head excluded 99.0 %, head excluded and MatMul/Gemm
-    only 99.2 %, and per channel 100 %. The head is small (C or N rows of D) and its exp/cache
-    arithmetic magnifies weight rounding; convolutions (ConvInteger) keep float weights.
-    """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    head = [node.name for node in onnx.load(str(fp32), load_external_data=False).graph.node
-            if node.name.startswith("/head/")]
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=head)
-    finally:
-        root.setLevel(level)
-
-
 def _onnx_with_metadata(source: Path, path: Path, metadata: dict[str, Any]) -> None:
     import onnx
 
@@ -177,13 +151,14 @@ def _torchscript(module: nn.Module, dummy: torch.Tensor, int8: bool, path: Path,
 
 def export_method(method: Any, backbone: Any, out: str | Path, format: str = "onnx", int8: bool = False,
                   check_images: torch.Tensor | None = None, check_labels: Any = None,
-                  owned: bool = False) -> dict[str, Any]:
+                  owned: bool = False, int8_rule: Int8Rule | None = None) -> dict[str, Any]:
     """Write the fitted ``method`` on ``backbone`` to ``out`` as one model; returns a JSON-ready report.
 
     ``check_images`` (N, 3, H, W) preprocessed (and optional ``check_labels`` (N,)): run the
     exported model on them and compare with the Python path (``check`` in the report).
     ``owned``: the caller hands over ``method`` and ``backbone`` (loaded for this export), so they
     may be changed in place; otherwise they are copied when the export would change them.
+    ``int8_rule``: which ONNX nodes stay float32 with ``int8`` (default :data:`DEFAULT_RULE`).
     """
     out = check_format(format, out)
     method._check_fitted()
@@ -197,12 +172,14 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
     height, width = backbone.preprocess_cfg.size
     dummy = torch.zeros(2, 3, height, width)
     metadata = metadata_of(method, backbone, format, int8)
+    quantised: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="vlkit-export-") as tmp:
         if format == "onnx":
             fp32 = Path(tmp) / "fp32.onnx"
             _onnx_export(module, dummy, fp32)
             if int8:
-                _onnx_quantize(fp32, Path(tmp) / "int8.onnx")
+                quantised = quantize_onnx(fp32, Path(tmp) / "int8.onnx", int8_rule or DEFAULT_RULE)
+                metadata["int8_rule"] = quantised
             with atomic_file(out) as target:
                 _onnx_with_metadata(Path(tmp) / ("int8.onnx" if int8 else "fp32.onnx"), target, metadata)
         else:
@@ -210,6 +187,8 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
                 _torchscript(module, dummy, int8, target, metadata)
     report = {"out": str(out), "format": format, "int8": int8, "bytes": out.stat().st_size,
               "method": method.name, "classes": len(method.classnames_), "model": backbone.name}
+    if quantised:
+        report["int8_rule"] = quantised
     if reference is not None:
         report["check"] = compare(reference, ExportedModel(out).logits(check_images), check_labels)
     return report

@@ -1,0 +1,116 @@
+"""Which ops of an exported ONNX graph ``--int8`` quantises: the rule, and onnxruntime's dynamic quantisation.
+
+An :class:`Int8Rule` names groups of weight-carrying MatMul/Gemm nodes (the image tower's
+projections) to keep in float32; every other such node gets int8 weights (per output
+channel) and int8 activations quantised at run time (``quantize_dynamic``). The groups are
+found from node names, which ``torch.onnx`` derives from module paths
+(``/encoder/visual/transformer/resblocks.3/mlp/c_fc/MatMul``), so one rule applies to the
+frozen tower and to every tuner's tower alike:
+
+``head`` the folded head (``/head/``); ``proj`` the image tower's final projection;
+``first:K`` / ``last:K`` every projection of the first / last K transformer blocks;
+``qkv``, ``out_proj``, ``c_fc``, ``c_proj`` that projection in every block; ``block:I`` one block.
+
+:data:`DEFAULT_RULE` was chosen by ``python benchmarks/export.py --int8-sweep`` on train
+images (``benchmarks/results/export_int8_sweep.json`` holds the sweep).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlkit.errors import VlkitError
+
+BLOCK = re.compile(r"/resblocks\.(\d+)/")
+KINDS = {"qkv": re.compile(r"/attn/MatMul$"), "out_proj": re.compile(r"/attn/(Gemm|out_proj/)"),
+         "c_fc": re.compile(r"/mlp/c_fc/"), "c_proj": re.compile(r"/mlp/c_proj/")}
+
+
+@dataclass(frozen=True)
+class Int8Rule:
+    """Dynamic int8 quantisation of weight MatMul/Gemm nodes, less the groups in ``keep_float``."""
+
+    keep_float: tuple[str, ...] = ("head",)
+    per_channel: bool = True
+    reduce_range: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free notes (the sweep's label)
+
+    def label(self) -> str:
+        """A short name: the float groups and the options that differ from the default."""
+        parts = ["float: " + ", ".join(self.keep_float)]
+        if not self.per_channel:
+            parts.append("per tensor")
+        if self.reduce_range:
+            parts.append("reduce_range")
+        return "; ".join(parts)
+
+
+DEFAULT_RULE = Int8Rule(keep_float=("head",))
+
+
+def weight_nodes(graph: Any) -> list[str]:
+    """Names of the MatMul/Gemm nodes that multiply by a constant weight (the ones int8 can quantise)."""
+    constants = {init.name for init in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    return [node.name for node in graph.node if node.op_type in ("MatMul", "Gemm")
+            and any(name in constants for name in node.input[1:2])]
+
+
+def _blocks(names: list[str]) -> list[int]:
+    return sorted({int(m.group(1)) for name in names if (m := BLOCK.search(name))})
+
+
+def group_members(group: str, names: list[str]) -> list[str]:
+    """The nodes of ``names`` that ``group`` (one of the module docstring's names) covers."""
+    blocks = _blocks(names)
+    if group == "head":
+        return [n for n in names if n.startswith("/head/")]
+    if group == "proj":
+        return [n for n in names if not n.startswith("/head/") and not BLOCK.search(n)
+                and re.search(r"/visual/(MatMul|proj)", n)]
+    if group in KINDS:
+        return [n for n in names if BLOCK.search(n) and KINDS[group].search(n)]
+    kind, _, count = group.partition(":")
+    if kind in ("first", "last", "block") and count.isdigit():
+        k = int(count)
+        chosen = {"first": blocks[:k], "last": blocks[-k:] if k else [], "block": [k]}[kind]
+        return [n for n in names if (m := BLOCK.search(n)) and int(m.group(1)) in chosen]
+    raise VlkitError(f"unknown int8 group {group!r}: use head, proj, qkv, out_proj, c_fc, c_proj, first:K, last:K "
+                     "or block:I")
+
+
+def excluded_nodes(graph: Any, rule: Int8Rule) -> list[str]:
+    """The weight nodes ``rule`` keeps in float32."""
+    names = weight_nodes(graph)
+    kept = {n for group in rule.keep_float for n in group_members(group, names)}
+    return [n for n in names if n in kept]
+
+
+def quantize_onnx(fp32: Path, path: Path, rule: Int8Rule = DEFAULT_RULE) -> dict[str, Any]:
+    """Write ``fp32`` with int8 weights per ``rule`` to ``path``; returns which nodes stayed float.
+
+    Convolutions keep float weights (only MatMul/Gemm are quantised); activation x activation
+    products (attention scores) have no weight and stay float too.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    names = weight_nodes(graph)
+    keep = excluded_nodes(graph, rule)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=rule.per_channel,
+                             reduce_range=rule.reduce_range, op_types_to_quantize=["MatMul", "Gemm"],
+                             nodes_to_exclude=keep)
+    finally:
+        root.setLevel(level)
+    return {"rule": rule.label(), "weight_nodes": len(names), "float_nodes": len(keep)}
