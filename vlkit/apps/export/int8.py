@@ -90,9 +90,10 @@ def excluded_nodes(graph: Any, rule: Int8Rule) -> list[str]:
     return [n for n in names if n in kept]
 
 
-def quantize_onnx(fp32: Path, path: Path, rule: Int8Rule = DEFAULT_RULE) -> dict[str, Any]:
+def quantize_onnx(fp32: Path, path: Path, rule: Int8Rule = DEFAULT_RULE, external: bool = False) -> dict[str, Any]:
     """Write ``fp32`` with int8 weights per ``rule`` to ``path``; returns which nodes stayed float.
 
+    ``external``: write ``path`` with its tensors in a ``.data`` file beside it (models past 2 GB).
     Convolutions keep float weights (only MatMul/Gemm are quantised); activation x activation
     products (attention scores) have no weight and stay float too.
     """
@@ -110,7 +111,7 @@ def quantize_onnx(fp32: Path, path: Path, rule: Int8Rule = DEFAULT_RULE) -> dict
             warnings.simplefilter("ignore")
             quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=rule.per_channel,
                              reduce_range=rule.reduce_range, op_types_to_quantize=["MatMul", "Gemm"],
-                             nodes_to_exclude=keep)
+                             nodes_to_exclude=keep, use_external_data_format=external)
     finally:
         root.setLevel(level)
     return {"rule": rule.label(), "weight_nodes": len(names), "float_nodes": len(keep)}

@@ -27,6 +27,7 @@ from torch import nn
 
 from vlkit.apps.export.graph import classifier_module, check_exportable
 from vlkit.apps.export.int8 import DEFAULT_RULE, Int8Rule, quantize_onnx
+from vlkit.apps.export.onnx_file import data_files, needs_external_data, save_model
 from vlkit.apps.export.runtime import METADATA_KEY, TORCHSCRIPT_EXTRA, ExportedModel, require_onnx
 from vlkit.errors import VlkitError
 from vlkit.io import atomic_file
@@ -112,16 +113,30 @@ def _onnx_export(module: nn.Module, dummy: torch.Tensor, path: Path) -> None:
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
 
 
-def _onnx_with_metadata(source: Path, path: Path, metadata: dict[str, Any]) -> None:
+def _weight_bytes(model: Any) -> int:
+    """Bytes of the tensors an ONNX ModelProto holds (initializers and Constant nodes), loaded in memory."""
+    tensors = list(model.graph.initializer)
+    tensors += [attr.t for node in model.graph.node if node.op_type == "Constant" for attr in node.attribute
+                if attr.HasField("t")]
+    return sum(len(t.raw_data) for t in tensors)
+
+
+def _onnx_with_metadata(source: Path, path: Path, metadata: dict[str, Any],
+                        external_above: int | None = None) -> list[Path]:
+    """Write ``source`` with the vlkit metadata to ``path`` (atomically; external data past the size limit)."""
     import onnx
 
-    model = onnx.load(str(source))
+    model = onnx.load(str(source))  # its external data (a source past 2 GB) is read in too
     del model.metadata_props[:]
+    external = needs_external_data(_weight_bytes(model), external_above)
+    metadata = {**metadata, "external_data": external}
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
     model.doc_string = (f"vlkit {metadata['method']} on {metadata['backbone']['model']}: image (N, 3, H, W) -> "
                         f"logits, probabilities (N, {len(metadata['classnames'])}); metadata_props['vlkit'] holds "
-                        "the class names and preprocessing")
-    onnx.save(model, str(path))
+                        "the class names and preprocessing"
+                        + ("; the weights are in the .data file beside this one (keep them together)" if external
+                           else ""))
+    return save_model(model, path, external)
 
 
 def quantizable_linears(module: nn.Module) -> dict[str, Any]:
@@ -151,7 +166,8 @@ def _torchscript(module: nn.Module, dummy: torch.Tensor, int8: bool, path: Path,
 
 def export_method(method: Any, backbone: Any, out: str | Path, format: str = "onnx", int8: bool = False,
                   check_images: torch.Tensor | None = None, check_labels: Any = None,
-                  owned: bool = False, int8_rule: Int8Rule | None = None) -> dict[str, Any]:
+                  owned: bool = False, int8_rule: Int8Rule | None = None,
+                  external_data_above: int | None = None) -> dict[str, Any]:
     """Write the fitted ``method`` on ``backbone`` to ``out`` as one model; returns a JSON-ready report.
 
     ``check_images`` (N, 3, H, W) preprocessed (and optional ``check_labels`` (N,)): run the
@@ -159,6 +175,8 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
     ``owned``: the caller hands over ``method`` and ``backbone`` (loaded for this export), so they
     may be changed in place; otherwise they are copied when the export would change them.
     ``int8_rule``: which ONNX nodes stay float32 with ``int8`` (default :data:`DEFAULT_RULE`).
+    ``external_data_above``: ONNX weights over this many bytes go to a ``.data`` file beside ``out``
+    (default :data:`~vlkit.apps.export.onnx_file.EXTERNAL_DATA_ABOVE`, under protobuf's 2 GB limit).
     """
     out = check_format(format, out)
     method._check_fitted()
@@ -173,20 +191,26 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
     dummy = torch.zeros(2, 3, height, width)
     metadata = metadata_of(method, backbone, format, int8)
     quantised: dict[str, Any] = {}
+    written = [out]
     with tempfile.TemporaryDirectory(prefix="vlkit-export-") as tmp:
         if format == "onnx":
             fp32 = Path(tmp) / "fp32.onnx"
-            _onnx_export(module, dummy, fp32)
+            _onnx_export(module, dummy, fp32)  # torch.onnx writes external data itself past 2 GB
             if int8:
-                quantised = quantize_onnx(fp32, Path(tmp) / "int8.onnx", int8_rule or DEFAULT_RULE)
+                big = needs_external_data(sum(t.numel() * t.element_size() for t in module.state_dict().values()),
+                                          external_data_above)
+                quantised = quantize_onnx(fp32, Path(tmp) / "int8.onnx", int8_rule or DEFAULT_RULE, external=big)
                 metadata["int8_rule"] = quantised
-            with atomic_file(out) as target:
-                _onnx_with_metadata(Path(tmp) / ("int8.onnx" if int8 else "fp32.onnx"), target, metadata)
+            written = _onnx_with_metadata(Path(tmp) / ("int8.onnx" if int8 else "fp32.onnx"), out, metadata,
+                                          external_data_above)
         else:
             with atomic_file(out) as target:
                 _torchscript(module, dummy, int8, target, metadata)
-    report = {"out": str(out), "format": format, "int8": int8, "bytes": out.stat().st_size,
-              "method": method.name, "classes": len(method.classnames_), "model": backbone.name}
+            for stale in data_files(out):  # an earlier ONNX export's weights under this name
+                stale.unlink(missing_ok=True)
+    report = {"out": str(out), "format": format, "int8": int8, "bytes": sum(f.stat().st_size for f in written),
+              "files": [str(f) for f in written], "method": method.name, "classes": len(method.classnames_),
+              "model": backbone.name}
     if quantised:
         report["int8_rule"] = quantised
     if reference is not None:
