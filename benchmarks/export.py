@@ -300,7 +300,8 @@ def int8_sweep(model: str, work: Path, images_per_split: int) -> dict:
     import torch
     import vlkit
     from vlkit.apps.export import export_method
-    from vlkit.apps.export.int8 import Int8Rule, excluded_nodes, group_members, quantize_onnx, weight_nodes
+    from vlkit.apps.export.int8 import (Int8Rule, excluded_nodes, exclusion_names, group_members, quantize_onnx,
+                                        weight_nodes)
     from vlkit.apps.export.run import check_set
     from vlkit.features.store import FeatureStore
     from vlkit.methods import create_method, method_class
@@ -322,6 +323,7 @@ def int8_sweep(model: str, work: Path, images_per_split: int) -> dict:
         export_method(method, backbone, path, format="onnx")
         session = _session(path)
         fp32[name] = (path, _run(session, train), _run(session, test))
+        print(f"fitted and exported {name}", file=sys.stderr, flush=True)
 
     def measure(name: str, rule: Any, nodes: list[str] | None = None) -> dict:
         path, ref_train, ref_test = fp32[name]
@@ -329,12 +331,12 @@ def int8_sweep(model: str, work: Path, images_per_split: int) -> dict:
         if nodes is None:
             quantize_onnx(path, out, rule)
         else:  # only ``nodes`` int8: everything else stays float
-            everything = weight_nodes(onnx.load(str(path), load_external_data=False).graph)
+            graph = onnx.load(str(path), load_external_data=False).graph
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul", "Gemm"],
-                             nodes_to_exclude=[n for n in everything if n not in nodes])
+                             nodes_to_exclude=exclusion_names(graph, [n for n in weight_nodes(graph) if n not in nodes]))
         session = _session(out)
         got_train, got_test = _run(session, train), _run(session, test)
         agree = lambda a, b: round(100.0 * float((a.argmax(-1) == b.argmax(-1)).mean()), 1)  # noqa: E731
@@ -354,6 +356,7 @@ def int8_sweep(model: str, work: Path, images_per_split: int) -> dict:
             row[f"{name}_train_rms_logit_change_over_std"] = found["train_rms_logit_change_over_std"]
             row[f"{name}_train_agreement_pct"] = found["train_agreement_pct"]
         sensitivity.append(row)
+        print(f"sensitivity {row}", file=sys.stderr, flush=True)
     score = lambda r: r["zero-shot_train_rms_logit_change_over_std"] + r["vpt-deep_train_rms_logit_change_over_std"]  # noqa: E731
     ranked = [r["group"] for r in sorted(sensitivity, key=score, reverse=True)]
     # 2. every candidate rule on every sweep method: agreement (train: selection; test: reported), size, latency
@@ -374,6 +377,8 @@ def int8_sweep(model: str, work: Path, images_per_split: int) -> dict:
         row["min_train_agreement_pct"] = min(m["train_agreement_pct"] for m in row["methods"].values())
         row["min_test_agreement_pct"] = min(m["test_agreement_pct"] for m in row["methods"].values())
         rules.append(row)
+        print(f"rule {row['rule']}: min train {row['min_train_agreement_pct']}, "
+              f"{ {m: v['train_agreement_pct'] for m, v in row['methods'].items()} }", file=sys.stderr, flush=True)
     reference = {"zero_shot_fp32_bytes": fp32["zero-shot"][0].stat().st_size,
                  **{f"fp32_{k}": v for k, v in _latency_ms(fp32["zero-shot"][0], size).items()}}
     return {"sensitivity": sensitivity, "ranked_groups": ranked, "rules": rules, "fp32": reference,

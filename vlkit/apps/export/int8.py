@@ -83,11 +83,24 @@ def group_members(group: str, names: list[str]) -> list[str]:
                      "or block:I")
 
 
+def module_node_name(module_name: str) -> str:
+    """A torch module path as ``torch.onnx`` names its nodes' scope (``encoder.visual.transformer.resblocks.2.mlp``
+    -> ``/encoder/visual/transformer/resblocks.2/mlp/``): the TorchScript path applies the same groups."""
+    return "/" + re.sub(r"resblocks/(\d+)", r"resblocks.\1", module_name.replace(".", "/")) + "/"
+
+
 def excluded_nodes(graph: Any, rule: Int8Rule) -> list[str]:
     """The weight nodes ``rule`` keeps in float32."""
     names = weight_nodes(graph)
     kept = {n for group in rule.keep_float for n in group_members(group, names)}
     return [n for n in names if n in kept]
+
+
+def exclusion_names(graph: Any, nodes: list[str]) -> list[str]:
+    """``nodes_to_exclude`` for ``nodes``: dynamic quantisation first rewrites each Gemm as a MatMul named
+    ``<name>_MatMul`` (plus an Add), so an excluded Gemm is named both ways or it is quantised anyway."""
+    gemms = {node.name for node in graph.node if node.op_type == "Gemm"}
+    return [alias for name in nodes for alias in ([name, f"{name}_MatMul"] if name in gemms else [name])]
 
 
 def quantize_onnx(fp32: Path, path: Path, rule: Int8Rule = DEFAULT_RULE, external: bool = False) -> dict[str, Any]:
@@ -111,7 +124,7 @@ def quantize_onnx(fp32: Path, path: Path, rule: Int8Rule = DEFAULT_RULE, externa
             warnings.simplefilter("ignore")
             quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=rule.per_channel,
                              reduce_range=rule.reduce_range, op_types_to_quantize=["MatMul", "Gemm"],
-                             nodes_to_exclude=keep, use_external_data_format=external)
+                             nodes_to_exclude=exclusion_names(graph, keep), use_external_data_format=external)
     finally:
         root.setLevel(level)
     return {"rule": rule.label(), "weight_nodes": len(names), "float_nodes": len(keep)}

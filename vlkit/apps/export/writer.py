@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from vlkit.apps.export.graph import classifier_module, check_exportable
-from vlkit.apps.export.int8 import DEFAULT_RULE, Int8Rule, quantize_onnx
+from vlkit.apps.export.int8 import DEFAULT_RULE, Int8Rule, group_members, module_node_name, quantize_onnx
 from vlkit.apps.export.onnx_file import data_files, needs_external_data, save_model
 from vlkit.apps.export.runtime import METADATA_KEY, TORCHSCRIPT_EXTRA, ExportedModel, require_onnx
 from vlkit.errors import VlkitError
@@ -139,26 +139,31 @@ def _onnx_with_metadata(source: Path, path: Path, metadata: dict[str, Any],
     return save_model(model, path, external)
 
 
-def quantizable_linears(module: nn.Module) -> dict[str, Any]:
-    """``quantize_dynamic``'s spec: every plain ``nn.Linear`` of the image tower, int8 per output channel.
+def quantizable_linears(module: nn.Module, rule: Int8Rule = DEFAULT_RULE) -> dict[str, Any]:
+    """``quantize_dynamic``'s spec: every plain ``nn.Linear`` of the image tower, int8 per output channel,
+    less those ``rule`` keeps float (the ONNX groups, matched on the module paths).
 
     The head stays float32 (as in the ONNX int8 model). Layers inside a tuner's own modules (adapters'
     bottlenecks, LoRA wrappers) stay float too: those modules read ``weight.dtype`` of their linear
     layers, which a quantised layer turns into a method; they hold a small share of the weights.
+    (The attention projections are not plain Linears here: only the MLPs' are quantised.)
     """
     tuner_parts = [name + "." for name, m in module.named_modules()
                    if name and type(m).__module__.startswith("vlkit.methods.tuners")]
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-    return {name: qconfig for name, m in module.named_modules()
-            if type(m) is nn.Linear and name.startswith("encoder.")
-            and not any(name.startswith(part) for part in tuner_parts)}
+    names = [name for name, m in module.named_modules() if type(m) is nn.Linear and name.startswith("encoder.")
+             and not any(name.startswith(part) for part in tuner_parts)]
+    scoped = {module_node_name(name): name for name in names}
+    kept = {n for group in rule.keep_float for n in group_members(group, list(scoped))}
+    return {name: qconfig for scope, name in scoped.items() if scope not in kept}
 
 
-def _torchscript(module: nn.Module, dummy: torch.Tensor, int8: bool, path: Path, metadata: dict[str, Any]) -> None:
+def _torchscript(module: nn.Module, dummy: torch.Tensor, int8: bool, path: Path, metadata: dict[str, Any],
+                 rule: Int8Rule = DEFAULT_RULE) -> None:
     with warnings.catch_warnings(), torch.no_grad(), _plain_attention():
         warnings.simplefilter("ignore")  # torch.ao's deprecation; tracer warnings on Python values (fixed shapes)
         if int8:
-            module = torch.ao.quantization.quantize_dynamic(module, quantizable_linears(module), dtype=torch.qint8,
+            module = torch.ao.quantization.quantize_dynamic(module, quantizable_linears(module, rule), dtype=torch.qint8,
                                                             inplace=True)
         traced = torch.jit.trace(module, (dummy,), check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
@@ -205,7 +210,7 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
                                           external_data_above)
         else:
             with atomic_file(out) as target:
-                _torchscript(module, dummy, int8, target, metadata)
+                _torchscript(module, dummy, int8, target, metadata, int8_rule or DEFAULT_RULE)
             for stale in data_files(out):  # an earlier ONNX export's weights under this name
                 stale.unlink(missing_ok=True)
     report = {"out": str(out), "format": format, "int8": int8, "bytes": sum(f.stat().st_size for f in written),
