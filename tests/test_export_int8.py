@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_export import fit_on, needs_onnx
+from test_export import check_images, fit_on, needs_onnx  # noqa: F401 - fixture
 from vlkit.apps.export.int8 import DEFAULT_RULE, Int8Rule, group_members, module_node_name
 from vlkit.errors import VlkitError
 
@@ -71,3 +71,30 @@ def test_torchscript_int8_quantises_the_linears_the_rule_leaves(colour_task, tin
     assert everything and all(name.startswith("encoder.") for name in everything)  # the head's adapter stays float
     kept = everything - set(quantizable_linears(module, Int8Rule(keep_float=("head", "last:1"))))
     assert kept == {name for name in everything if ".resblocks.1." in name}
+
+
+@needs_onnx
+@pytest.mark.parametrize("target, rung", [(0.0, 0), (101.0, 2)])
+def test_int8_takes_the_first_rung_that_agrees_on_the_selection_images(target, rung, colour_task, tiny_backbone,
+                                                                        check_images, tmp_path, monkeypatch):
+    """The ladder: full int8 when it agrees enough on the selection images, float16 weights when nothing does."""
+    import numpy as np
+
+    from vlkit.apps.export import ExportedModel, export_method
+    from vlkit.apps.export import int8 as int8_module
+    from vlkit.apps.export import writer
+
+    images, _ = check_images
+    monkeypatch.setattr(writer, "SELECT_AGREEMENT", target)
+    method = fit_on("tip-adapter", colour_task, None)
+    fp32 = export_method(method, tiny_backbone, tmp_path / "fp32.onnx")
+    report = export_method(method, tiny_backbone, tmp_path / "m.onnx", int8=True, select_images=images[::2])
+    picked = report["int8_rule"]
+    assert picked["rule"] == int8_module.LADDER[rung].label()
+    assert picked["selected_on"]["images"] == 50 and len(picked["selected_on"]["tried"]) == rung + 1
+    assert ExportedModel(tmp_path / "m.onnx").metadata["int8_rule"]["rule"] == picked["rule"]
+    if rung == 2:  # float16 weights: half the weight bytes, logits within float16 rounding of float32
+        assert report["bytes"] < 0.75 * fp32["bytes"]  # test-tiny: the graph itself is a good part of the file
+        reference = ExportedModel(tmp_path / "fp32.onnx").logits(images)
+        np.testing.assert_allclose(ExportedModel(tmp_path / "m.onnx").logits(images), reference, atol=2e-2)
+        assert picked["selected_on"]["tried"][-1]["agreement_pct"] == 100.0

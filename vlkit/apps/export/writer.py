@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from vlkit.apps.export.graph import classifier_module, check_exportable
-from vlkit.apps.export.int8 import DEFAULT_RULE, Int8Rule, group_members, module_node_name, quantize_onnx
+from vlkit.apps.export.int8 import (DEFAULT_RULE, LADDER, SELECT_AGREEMENT, Int8Rule, group_members,
+                                    module_node_name, quantize_onnx)
 from vlkit.apps.export.onnx_file import data_files, needs_external_data, save_model
 from vlkit.apps.export.runtime import METADATA_KEY, TORCHSCRIPT_EXTRA, ExportedModel, require_onnx
 from vlkit.errors import VlkitError
@@ -172,14 +173,17 @@ def _torchscript(module: nn.Module, dummy: torch.Tensor, int8: bool, path: Path,
 def export_method(method: Any, backbone: Any, out: str | Path, format: str = "onnx", int8: bool = False,
                   check_images: torch.Tensor | None = None, check_labels: Any = None,
                   owned: bool = False, int8_rule: Int8Rule | None = None,
-                  external_data_above: int | None = None) -> dict[str, Any]:
+                  external_data_above: int | None = None, select_images: torch.Tensor | None = None) -> dict[str, Any]:
     """Write the fitted ``method`` on ``backbone`` to ``out`` as one model; returns a JSON-ready report.
 
     ``check_images`` (N, 3, H, W) preprocessed (and optional ``check_labels`` (N,)): run the
     exported model on them and compare with the Python path (``check`` in the report).
     ``owned``: the caller hands over ``method`` and ``backbone`` (loaded for this export), so they
     may be changed in place; otherwise they are copied when the export would change them.
-    ``int8_rule``: which ONNX nodes stay float32 with ``int8`` (default :data:`DEFAULT_RULE`).
+    ``int8_rule``: which ONNX nodes stay float32 with ``int8``. Without it, ONNX ``int8`` with
+    ``select_images`` (N, 3, H, W) preprocessed images that are not test images (the run's train split)
+    writes the first rung of :data:`~vlkit.apps.export.int8.LADDER` whose top-1 agreement with the
+    float32 export on them reaches ``SELECT_AGREEMENT``; with neither, :data:`DEFAULT_RULE`.
     ``external_data_above``: ONNX weights over this many bytes go to a ``.data`` file beside ``out``
     (default :data:`~vlkit.apps.export.onnx_file.EXTERNAL_DATA_ABOVE`, under protobuf's 2 GB limit).
     """
@@ -201,13 +205,17 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
         if format == "onnx":
             fp32 = Path(tmp) / "fp32.onnx"
             _onnx_export(module, dummy, fp32)  # torch.onnx writes external data itself past 2 GB
+            source = fp32
             if int8:
                 big = needs_external_data(sum(t.numel() * t.element_size() for t in module.state_dict().values()),
                                           external_data_above)
-                quantised = quantize_onnx(fp32, Path(tmp) / "int8.onnx", int8_rule or DEFAULT_RULE, external=big)
+                if int8_rule is None and select_images is not None and len(select_images):
+                    source, quantised = _select_rung(fp32, Path(tmp), select_images, big)
+                else:
+                    source = Path(tmp) / "int8.onnx"
+                    quantised = quantize_onnx(fp32, source, int8_rule or DEFAULT_RULE, external=big)
                 metadata["int8_rule"] = quantised
-            written = _onnx_with_metadata(Path(tmp) / ("int8.onnx" if int8 else "fp32.onnx"), out, metadata,
-                                          external_data_above)
+            written = _onnx_with_metadata(source, out, metadata, external_data_above)
         else:
             with atomic_file(out) as target:
                 _torchscript(module, dummy, int8, target, metadata, int8_rule or DEFAULT_RULE)
@@ -223,12 +231,30 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
     return report
 
 
+def _select_rung(fp32: Path, tmp: Path, images: torch.Tensor, external: bool) -> tuple[Path, dict[str, Any]]:
+    """The first :data:`LADDER` rung whose top-1 agreement with ``fp32`` on ``images`` reaches
+    ``SELECT_AGREEMENT`` (else the last rung): its file and what was tried."""
+    reference = ExportedModel(fp32).logits(images).argmax(-1)
+    tried = []
+    for rung, rule in enumerate(LADDER):
+        path = tmp / f"int8-{rung}.onnx"
+        found = quantize_onnx(fp32, path, rule, external=external)
+        agreement = 100.0 * float((ExportedModel(path).logits(images).argmax(-1) == reference).mean())
+        tried.append({"rule": found["rule"], "agreement_pct": round(agreement, 2)})
+        if agreement >= SELECT_AGREEMENT or rung == len(LADDER) - 1:
+            return path, {**found, "selected_on": {"images": int(len(images)), "min_agreement_pct": SELECT_AGREEMENT,
+                                                   "tried": tried}}
+    raise AssertionError("unreachable: the last rung is always taken")
+
+
 def compare(reference: torch.Tensor, exported: np.ndarray, labels: Any = None) -> dict[str, Any]:
-    """Largest |logit difference|, top-1 agreement (%) and, with labels, both accuracies (%) and their change."""
+    """Largest |logit difference|, top-1 agreement (%), the largest |logit| of the Python path (float32 parity
+    is judged within 1e-4 x max(1, that)) and, with labels, both accuracies (%) and their change."""
     ref = reference.numpy()
     ref_top, exp_top = ref.argmax(-1), exported.argmax(-1)
     found: dict[str, Any] = {"images": int(len(ref)), "max_abs_logit_diff": float(np.abs(ref - exported).max())
-                             if len(ref) else 0.0, "top1_agreement": 100.0 * float((ref_top == exp_top).mean())}
+                             if len(ref) else 0.0, "top1_agreement": 100.0 * float((ref_top == exp_top).mean()),
+                             "max_abs_logit": float(np.abs(ref).max()) if len(ref) else 0.0}
     if labels is not None:
         truth = np.asarray(labels).reshape(-1)
         found["accuracy_python"] = 100.0 * float((ref_top == truth).mean())
