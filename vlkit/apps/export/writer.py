@@ -5,7 +5,8 @@ writes it atomically with its metadata (class names, preprocessing, method, back
 ONNX uses ``torch.onnx.export``'s TorchScript-based exporter (``dynamo=False``: the
 dynamo exporter needs onnxscript, which vlkit does not depend on) at opset 17, with a
 dynamic batch axis; ``int8`` is onnxruntime's dynamic quantisation (int8 weights of the
-MatMul/Gemm ops, activations quantised at run time) under :data:`~vlkit.apps.export.int8.DEFAULT_RULE`. TorchScript is ``torch.jit.trace``;
+MatMul/Gemm ops, activations quantised at run time), as far as :data:`~vlkit.apps.export.int8.LADDER`
+allows on selection (train) images; past protobuf's 2 GB the weights go to a ``.data`` file (:mod:`.onnx_file`). TorchScript is ``torch.jit.trace``;
 ``int8`` is ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` first.
 With check images, the exported model is run on them and compared with the Python path
 (the method's own ``logits``): largest logit difference, top-1 agreement, accuracy of both.
