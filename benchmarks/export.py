@@ -357,8 +357,7 @@ def int8_sweep(model: str, work: Path, images_per_split: int) -> dict:
     import torch
     import vlkit
     from vlkit.apps.export import export_method
-    from vlkit.apps.export.int8 import (Int8Rule, excluded_nodes, exclusion_names, group_members, quantize_onnx,
-                                        weight_nodes)
+    from vlkit.apps.export.int8 import excluded_nodes, exclusion_names, group_members, quantize_onnx, weight_nodes
     from vlkit.apps.export.run import check_set
     from vlkit.features.store import FeatureStore
     from vlkit.methods import create_method, method_class

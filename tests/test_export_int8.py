@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from test_export import check_images, fit_on, needs_onnx  # noqa: F401 - fixture
-from vlkit.apps.export.int8 import DEFAULT_RULE, Int8Rule, group_members, module_node_name
+from test_export import check_images, colour_folder, fit_on, needs_onnx  # noqa: F401 - fixtures
+from vlkit.apps.export.int8 import DEFAULT_RULE, LADDER, Int8Rule, group_members, module_node_name
 from vlkit.errors import VlkitError
 
 BLOCK = "/encoder/visual/transformer/resblocks.{}/"
@@ -98,3 +98,25 @@ def test_int8_takes_the_first_rung_that_agrees_on_the_selection_images(target, r
         reference = ExportedModel(tmp_path / "fp32.onnx").logits(images)
         np.testing.assert_allclose(ExportedModel(tmp_path / "m.onnx").logits(images), reference, atol=2e-2)
         assert picked["selected_on"]["tried"][-1]["agreement_pct"] == 100.0
+
+
+@needs_onnx
+def test_export_command_chooses_the_int8_rung_on_the_runs_train_images(colour_folder, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlkit.cli.main import app
+    from vlkit.data.resolve import load_data
+
+    runner, run = CliRunner(), tmp_path / "run"
+    fitted = runner.invoke(app, ["fit", "tip-adapter", "--model", "test-tiny", "--data", str(colour_folder),
+                                 "--shots", "2", "--views", "1", "--run-dir", str(run)])
+    assert fitted.exit_code == 0, fitted.output
+    result = runner.invoke(app, ["export", str(run), "--int8", "--out", str(tmp_path / "m.onnx"),
+                                 "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    picked = json.loads((tmp_path / "r.json").read_text())["int8_rule"]
+    assert picked["selected_on"]["images"] == len(load_data(str(colour_folder), "train"))  # the train split, not test
+    assert picked["rule"] in [rule.label() for rule in LADDER]
+    assert "int8: " in result.output and "train images" in result.output
