@@ -394,7 +394,8 @@ def int8_sweep(model: str, work: Path, images_per_split: int) -> dict:
 
             quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul", "Gemm"],
-                             nodes_to_exclude=exclusion_names(graph, [n for n in weight_nodes(graph) if n not in nodes]))
+                             nodes_to_exclude=exclusion_names(graph, [n for n in weight_nodes(graph)
+                                                                      if n not in nodes]))
         session = _session(out)
         got_train, got_test = _run(session, train), _run(session, test)
         agree = lambda a, b: round(100.0 * float((a.argmax(-1) == b.argmax(-1)).mean()), 1)  # noqa: E731
@@ -415,7 +416,9 @@ def int8_sweep(model: str, work: Path, images_per_split: int) -> dict:
             row[f"{name}_train_agreement_pct"] = found["train_agreement_pct"]
         sensitivity.append(row)
         print(f"sensitivity {row}", file=sys.stderr, flush=True)
-    score = lambda r: r["zero-shot_train_rms_logit_change_over_std"] + r["vpt-deep_train_rms_logit_change_over_std"]  # noqa: E731
+    def score(row: dict) -> float:
+        return row["zero-shot_train_rms_logit_change_over_std"] + row["vpt-deep_train_rms_logit_change_over_std"]
+
     ranked = [r["group"] for r in sorted(sensitivity, key=score, reverse=True)]
     # 2. every candidate rule on every sweep method: agreement (train: selection; test: reported), size, latency
     rules = []
@@ -481,18 +484,21 @@ def main_int8_sweep(args: argparse.Namespace) -> None:
         "best_single_rule_reaches_target": chosen["min_train_agreement_pct"] >= 99.0 + args.margin,
         "ladder": [rule.label() for rule in LADDER],
         "ladder_min_train_agreement_pct": SELECT_AGREEMENT,
-        "ratios": {"best_single_rule_bytes_over_fp32": chosen["zero_shot_bytes"] / found["fp32"]["zero_shot_fp32_bytes"],
+        "ratios": {"best_single_rule_bytes_over_fp32": chosen["zero_shot_bytes"]
+                   / found["fp32"]["zero_shot_fp32_bytes"],
                    "float16_bytes_over_fp32": next(r["zero_shot_bytes"] for r in found["rules"] if r["mode"] ==
                                                    "float16") / found["fp32"]["zero_shot_fp32_bytes"]},
         "best_single_rule": chosen["rule"],
         "selection": f"train split of fashion-mnist-mini ({found['train_images']} images, evenly spaced); the test "
                      f"split ({found['test_images']} images) is recorded beside it and never used to choose",
         "seconds": round(time.perf_counter() - start),
-        "table": [{"rule": r["rule"], "float_nodes": r["float_nodes"], "zero_shot_mb": round(r["zero_shot_bytes"] / 1e6, 2),
+        "table": [{"rule": r["rule"], "float_nodes": r["float_nodes"],
+                   "zero_shot_mb": round(r["zero_shot_bytes"] / 1e6, 2),
                    "ms_b1": r["ms_per_image_b1"], "ms_b32": r["ms_per_image_b32"],
                    "min_train_agreement_pct": r["min_train_agreement_pct"],
                    "min_test_agreement_pct": r["min_test_agreement_pct"],
-                   **{f"train_{m}": v["train_agreement_pct"] for m, v in r["methods"].items()}} for r in found["rules"]],
+                   **{f"train_{m}": v["train_agreement_pct"] for m, v in r["methods"].items()}}
+                  for r in found["rules"]],
         **found,
         "notes": "4 shots, seed 1, each method's quick schedule, 2 cached augmented views (as --int8-matrix). "
                  "Agreement is against the float32 ONNX export (itself within 1e-4 of the Python path), batches of "

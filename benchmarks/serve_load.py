@@ -117,14 +117,15 @@ async def phase(url: str, route: str, clients: int, seconds: float, images: list
         after = (await http.get("/health")).json()["examples"]
         adds1, commits1 = commits_so_far(run)
     done = len(latencies)
-    grouped = {"commits": commits1 - commits0, "adds_per_commit": round((adds1 - adds0) / max(commits1 - commits0, 1), 2)}
-    return {**(grouped if route == "add" else {}), "route": route, "clients": clients, "requests": done, "seconds": round(elapsed, 2),
+    commits = commits1 - commits0
+    grouped = {"commits": commits, "adds_per_commit": round((adds1 - adds0) / max(commits, 1), 2)}
+    return {"route": route, "clients": clients, "requests": done, "seconds": round(elapsed, 2),
             "requests_per_s": round(done / elapsed, 1),
             "p50_ms": round(1000 * percentile(latencies, 0.50), 1) if done else None,
             "p99_ms": round(1000 * percentile(latencies, 0.99), 1) if done else None,
             "server_cpu_ms_per_request": round(1000 * cpu / max(done, 1), 1),
             "client_cpu_ms_per_request": round(1000 * client_cpu / max(done, 1), 1), "errors": errors,
-            "cache_before": before, "cache_after": after}
+            "cache_before": before, "cache_after": after, **(grouped if route == "add" else {})}
 
 
 def heldout_curve(url: str, images: list[tuple[str, bytes]], rounds: int) -> dict[str, float]:
@@ -152,6 +153,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="rounds of one added image per class for the "
                         "held-out curve (before the load phases)")
     parser.add_argument("--output", type=Path, default=RESULT)
+    parser.add_argument("--baseline", type=Path, default=None, help="a result file of this script from another "
+                        "checkout (e.g. before group commits), run just before on the same machine: its add rows "
+                        "are recorded beside these, with the ratios")
     args = parser.parse_args()
     import torch
 
@@ -216,6 +220,19 @@ def main() -> None:
                   "per add, same machine, load average about 9): add 7.2 / 6.2 / 3.5 req/s at 1 / 8 / 32 clients. "
                   "vlkit-mini v1 weights: re-run when v2 ships."),
     }
+    if args.baseline is not None:
+        base = json.loads(args.baseline.read_text())
+        old = {r["clients"]: r for r in base["rows"] if r["route"] == "add"}
+        doc["baseline"] = {"what": "the same script on the code before group commits (one commit per add), run just "
+                                   "before this one on this machine", "load_average": base.get("load_average"),
+                           "add_rows": [{k: old[c][k] for k in ("clients", "requests_per_s", "p50_ms", "p99_ms",
+                                                              "server_cpu_ms_per_request")} for c in sorted(old)]}
+        for c in clients:
+            if c in old:
+                doc["ratios"][f"add_rps_{c}_over_baseline"] = round(by[("add", c)]["requests_per_s"]
+                                                                    / max(old[c]["requests_per_s"], 1e-9), 2)
+                doc["ratios"][f"add_server_cpu_{c}_over_baseline"] = round(
+                    by[("add", c)]["server_cpu_ms_per_request"] / max(old[c]["server_cpu_ms_per_request"], 1e-9), 2)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"held-out top-1 by examples per class: {curve}")

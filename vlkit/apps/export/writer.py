@@ -165,8 +165,8 @@ def _torchscript(module: nn.Module, dummy: torch.Tensor, int8: bool, path: Path,
     with warnings.catch_warnings(), torch.no_grad(), _plain_attention():
         warnings.simplefilter("ignore")  # torch.ao's deprecation; tracer warnings on Python values (fixed shapes)
         if int8:
-            module = torch.ao.quantization.quantize_dynamic(module, quantizable_linears(module, rule), dtype=torch.qint8,
-                                                            inplace=True)
+            spec = quantizable_linears(module, rule)
+            module = torch.ao.quantization.quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True)
         traced = torch.jit.trace(module, (dummy,), check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
 
