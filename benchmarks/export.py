@@ -223,11 +223,19 @@ def int8_matrix(model: str, work: Path) -> list[dict]:
 
 def main_int8_matrix(args: argparse.Namespace) -> None:
     """``--int8-matrix``: the per-method parity and int8 agreement table (its own result file)."""
+    with tempfile.TemporaryDirectory(prefix="vlkit-export-") as tmp:
+        rows = int8_matrix("vlkit-mini", Path(tmp))
+    record = int8_matrix_record(rows)
+    out = args.out if args.out != DEFAULT_OUT else ROOT / "results" / "export_int8.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(markdown(rows))
+
+
+def int8_matrix_record(rows: list[dict]) -> dict:
+    """The result file of ``--int8-matrix`` for its per-method ``rows``."""
     import onnxruntime
     import torch
 
-    with tempfile.TemporaryDirectory(prefix="vlkit-export-") as tmp:
-        rows = int8_matrix("vlkit-mini", Path(tmp))
     agreements = [r["onnx_int8_agreement_pct"] for r in rows]
     from vlkit.apps.export.int8 import LADDER, SELECT_AGREEMENT
 
@@ -266,9 +274,7 @@ def main_int8_matrix(args: argparse.Namespace) -> None:
                  "path moves more than that under 1e-7 noise in the features. vlkit-mini v1 weights: re-run when "
                  "v2 ships.",
     }
-    out = args.out if args.out != DEFAULT_OUT else ROOT / "results" / "export_int8.json"
-    out.write_text(json.dumps(record, indent=1) + "\n")
-    print(markdown(rows))
+    return record
 
 
 SWEEP_METHODS = ["zero-shot", "linear-probe", "defo", "maple", "clip-adapter", "vpt-shallow", "vpt-deep", "ia3"]
