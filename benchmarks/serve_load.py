@@ -171,7 +171,11 @@ def main() -> None:
         url = f"http://127.0.0.1:{args.port}"
         command = [sys.executable, "-c", "from vlkit.cli.main import main; main()", "--threads", "1", "serve",
                    str(run), "--port", str(args.port), "--no-access-log", "--heldout", args.data]
-        server = subprocess.Popen(command, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # the server's output goes to a file: a pipe nobody reads fills up (64 KB of progress bars on a busy
+        # machine) and blocks the server mid-request
+        log = open(Path(tmp) / "server.log", "wb")
+        server = subprocess.Popen(command, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "VLKIT_QUIET": "1"})
         try:
             deadline = time.monotonic() + 180
             while True:
@@ -181,7 +185,7 @@ def main() -> None:
                 except httpx.HTTPError:
                     pass
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"server did not start: {server.stderr.read().decode()[-2000:]}")
+                    raise SystemExit(f"server did not start: {(Path(tmp) / 'server.log').read_text()[-2000:]}")
                 time.sleep(0.2)
             curve = heldout_curve(url, images, args.rounds)
             load_before = os.getloadavg()
@@ -191,6 +195,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
+            log.close()
     by = {(r["route"], r["clients"]): r for r in rows}
     low, high = clients[0], clients[-1]
     doc = {
