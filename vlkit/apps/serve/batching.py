@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
-from vlkit.apps.serve.runs import ServedRun
 
 
 @dataclass
@@ -37,7 +36,7 @@ class _Job:
 class PredictionBatcher:
     """``predict(images, top_k)`` like :meth:`ServedRun.predict`, batched across concurrent callers."""
 
-    def __init__(self, served: ServedRun, max_images: int = 64) -> None:
+    def __init__(self, served: Any, max_images: int = 64) -> None:  # a ServedRun
         self.served, self.max_images = served, max_images
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self.batches = 0  # forward passes run (a test reads it)

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from vlkit.apps import upgrade
+from vlkit.apps.serve.batching import GroupCommit
 from vlkit.apps.commands import read_run
 from vlkit.errors import VlkitError
 from vlkit.io import read_json
@@ -141,8 +142,6 @@ class ServedRun:
         return {key: result[key] for key in ("label", "added", "examples", "per_class", "alpha", "beta", "retuned")}
 
     def _writer(self) -> Any:
-        from vlkit.apps.serve.batching import GroupCommit  # batching imports this module
-
         with self._adds_lock:
             if self._adds is None:
                 self._adds = GroupCommit(self._commit)
