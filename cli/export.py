@@ -18,8 +18,9 @@ def export_command(
     run_dir: Path = typer.Argument(..., help="run folder (`vlkit fit --run-dir` or `vlkit upgrade init`)"),
     format: str = typer.Option("onnx", "--format", "-f", help="onnx or torchscript"),
     out: Path = typer.Option(..., "--out", help="the model file to write: .onnx for ONNX, .pt for TorchScript"),
-    int8: bool = typer.Option(False, "--int8", help="dynamic int8 quantisation (onnxruntime's for ONNX, "
-                                                   "torch.ao's of every Linear for TorchScript)"),
+    int8: bool = typer.Option(False, "--int8", help="dynamic int8 quantisation of the image tower's projections "
+                                                   "(onnxruntime's for ONNX, torch.ao's for TorchScript); the head "
+                                                   "stays float32"),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="check on the test split of this data "
                                        "(default: the run's own; an upgrade run has none)"),
     check_images: int = typer.Option(1000, "--check-images", min=0, help="test images to compare the exported "
@@ -37,4 +38,14 @@ def export_command(
               title=f"exported vs Python path on {result['check_data']}/test")
     err.print(f"wrote {result['out']}: input 'image' (N, 3, H, W) preprocessed, outputs 'logits' and "
               "'probabilities'; class names and preprocessing in its metadata", highlight=False, soft_wrap=True)
+    rule = result.get("int8_rule")
+    if rule:
+        picked = rule.get("selected_on")
+        err.print(f"int8: {rule['rule']}" + (f", chosen on {picked['images']} train images (the first of "
+                  + ", ".join(f"{t['rule']}: {t['agreement_pct']}%" for t in picked["tried"])
+                  + f" to reach {picked['min_agreement_pct']}% top-1 agreement with float32)" if picked else
+                  " (no train images to choose on: the default rule)"), highlight=False, soft_wrap=True)
+    for data in result.get("files", [])[1:]:  # past protobuf's 2 GB: the weights sit in a file beside the model
+        err.print(f"its weights are in {data} (ONNX external data): keep the two files together",
+                  highlight=False, soft_wrap=True)
     write_json(output, result)

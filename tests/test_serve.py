@@ -67,10 +67,28 @@ def test_health_classes_and_docs(server):
     assert classes["limits"]["max_batch"] == 4
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/predict", "/examples", "/classes", "/health"} <= set(schema["paths"])
-    assert httpx.get(f"{server.url}/docs").status_code == 200
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"] and 'id="file-input"' in page.text
     assert httpx.get(f"{server.url}/heldout").status_code == 404  # started without --heldout
+
+
+@pytest.mark.parametrize("route", ["/docs", "/redoc"])
+def test_docs_pages_load_nothing_from_outside(server, route):
+    """Swagger UI and ReDoc work offline: every script, style and icon they reference is on this server."""
+    import re
+
+    page = httpx.get(f"{server.url}{route}")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    external = re.findall(r"https?://[^\s\"'<>]+", page.text)
+    assert not external, f"{route} references external URLs: {external}"
+    assets = re.findall(r"(?:src|href)=[\"']([^\"']+)[\"']", page.text)
+    assets += re.findall(r"(?:url|redoc_js_url)[\"']?\s*[:=]\s*[\"'](/[^\"']+)[\"']", page.text)
+    local = sorted({a for a in assets if a.startswith("/docs/assets/")})
+    assert len(local) >= 2, f"{route} references no local assets: {assets}"
+    for asset in local:
+        answer = httpx.get(f"{server.url}{asset}")
+        assert answer.status_code == 200 and len(answer.content) > 100, asset
+    assert httpx.get(f"{server.url}/docs/assets/../../run.json").status_code == 404  # no path out of the assets
 
 
 def test_concurrent_adds_none_lost(server):
@@ -283,6 +301,64 @@ def test_concurrent_predictions_share_one_forward_pass(tmp_path, tiny_backbone):
     for i, rows in answers.items():
         assert [g["class"] for g in rows] == [g["class"] for g in expected[i]]
         assert [g["probability"] for g in rows] == pytest.approx([g["probability"] for g in expected[i]], abs=1e-5)
+
+
+def test_concurrent_adds_share_one_commit(tmp_path, tiny_backbone):
+    """Adds waiting while a commit runs go into the next single commit (one retune, one state), and each is
+    acknowledged only after it: the run then equals separate adds in arrival order, alpha/beta included."""
+    import io
+
+    from PIL import Image
+
+    from vlkit.apps.serve.runs import ServedRun
+
+    adds = [(label, png_bytes(COLOURS[label], seed=i)) for i, label in enumerate(CLASSES * 3)]  # 12 adds, 3 per class
+    separate, grouped = tmp_path / "separate", tmp_path / "grouped"
+    for run in (separate, grouped):
+        upgrade.init_run(run, "test-tiny", CLASSES, backbone=tiny_backbone)  # retuning on (from 3 per class)
+    features = [tiny_backbone.encode_pil([Image.open(io.BytesIO(data)).convert("RGB")]) for _, data in adds]
+    for feats, (label, _) in zip(features, adds):  # the reference: one commit per add, in order
+        upgrade.add_features(separate, feats, label, fingerprint=tiny_backbone.fingerprint)
+    served = ServedRun(grouped, backbone=tiny_backbone)
+    first_running, release, acknowledged = threading.Event(), threading.Event(), []
+    commit = served._commit
+
+    def held_first(groups):
+        if not first_running.is_set():
+            first_running.set()
+            release.wait(30)
+        return commit(groups)
+
+    served._commit = held_first
+    served.inputs = lambda images: features[int(images[0])]  # the images are indices into the encoded features
+    writer = served._writer()
+    answers: dict[int, dict] = {}
+
+    def add(i: int) -> None:
+        answers[i] = served.add([str(i)], adds[i][0])
+        acknowledged.append(i)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(len(adds))]
+    threads[0].start()
+    assert first_running.wait(30)
+    for i, thread in enumerate(threads[1:], start=1):
+        thread.start()
+        while writer._queue.qsize() < i:  # queued in this order behind the running commit
+            threading.Event().wait(0.005)
+    assert acknowledged == []  # nobody is answered before the commit holding their add is on disk
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert writer.commits == 2  # the first add alone, then the eleven waiting ones together
+    assert sorted(answers) == list(range(len(adds))) and all(a["added"] == 1 for a in answers.values())
+    assert {answers[i]["examples"] for i in range(1, len(adds))} == {len(adds)}
+    meta, reference = upgrade.read_meta(grouped), upgrade.read_meta(separate)
+    assert meta["per_class"] == reference["per_class"] and meta["examples"] == len(adds)
+    assert (meta["alpha"], meta["beta"]) == (reference["alpha"], reference["beta"])
+    assert [h["label"] for h in meta["history"]] == [h["label"] for h in reference["history"]]
+    method, expected = upgrade.load_method(grouped), upgrade.load_method(separate)
+    assert torch.equal(method.keys_, expected.keys_) and torch.equal(method.labels_, expected.labels_)
+    assert sorted(p.name for p in grouped.glob("state-*")) == [meta["state"]]
 
 
 def test_cli_refuses_what_it_cannot_serve_in_one_line(tmp_path, tiny_backbone):

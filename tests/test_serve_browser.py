@@ -63,3 +63,37 @@ def test_page_upload_predict_correct(tmp_path, tiny_backbone):
         server.stop()
     meta = upgrade.read_meta(run)
     assert meta["per_class"][truth] == 1 and meta["examples"] == 1
+
+
+@pytest.mark.slow  # a server start plus a browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install -y chromium (Debian)")
+def test_docs_render_offline(tmp_path, tiny_backbone):
+    """Swagger UI at /docs renders every route's operation with every request off this server refused."""
+    run = tmp_path / "run"
+    upgrade.init_run(run, "test-tiny", ["red", "blue"], backbone=tiny_backbone)
+    server = Server(run).wait_ready()
+    outside: list[str] = []
+    try:
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+
+            def local_only(route):  # an offline machine: anything not on this server fails
+                if route.request.url.startswith(server.url):
+                    route.continue_()
+                else:
+                    outside.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", local_only)
+            page.goto(f"{server.url}/docs")
+            page.wait_for_selector(".opblock-summary-path")
+            paths = {page.locator(".opblock-summary-path").nth(i).get_attribute("data-path")
+                     for i in range(page.locator(".opblock-summary-path").count())}
+            assert {"/predict", "/examples", "/classes", "/health"} <= paths
+            assert "vlkit serve" in page.inner_text(".info .title")
+            browser.close()
+    finally:
+        server.stop()
+    assert not outside, f"/docs tried to reach: {outside}"

@@ -187,32 +187,47 @@ def add_features(run: str | Path, features: Any, label: str, fingerprint: str | 
     ``fingerprint`` names the backbone that produced the features; a different one
     (or a different width) is a BackboneMismatchError. Nothing changes on error.
     """
+    return {"run": str(run), **add_feature_groups(run, [(features, label)], fingerprint)[0]}
+
+
+def add_feature_groups(run: str | Path, groups: Sequence[tuple[Any, str]], fingerprint: str | None = None) -> list[dict]:
+    """Append several adds, each (n_i, D) features of one label, in one commit (a group commit).
+
+    The adds are applied in order, alpha/beta are re-chosen once on the grown cache (the same
+    values as after the last of separate adds: leave-one-out depends on the cache only), and one
+    new state is written. Every add is checked before anything changes: one bad add fails them
+    all and nothing is written. Returns one summary per add (counts after the whole group).
+    """
     run = Path(run)
     read_meta(run)  # a clear error before the lock file is created
     with _locked(run):
         meta = read_meta(run)
-        if label not in meta["classes"]:
-            raise VlkitError(f"unknown label {label!r}; this run's classes are: {', '.join(meta['classes'])}")
-        if fingerprint is not None and fingerprint != meta["fingerprint"]:
-            raise BackboneMismatchError(f"these features come from backbone {fingerprint}, but the run uses "
-                                        f"{meta['fingerprint']}: encode the images with the run's model")
-        feats = torch.as_tensor(features).float()
-        if feats.ndim != 2 or feats.shape[1] != meta["embed_dim"]:
-            raise BackboneMismatchError(f"features must be (n, {meta['embed_dim']}) for this run's model, got "
-                                        f"{tuple(feats.shape)}: they come from another backbone")
+        batches = []
+        for features, label in groups:
+            if label not in meta["classes"]:
+                raise VlkitError(f"unknown label {label!r}; this run's classes are: {', '.join(meta['classes'])}")
+            if fingerprint is not None and fingerprint != meta["fingerprint"]:
+                raise BackboneMismatchError(f"these features come from backbone {fingerprint}, but the run uses "
+                                            f"{meta['fingerprint']}: encode the images with the run's model")
+            feats = torch.as_tensor(features).float()
+            if feats.ndim != 2 or feats.shape[1] != meta["embed_dim"]:
+                raise BackboneMismatchError(f"features must be (n, {meta['embed_dim']}) for this run's model, got "
+                                            f"{tuple(feats.shape)}: they come from another backbone")
+            batches.append((feats, label))
         method = load_method(run, meta)
-        index = meta["classes"].index(label)
-        method.add(feats, torch.full((len(feats),), index))
-        meta["examples"] += len(feats)
-        meta["per_class"][label] += len(feats)
+        for feats, label in batches:
+            method.add(feats, torch.full((len(feats),), meta["classes"].index(label)))
+            meta["examples"] += len(feats)
+            meta["per_class"][label] += len(feats)
         enough = min(meta["per_class"].values()) >= meta.get("retune_min", RETUNE_MIN)
         retuned = bool(meta.get("retune", True) and enough and method.retune())
         meta["alpha"], meta["beta"] = method.alpha_, method.beta_
-        meta["history"].append({"label": label, "added": len(feats), "time": time.time(), "retuned": retuned})
+        now = time.time()
+        meta["history"].extend({"label": label, "added": len(feats), "time": now, "retuned": retuned,
+                                **({"group": len(batches)} if len(batches) > 1 else {})} for feats, label in batches)
         _commit(run, meta, method)
-    return {"run": str(run), "label": label, "added": len(feats), "examples": meta["examples"],
-            "per_class": dict(meta["per_class"]), "alpha": meta["alpha"], "beta": meta["beta"],
-            "retuned": retuned}
+    return [{"label": label, "added": len(feats), "examples": meta["examples"], "per_class": dict(meta["per_class"]),
+             "alpha": meta["alpha"], "beta": meta["beta"], "retuned": retuned} for feats, label in batches]
 
 
 def add_images(run: str | Path, images: Sequence[str | Path], label: str, backbone: Any = None,

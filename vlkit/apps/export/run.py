@@ -11,6 +11,7 @@ from vlkit.apps.export.writer import check_format, export_method
 from vlkit.errors import VlkitError
 
 DEFAULT_CHECK_IMAGES = 1000
+SELECT_IMAGES = 500  # train images the --int8 rung is chosen on (never test images)
 
 
 def _load(run_dir: Path) -> tuple[Any, Any, str | None]:
@@ -31,11 +32,12 @@ def _load(run_dir: Path) -> tuple[Any, Any, str | None]:
     return method, backbone, run["data"]
 
 
-def check_set(backbone: Any, data: str, classnames: list[str], limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Preprocessed test images (N, 3, H, W) and labels (N,) of ``data``: at most ``limit``, evenly spaced."""
+def check_set(backbone: Any, data: str, classnames: list[str], limit: int | None,
+              split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocessed images (N, 3, H, W) and labels (N,) of ``data``'s ``split``: at most ``limit``, evenly spaced."""
     from vlkit.data.resolve import load_data
 
-    dataset = load_data(data, "test")
+    dataset = load_data(data, split)
     if list(dataset.classnames) != list(classnames):
         raise VlkitError(f"{data} has other classes than the run ({len(classnames)} classes): check with the "
                          "run's own data, or pass --check-images 0")
@@ -55,6 +57,8 @@ def export_run(run_dir: str | Path, format: str = "onnx", int8: bool = False, ou
     the run's own data; an upgrade run has none, so it is checked only with ``data``) and
     compared with the Python path: ``check`` holds the largest logit difference, the top-1
     agreement and both accuracies (with ``int8``, the accuracy change quantisation costs).
+    With ``int8`` (ONNX) and data, how much is quantised is chosen on up to 500 *train* images of
+    ``data`` (:data:`vlkit.apps.export.int8.LADDER`); without data, the default rule.
     ``check_images`` 0 skips the check.
     """
     if out is None:
@@ -65,10 +69,12 @@ def export_run(run_dir: str | Path, format: str = "onnx", int8: bool = False, ou
         raise VlkitError(f"{run_dir} is not a run folder: create one with `vlkit fit ... --run-dir`")
     method, backbone, run_data = _load(run_dir)
     data = data or run_data
-    images = labels = None
+    images = labels = select = None
     if data is not None and check_images != 0:
         images, labels = check_set(backbone, data, method.classnames_, check_images)
+    if data is not None and int8 and format == "onnx":  # the int8 rung is chosen on train images
+        select = check_set(backbone, data, method.classnames_, SELECT_IMAGES, split="train")[0]
     report = export_method(method, backbone, out, format=format, int8=int8, check_images=images,
-                           check_labels=labels, owned=True)
+                           check_labels=labels, owned=True, select_images=select)
     report.update({"run": str(run_dir), "check_data": data if images is not None else None})
     return report

@@ -5,7 +5,8 @@ writes it atomically with its metadata (class names, preprocessing, method, back
 ONNX uses ``torch.onnx.export``'s TorchScript-based exporter (``dynamo=False``: the
 dynamo exporter needs onnxscript, which vlkit does not depend on) at opset 17, with a
 dynamic batch axis; ``int8`` is onnxruntime's dynamic quantisation (int8 weights of the
-MatMul/Gemm ops, activations quantised at run time). TorchScript is ``torch.jit.trace``;
+MatMul/Gemm ops, activations quantised at run time), as far as :data:`~vlkit.apps.export.int8.LADDER`
+allows on selection (train) images; past protobuf's 2 GB the weights go to a ``.data`` file (:mod:`.onnx_file`). TorchScript is ``torch.jit.trace``;
 ``int8`` is ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` first.
 With check images, the exported model is run on them and compared with the Python path
 (the method's own ``logits``): largest logit difference, top-1 agreement, accuracy of both.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import tempfile
 import warnings
 from dataclasses import asdict
@@ -27,6 +27,9 @@ import torch
 from torch import nn
 
 from vlkit.apps.export.graph import classifier_module, check_exportable
+from vlkit.apps.export.int8 import (DEFAULT_RULE, LADDER, SELECT_AGREEMENT, Int8Rule, group_members,
+                                    module_node_name, quantize_onnx)
+from vlkit.apps.export.onnx_file import data_files, needs_external_data, save_model
 from vlkit.apps.export.runtime import METADATA_KEY, TORCHSCRIPT_EXTRA, ExportedModel, require_onnx
 from vlkit.errors import VlkitError
 from vlkit.io import atomic_file
@@ -112,78 +115,78 @@ def _onnx_export(module: nn.Module, dummy: torch.Tensor, path: Path) -> None:
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
 
 
-def _onnx_quantize(fp32: Path, path: Path) -> None:
-    """int8 weights (per output channel) for the image tower's MatMul/Gemm; the head stays float32.
-
-    Measured on vlkit-mini's Tip-Adapter run (fashion-mnist-mini, 500 test images), top-1 agreement
-    with float32: every op per tensor 98.4 %, head excluded 99.0 %, head excluded and MatMul/Gemm
-    only 99.2 %, and per channel 100 %. The head is small (C or N rows of D) and its exp/cache
-    arithmetic magnifies weight rounding; convolutions (ConvInteger) keep float weights.
-    """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    head = [node.name for node in onnx.load(str(fp32), load_external_data=False).graph.node
-            if node.name.startswith("/head/")]
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=head)
-    finally:
-        root.setLevel(level)
+def _weight_bytes(model: Any) -> int:
+    """Bytes of the tensors an ONNX ModelProto holds (initializers and Constant nodes), loaded in memory."""
+    tensors = list(model.graph.initializer)
+    tensors += [attr.t for node in model.graph.node if node.op_type == "Constant" for attr in node.attribute
+                if attr.HasField("t")]
+    return sum(len(t.raw_data) for t in tensors)
 
 
-def _onnx_with_metadata(source: Path, path: Path, metadata: dict[str, Any]) -> None:
+def _onnx_with_metadata(source: Path, path: Path, metadata: dict[str, Any],
+                        external_above: int | None = None) -> list[Path]:
+    """Write ``source`` with the vlkit metadata to ``path`` (atomically; external data past the size limit)."""
     import onnx
 
-    model = onnx.load(str(source))
+    model = onnx.load(str(source))  # its external data (a source past 2 GB) is read in too
     del model.metadata_props[:]
+    external = needs_external_data(_weight_bytes(model), external_above)
+    metadata = {**metadata, "external_data": external}
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
     model.doc_string = (f"vlkit {metadata['method']} on {metadata['backbone']['model']}: image (N, 3, H, W) -> "
                         f"logits, probabilities (N, {len(metadata['classnames'])}); metadata_props['vlkit'] holds "
-                        "the class names and preprocessing")
-    onnx.save(model, str(path))
+                        "the class names and preprocessing"
+                        + ("; the weights are in the .data file beside this one (keep them together)" if external
+                           else ""))
+    return save_model(model, path, external)
 
 
-def quantizable_linears(module: nn.Module) -> dict[str, Any]:
-    """``quantize_dynamic``'s spec: every plain ``nn.Linear`` of the image tower, int8 per output channel.
+def quantizable_linears(module: nn.Module, rule: Int8Rule = DEFAULT_RULE) -> dict[str, Any]:
+    """``quantize_dynamic``'s spec: every plain ``nn.Linear`` of the image tower, int8 per output channel,
+    less those ``rule`` keeps float (the ONNX groups, matched on the module paths).
 
     The head stays float32 (as in the ONNX int8 model). Layers inside a tuner's own modules (adapters'
     bottlenecks, LoRA wrappers) stay float too: those modules read ``weight.dtype`` of their linear
     layers, which a quantised layer turns into a method; they hold a small share of the weights.
+    (The attention projections are not plain Linears here: only the MLPs' are quantised.)
     """
     tuner_parts = [name + "." for name, m in module.named_modules()
                    if name and type(m).__module__.startswith("vlkit.methods.tuners")]
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-    return {name: qconfig for name, m in module.named_modules()
-            if type(m) is nn.Linear and name.startswith("encoder.")
-            and not any(name.startswith(part) for part in tuner_parts)}
+    names = [name for name, m in module.named_modules() if type(m) is nn.Linear and name.startswith("encoder.")
+             and not any(name.startswith(part) for part in tuner_parts)]
+    scoped = {module_node_name(name): name for name in names}
+    kept = {n for group in rule.keep_float for n in group_members(group, list(scoped))}
+    return {name: qconfig for scope, name in scoped.items() if scope not in kept}
 
 
-def _torchscript(module: nn.Module, dummy: torch.Tensor, int8: bool, path: Path, metadata: dict[str, Any]) -> None:
+def _torchscript(module: nn.Module, dummy: torch.Tensor, int8: bool, path: Path, metadata: dict[str, Any],
+                 rule: Int8Rule = DEFAULT_RULE) -> None:
     with warnings.catch_warnings(), torch.no_grad(), _plain_attention():
         warnings.simplefilter("ignore")  # torch.ao's deprecation; tracer warnings on Python values (fixed shapes)
         if int8:
-            module = torch.ao.quantization.quantize_dynamic(module, quantizable_linears(module), dtype=torch.qint8,
-                                                            inplace=True)
+            spec = quantizable_linears(module, rule)
+            module = torch.ao.quantization.quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True)
         traced = torch.jit.trace(module, (dummy,), check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
 
 
 def export_method(method: Any, backbone: Any, out: str | Path, format: str = "onnx", int8: bool = False,
                   check_images: torch.Tensor | None = None, check_labels: Any = None,
-                  owned: bool = False) -> dict[str, Any]:
+                  owned: bool = False, int8_rule: Int8Rule | None = None,
+                  external_data_above: int | None = None, select_images: torch.Tensor | None = None) -> dict[str, Any]:
     """Write the fitted ``method`` on ``backbone`` to ``out`` as one model; returns a JSON-ready report.
 
     ``check_images`` (N, 3, H, W) preprocessed (and optional ``check_labels`` (N,)): run the
     exported model on them and compare with the Python path (``check`` in the report).
     ``owned``: the caller hands over ``method`` and ``backbone`` (loaded for this export), so they
     may be changed in place; otherwise they are copied when the export would change them.
+    ``int8_rule``: which ONNX nodes stay float32 with ``int8``. Without it, ONNX ``int8`` with
+    ``select_images`` (N, 3, H, W) preprocessed images that are not test images (the run's train split)
+    writes the first rung of :data:`~vlkit.apps.export.int8.LADDER` whose top-1 agreement with the
+    float32 export on them reaches ``SELECT_AGREEMENT``; with neither, :data:`DEFAULT_RULE`.
+    ``external_data_above``: ONNX weights over this many bytes go to a ``.data`` file beside ``out``
+    (default :data:`~vlkit.apps.export.onnx_file.EXTERNAL_DATA_ABOVE`, under protobuf's 2 GB limit).
     """
     out = check_format(format, out)
     method._check_fitted()
@@ -197,30 +200,62 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
     height, width = backbone.preprocess_cfg.size
     dummy = torch.zeros(2, 3, height, width)
     metadata = metadata_of(method, backbone, format, int8)
+    quantised: dict[str, Any] = {}
+    written = [out]
     with tempfile.TemporaryDirectory(prefix="vlkit-export-") as tmp:
         if format == "onnx":
             fp32 = Path(tmp) / "fp32.onnx"
-            _onnx_export(module, dummy, fp32)
+            _onnx_export(module, dummy, fp32)  # torch.onnx writes external data itself past 2 GB
+            source = fp32
             if int8:
-                _onnx_quantize(fp32, Path(tmp) / "int8.onnx")
-            with atomic_file(out) as target:
-                _onnx_with_metadata(Path(tmp) / ("int8.onnx" if int8 else "fp32.onnx"), target, metadata)
+                big = needs_external_data(sum(t.numel() * t.element_size() for t in module.state_dict().values()),
+                                          external_data_above)
+                if int8_rule is None and select_images is not None and len(select_images):
+                    source, quantised = _select_rung(fp32, Path(tmp), select_images, big)
+                else:
+                    source = Path(tmp) / "int8.onnx"
+                    quantised = quantize_onnx(fp32, source, int8_rule or DEFAULT_RULE, external=big)
+                metadata["int8_rule"] = quantised
+            written = _onnx_with_metadata(source, out, metadata, external_data_above)
         else:
             with atomic_file(out) as target:
-                _torchscript(module, dummy, int8, target, metadata)
-    report = {"out": str(out), "format": format, "int8": int8, "bytes": out.stat().st_size,
-              "method": method.name, "classes": len(method.classnames_), "model": backbone.name}
+                _torchscript(module, dummy, int8, target, metadata, int8_rule or DEFAULT_RULE)
+            for stale in data_files(out):  # an earlier ONNX export's weights under this name
+                stale.unlink(missing_ok=True)
+    report = {"out": str(out), "format": format, "int8": int8, "bytes": sum(f.stat().st_size for f in written),
+              "files": [str(f) for f in written], "method": method.name, "classes": len(method.classnames_),
+              "model": backbone.name}
+    if quantised:
+        report["int8_rule"] = quantised
     if reference is not None:
         report["check"] = compare(reference, ExportedModel(out).logits(check_images), check_labels)
     return report
 
 
+def _select_rung(fp32: Path, tmp: Path, images: torch.Tensor, external: bool) -> tuple[Path, dict[str, Any]]:
+    """The first :data:`LADDER` rung whose top-1 agreement with ``fp32`` on ``images`` reaches
+    ``SELECT_AGREEMENT`` (else the last rung): its file and what was tried."""
+    reference = ExportedModel(fp32).logits(images).argmax(-1)
+    tried = []
+    for rung, rule in enumerate(LADDER):
+        path = tmp / f"int8-{rung}.onnx"
+        found = quantize_onnx(fp32, path, rule, external=external)
+        agreement = 100.0 * float((ExportedModel(path).logits(images).argmax(-1) == reference).mean())
+        tried.append({"rule": found["rule"], "agreement_pct": round(agreement, 2)})
+        if agreement >= SELECT_AGREEMENT or rung == len(LADDER) - 1:
+            return path, {**found, "selected_on": {"images": int(len(images)), "min_agreement_pct": SELECT_AGREEMENT,
+                                                   "tried": tried}}
+    raise AssertionError("unreachable: the last rung is always taken")
+
+
 def compare(reference: torch.Tensor, exported: np.ndarray, labels: Any = None) -> dict[str, Any]:
-    """Largest |logit difference|, top-1 agreement (%) and, with labels, both accuracies (%) and their change."""
+    """Largest |logit difference|, top-1 agreement (%), the largest |logit| of the Python path (float32 parity
+    is judged within 1e-4 x max(1, that)) and, with labels, both accuracies (%) and their change."""
     ref = reference.numpy()
     ref_top, exp_top = ref.argmax(-1), exported.argmax(-1)
     found: dict[str, Any] = {"images": int(len(ref)), "max_abs_logit_diff": float(np.abs(ref - exported).max())
-                             if len(ref) else 0.0, "top1_agreement": 100.0 * float((ref_top == exp_top).mean())}
+                             if len(ref) else 0.0, "top1_agreement": 100.0 * float((ref_top == exp_top).mean()),
+                             "max_abs_logit": float(np.abs(ref).max()) if len(ref) else 0.0}
     if labels is not None:
         truth = np.asarray(labels).reshape(-1)
         found["accuracy_python"] = 100.0 * float((ref_top == truth).mean())

@@ -1,7 +1,8 @@
 """The FastAPI application over one :class:`~vlkit.apps.serve.runs.ServedRun`.
 
 Routes: ``GET /`` the web page, ``POST /predict``, ``POST /examples``, ``GET /classes``,
-``GET /health``, ``GET /heldout`` (+ try-out images) and FastAPI's ``/docs``. Every
+``GET /health``, ``GET /heldout`` (+ try-out images) and the API docs at ``/docs`` and ``/redoc``
+(served from local assets, :mod:`.docs`: they work offline). Every
 refusal is a 4xx with a JSON body ``{"error": "<one line>"}``: 413 over a size limit,
 415 not an image, 409 examples for a fitted run, 422 anything else malformed (and 503
 when the run cannot be written: the add did not happen). Handlers
@@ -19,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from vlkit.apps.serve.batching import PredictionBatcher
+from vlkit.apps.serve.docs import add_offline_docs
 from vlkit.apps.serve.heldout import HeldOut
 from vlkit.apps.serve.runs import NotUpgradeableError, RunWriteError, ServedRun
 from vlkit.apps.serve.uploads import Limits, Refused, decode_images
@@ -105,7 +107,9 @@ def create_app(served: ServedRun, limits: Limits | None = None, heldout: HeldOut
     app = FastAPI(title="vlkit serve", version=_version(),
                   description=f"Classify images with the vlkit run `{served.run.name}` "
                               f"({served.method.name} on {served.meta['model']}); add labelled examples to an "
-                              "upgrade run. Errors are `{\"error\": \"one line\"}` with a 4xx status.")
+                              "upgrade run. Errors are `{\"error\": \"one line\"}` with a 4xx status.",
+                  docs_url=None, redoc_url=None)  # the docs pages come from add_offline_docs: no CDN
+    add_offline_docs(app, "vlkit serve")
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
     page = _page()
     batcher = PredictionBatcher(served, max_images=max(limits.max_batch, 32))

@@ -5,8 +5,11 @@ Tip-Adapter cache that grows) or a fitted run (``vlkit fit --run-dir``: ``run.js
 ``method/``, read-only here). Adds go through :func:`vlkit.apps.upgrade.add_features`,
 which commits under the run's :class:`~vlkit.io.FileLock` (new state folder, fsync'ed,
 then ``run.json`` swapped atomically), so a command-line ``vlkit upgrade add`` and the
-service can share a run. In this process a thread lock keeps adds in arrival order and
-images are encoded outside it, so one slow upload never holds the others back.
+service can share a run. In this process adds are a group commit
+(:class:`~vlkit.apps.serve.batching.GroupCommit`): images are encoded by each request's own
+thread, then one writer commits every add waiting at once (one retune, one fsync'ed state) and
+acknowledges each after that commit, so one slow upload never holds the others back and
+concurrent adds do not pay one retune and one fsync each.
 
 The model in memory follows ``run.json``: a change made by another process (its inode or
 mtime changes on every atomic swap) is picked up before the next prediction.
@@ -21,6 +24,7 @@ import torch
 from PIL import Image
 
 from vlkit.apps import upgrade
+from vlkit.apps.serve.batching import GroupCommit
 from vlkit.apps.commands import read_run
 from vlkit.errors import VlkitError
 from vlkit.io import read_json
@@ -46,7 +50,8 @@ class ServedRun:
                              "`vlkit upgrade init` or `vlkit fit --run-dir`")
         record = read_json(run_file, "run record", "re-create the run")
         self.upgradeable = isinstance(record, dict) and "state" in record and "format" in record
-        self._add_lock = threading.Lock()  # adds in this process, one at a time
+        self._adds: Any = None  # the group-commit writer, started with the first add
+        self._adds_lock = threading.Lock()
         self._reload_lock = threading.Lock()
         if self.upgradeable:
             self._seen = self._stamp()  # before reading: a change made meanwhile is seen by the next refresh
@@ -132,16 +137,25 @@ class ServedRun:
         Refused (nothing written) for a fitted run or an unknown label.
         """
         self.check_add(label)
-        feats = self.inputs(images)  # (n, D), encoded before taking the lock
-        with self._add_lock:
-            try:
-                result = upgrade.add_features(self.run, feats, label, fingerprint=self.backbone.fingerprint)
-            except OSError as exc:  # the commit is atomic: run.json still names the state before this add
-                raise RunWriteError(f"could not write the run ({exc.strerror or exc}); nothing was added: "
-                                    "free disk space or fix the folder's permissions, then send it again") from None
-            finally:
-                self.refresh()
+        feats = self.inputs(images)  # (n, D), encoded in this request's thread
+        result = self._writer().add(feats, label)
         return {key: result[key] for key in ("label", "added", "examples", "per_class", "alpha", "beta", "retuned")}
+
+    def _writer(self) -> Any:
+        with self._adds_lock:
+            if self._adds is None:
+                self._adds = GroupCommit(self._commit)
+            return self._adds
+
+    def _commit(self, groups: list[tuple[torch.Tensor, str]]) -> list[dict[str, Any]]:
+        """Write every add of ``groups`` in one commit (the writer thread calls this)."""
+        try:
+            return upgrade.add_feature_groups(self.run, groups, fingerprint=self.backbone.fingerprint)
+        except OSError as exc:  # the commit is atomic: run.json still names the state before this group
+            raise RunWriteError(f"could not write the run ({exc.strerror or exc}); nothing was added: "
+                                "free disk space or fix the folder's permissions, then send it again") from None
+        finally:
+            self.refresh()
 
     def check_add(self, label: str) -> None:
         """Refuse an add before any image is read: a fitted run, or a label not among the classes."""
