@@ -49,7 +49,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -111,27 +110,12 @@ def encoder_rate(backbone: Any, batch: int, seconds: float, sync: bool) -> float
     return n / (time.perf_counter() - start)
 
 
-def _write_jpeg(args: tuple[str, int, int, int]) -> str:
-    from PIL import Image
-
-    path, w, h, seed = args
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    f = rng.uniform(0.005, 0.05, 3)
-    img = np.stack([127 + 100 * np.sin(xx * f[0] + yy * f[1] + c) for c in range(3)], -1)
-    img += rng.normal(0, 12, img.shape)  # texture: decode cost closer to photos than flat colour
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
-    return path
-
-
 def make_jpegs(folder: Path, count: int, workers: int) -> list[str]:
-    """``count`` 500x375 / 375x500 photo-like JPEGs (parallel)."""
-    jobs = [(str(folder / f"c{i % 10}" / f"{i}.jpg"), 500 if i % 3 else 375, 375 if i % 3 else 500, i)
-            for i in range(count)]
-    for c in range(10):
-        (folder / f"c{c}").mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(_write_jpeg, jobs, chunksize=32))
+    """``count`` 500x375 / 375x500 photo-like JPEGs: the generator of ``benchmarks/extraction.py``, in parallel."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from extraction import make_jpegs as generate
+
+    return generate(folder, count, workers=max(2, workers))
 
 
 def jpeg_paths_check(backbone: Any, paths: list[str], batch: int, workers: int, sync: bool) -> dict[str, Any]:
