@@ -44,3 +44,14 @@ def test_default_jobs_is_two_on_a_cpu_machine_of_two_cores(monkeypatch) -> None:
     assert default_jobs() == 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_jobs() == 1
+
+
+def test_workers_import_this_vlkit_when_another_is_on_the_path(tmp_path, session_store, monkeypatch) -> None:
+    # a script put a source checkout first on sys.path after vlkit was imported (scripts/ do sys.path.insert)
+    shadow = tmp_path / "checkout" / "vlkit"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('the shadowing checkout was imported')\n")
+    monkeypatch.syspath_prepend(str(shadow.parent))
+    args = {**ARGS, "methods": "zero-shot", "shots": [1, 2]}
+    result = run_bench(out=tmp_path / "b", store=session_store, jobs=2, **args)
+    assert (result["ran"], result["failed"]) == (2, [])

@@ -81,10 +81,11 @@ def test_an_address_where_no_cluster_listens_is_one_line_at_once(folder):
     assert time.perf_counter() - started < 10  # ray.init alone would retry for minutes
 
 
-def test_the_default_path_never_imports_ray():
+def test_the_default_path_never_imports_ray(tmp_path):
     code = ("import sys; from vlkit.apps.commands import feature_store; from vlkit.cli.main import app; "
             "store = feature_store('local'); print(store.engine is None, 'ray' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)  # not the checkout: its vlkit/ would shadow the installed package
     assert out.stdout.split() == ["True", "False"], out.stderr
 
 

@@ -12,12 +12,15 @@ worker, with another cell running beside it.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from vlkit.protocols.cells import Cell
@@ -100,6 +103,27 @@ def _run_cell(cell: Cell) -> CellOutcome:
     return CellOutcome(cell, {**result.to_dict(), "wall_seconds": time.perf_counter() - t0})
 
 
+@contextlib.contextmanager
+def _no_shadowing_path() -> Iterator[None]:
+    """Hide, while workers start, the ``sys.path`` entries that would import another ``vlkit``.
+
+    A spawned worker rebuilds ``sys.path`` from this process's: if a script put a source
+    checkout on it after ``vlkit`` was imported from site-packages (the repository's
+    ``scripts/`` do ``sys.path.insert(0, ROOT)``), the worker would import the checkout's
+    ``vlkit``, which lacks the installed package's mapped folders (``vlkit.caches``).
+    """
+    import vlkit
+
+    home = Path(vlkit.__file__).resolve().parents[1]
+    saved = list(sys.path)
+    sys.path[:] = [p for p in saved if Path(p or ".").resolve() == home
+                   or not (Path(p or ".") / "vlkit" / "__init__.py").is_file()]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
 def run_cells(todo: Sequence[Cell], jobs: int, spec: WorkerSpec, on_start: Any = None) -> Iterator[CellOutcome]:
     """Run ``todo`` on ``jobs`` worker processes; yield each outcome as it finishes.
 
@@ -118,7 +142,8 @@ def run_cells(todo: Sequence[Cell], jobs: int, spec: WorkerSpec, on_start: Any =
                 cell = queue.pop(0)
                 if on_start is not None:
                     on_start(cell)
-                pending[pool.submit(_run_cell, cell)] = cell
+                with _no_shadowing_path():  # a worker may start here
+                    pending[pool.submit(_run_cell, cell)] = cell
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 pending.pop(future)
