@@ -112,9 +112,7 @@ def _no_shadowing_path() -> Iterator[None]:
     ``scripts/`` do ``sys.path.insert(0, ROOT)``), the worker would import the checkout's
     ``vlkit``, which lacks the installed package's mapped folders (``vlkit.caches``).
     """
-    import vlkit
-
-    home = Path(vlkit.__file__).resolve().parents[1]
+    home = Path(__file__).resolve().parents[2]  # the folder this vlkit package sits in
     saved = list(sys.path)
     sys.path[:] = [p for p in saved if Path(p or ".").resolve() == home
                    or not (Path(p or ".") / "vlkit" / "__init__.py").is_file()]
