@@ -19,10 +19,12 @@ import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from vlkit.errors import VlkitError
 from vlkit.protocols.cells import Cell
 
 _WORKER: dict[str, Any] = {}
@@ -145,6 +147,13 @@ def run_cells(todo: Sequence[Cell], jobs: int, spec: WorkerSpec, on_start: Any =
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 pending.pop(future)
-                yield future.result()
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    raise VlkitError(
+                        "a worker process of --jobs died (killed, out of memory, or a script that calls "
+                        "run_bench(jobs=N) outside `if __name__ == '__main__':`, which spawned workers re-run); "
+                        "guard the script or use jobs=1") from None
+                yield outcome
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
