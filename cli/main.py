@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from vlkit.cli.common import (DATA_HELP, DeviceOpt, EngineOpt, ModelOpt, OutputOpt, PretrainedOpt, RayAddressOpt,
+from vlkit.cli.common import (DATA_HELP, DeviceOpt, EngineOpt, JobsOpt, ModelOpt, OutputOpt, PretrainedOpt, RayAddressOpt,
                               SeedOpt, ValOpt, ValPerClassOpt, WorkersOpt, err, parse_jobs, parse_list, parse_settings,
                               table, user_errors, write_json)
 from vlkit.errors import VlkitError
@@ -234,8 +234,7 @@ def fewshot_command(
                                  "resumable cells.jsonl (a re-run reuses finished cells)"),
     schedule: str = typer.Option("quick", "--schedule", help="quick: short schedules for the tuners that run the "
                                  "encoder at every step (recorded per row); paper: every method's paper schedule"),
-    jobs: str = typer.Option("auto", "--jobs", "-j", help="cells run at once, each in its own process; auto (the "
-                             "default): 2 on a CPU machine of 2 or more cores, 1 with a GPU"),
+    jobs: str = JobsOpt,
     model: str = ModelOpt, pretrained: Optional[str] = PretrainedOpt, device: Optional[str] = DeviceOpt,
     engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt,
     output: Optional[Path] = OutputOpt,
