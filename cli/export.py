@@ -20,7 +20,8 @@ def export_command(
     out: Path = typer.Option(..., "--out", help="the model file to write: .onnx for ONNX, .pt for TorchScript"),
     int8: bool = typer.Option(False, "--int8", help="dynamic int8 quantisation of the image tower's projections "
                                                    "(onnxruntime's for ONNX, torch.ao's for TorchScript); the head "
-                                                   "stays float32"),
+                                                   "stays float32; with data, as much is quantised as keeps top-1 "
+                                                   "on the train split (else float16 weights / float32)"),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="check on the test split of this data "
                                        "(default: the run's own; an upgrade run has none)"),
     check_images: int = typer.Option(1000, "--check-images", min=0, help="test images to compare the exported "
@@ -42,8 +43,10 @@ def export_command(
     if rule:
         picked = rule.get("selected_on")
         err.print(f"int8: {rule['rule']}" + (f", chosen on {picked['images']} train images (the first of "
-                  + ", ".join(f"{t['rule']}: {t['agreement_pct']}%" for t in picked["tried"])
-                  + f" to reach {picked['min_agreement_pct']}% top-1 agreement with float32)" if picked else
+                  + ", ".join(f"{t['rule']}: {t['agreement_pct']}% ({t['predicted_agreement_pct']}% predicted)"
+                              for t in picked["tried"])
+                  + f" to reach {picked['min_agreement_pct']}% top-1 agreement with float32 and "
+                  f"{picked['min_predicted_agreement_pct']}% predicted from the margins)" if picked else
                   " (no train images to choose on: the default rule)"), highlight=False, soft_wrap=True)
     for data in result.get("files", [])[1:]:  # past protobuf's 2 GB: the weights sit in a file beside the model
         err.print(f"its weights are in {data} (ONNX external data): keep the two files together",

@@ -2,10 +2,12 @@
 quantiser (ONNX) and by the TorchScript path's choice of Linear layers."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from test_export import check_images, colour_folder, fit_on, needs_onnx  # noqa: F401 - fixtures
-from vlkit.apps.export.int8 import DEFAULT_RULE, LADDER, Int8Rule, group_members, module_node_name
+from vlkit.apps.export.int8 import (DEFAULT_RULE, LADDER, TORCHSCRIPT_LADDER, Int8Rule, group_members,
+                                    module_node_name, predicted_agreement)
 from vlkit.errors import VlkitError
 
 BLOCK = "/encoder/visual/transformer/resblocks.{}/"
@@ -73,31 +75,84 @@ def test_torchscript_int8_quantises_the_linears_the_rule_leaves(colour_task, tin
     assert kept == {name for name in everything if ".resblocks.1." in name}
 
 
-@needs_onnx
-@pytest.mark.parametrize("target, rung", [(0.0, 0), (101.0, 2)])
-def test_int8_takes_the_first_rung_that_agrees_on_the_selection_images(target, rung, colour_task, tiny_backbone,
-                                                                        check_images, tmp_path, monkeypatch):
-    """The ladder: full int8 when it agrees enough on the selection images, float16 weights when nothing does."""
-    import numpy as np
+def test_predicted_agreement_is_every_margin_against_every_change():
+    """The formula written out: image i flips under image j's change when margin_i + shrink_j < 0."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(40, 5)).astype(np.float32)
+    quantised = reference + rng.normal(scale=0.3, size=reference.shape).astype(np.float32)
+    margins, shrinks = [], []
+    for ref, out in zip(reference, quantised):
+        top = int(ref.argmax())
+        others = [c for c in range(5) if c != top]
+        margins.append(min(ref[top] - ref[c] for c in others))
+        shrinks.append(min(0.0, min((out[top] - out[c]) - (ref[top] - ref[c]) for c in others)))
+    flips = sum(m + d < 0 for m in margins for d in shrinks) / 40 ** 2
+    assert predicted_agreement(reference, quantised) == pytest.approx(100 * (1 - flips), abs=1e-9)
+    assert predicted_agreement(reference, reference) == 100.0
 
+
+def test_a_lucky_draw_of_near_ties_does_not_pass_the_prediction():
+    """Half the images sit 0.01 from a tie and happen to be left alone, half are confident and moved by 0.05:
+    no flip is observed, yet a near-tie meeting such a change would flip."""
+    near = np.tile([[1.0, 0.99, 0.0]], (50, 1))
+    confident = np.tile([[10.0, 0.0, 0.0]], (50, 1))
+    reference = np.concatenate([near, confident]).astype(np.float32)  # (100, 3)
+    quantised = reference.copy()
+    quantised[50:, 0] -= 0.05
+    assert (quantised.argmax(1) == reference.argmax(1)).all()
+    assert predicted_agreement(reference, quantised) == pytest.approx(75.0)  # 50 near-ties x 50 changes of 100^2
+
+
+@pytest.mark.parametrize("format", ["onnx", "torchscript"])
+@pytest.mark.parametrize("target, rung", [(0.0, 0), (101.0, 2)])
+def test_int8_takes_the_first_rung_that_agrees_on_the_selection_images(format, target, rung, colour_task,
+                                                                        tiny_backbone, check_images, tmp_path,
+                                                                        monkeypatch):
+    """The ladder: full int8 when it agrees enough on the selection images; when nothing does, float16 weights
+    (ONNX) or float32 (TorchScript)."""
     from vlkit.apps.export import ExportedModel, export_method
-    from vlkit.apps.export import int8 as int8_module
     from vlkit.apps.export import writer
 
+    if format == "onnx":
+        pytest.importorskip("onnxruntime")
+    ladder, suffix = (LADDER, ".onnx") if format == "onnx" else (TORCHSCRIPT_LADDER, ".pt")
+    rung = min(rung, len(ladder) - 1)
     images, _ = check_images
     monkeypatch.setattr(writer, "SELECT_AGREEMENT", target)
     method = fit_on("tip-adapter", colour_task, None)
-    fp32 = export_method(method, tiny_backbone, tmp_path / "fp32.onnx")
-    report = export_method(method, tiny_backbone, tmp_path / "m.onnx", int8=True, select_images=images[::2])
+    fp32 = export_method(method, tiny_backbone, tmp_path / f"fp32{suffix}", format=format)
+    report = export_method(method, tiny_backbone, tmp_path / f"m{suffix}", format=format, int8=True,
+                           select_images=images[::2])
     picked = report["int8_rule"]
-    assert picked["rule"] == int8_module.LADDER[rung].label()
+    assert picked["rule"] == ladder[rung].label()
     assert picked["selected_on"]["images"] == 50 and len(picked["selected_on"]["tried"]) == rung + 1
-    assert ExportedModel(tmp_path / "m.onnx").metadata["int8_rule"]["rule"] == picked["rule"]
-    if rung == 2:  # float16 weights: half the weight bytes, logits within float16 rounding of float32
+    assert all("predicted_agreement_pct" in tried for tried in picked["selected_on"]["tried"])
+    assert ExportedModel(tmp_path / f"m{suffix}").metadata["int8_rule"]["rule"] == picked["rule"]
+    reference = ExportedModel(tmp_path / f"fp32{suffix}").logits(images)
+    exported = ExportedModel(tmp_path / f"m{suffix}").logits(images)
+    if rung == 2:  # float16 weights: half the weight bytes, logits within float16 rounding
         assert report["bytes"] < 0.75 * fp32["bytes"]  # test-tiny: the graph itself is a good part of the file
-        reference = ExportedModel(tmp_path / "fp32.onnx").logits(images)
-        np.testing.assert_allclose(ExportedModel(tmp_path / "m.onnx").logits(images), reference, atol=2e-2)
+        np.testing.assert_allclose(exported, reference, atol=2e-2)
         assert picked["selected_on"]["tried"][-1]["agreement_pct"] == 100.0
+    elif rung == 1 and format == "torchscript":  # TorchScript's last rung quantises nothing
+        np.testing.assert_allclose(exported, reference, atol=1e-5)
+    else:
+        assert report["bytes"] < fp32["bytes"]
+
+
+def test_a_rung_needs_the_prediction_as_well_as_the_count(colour_task, tiny_backbone, check_images, tmp_path,
+                                                          monkeypatch):
+    """Observed agreement alone would take full int8 (target 0 %); a predicted agreement out of reach moves on."""
+    from vlkit.apps.export import export_method
+    from vlkit.apps.export import writer
+
+    images, _ = check_images
+    monkeypatch.setattr(writer, "SELECT_AGREEMENT", 0.0)
+    monkeypatch.setattr(writer, "SELECT_PREDICTED", 100.5)
+    report = export_method(fit_on("tip-adapter", colour_task, None), tiny_backbone, tmp_path / "m.pt",
+                           format="torchscript", int8=True, select_images=images[::2])
+    assert report["int8_rule"]["rule"] == TORCHSCRIPT_LADDER[-1].label()
+    assert len(report["int8_rule"]["selected_on"]["tried"]) == len(TORCHSCRIPT_LADDER)
 
 
 @needs_onnx

@@ -11,9 +11,12 @@ frozen tower and to every tuner's tower alike:
 ``first:K`` / ``last:K`` every projection of the first / last K transformer blocks;
 ``qkv``, ``out_proj``, ``c_fc``, ``c_proj`` that projection in every block; ``block:I`` one block.
 
-``--int8`` walks :data:`LADDER` (full int8 first, float16 weights last) and keeps the first
-rung whose top-1 agrees with float32 on ``SELECT_AGREEMENT`` % of train images, so the size and
-latency gain is kept wherever top-1 allows. ``python benchmarks/export.py --int8-sweep``
+``--int8`` walks :data:`LADDER` (full int8 first, float16 weights last; TorchScript:
+:data:`TORCHSCRIPT_LADDER`, float32 last) and keeps the first rung that passes two checks on train
+images: its top-1 agrees with float32 on ``SELECT_AGREEMENT`` % of them, and
+:func:`predicted_agreement` (every image's float32 margin against every image's logit change, so
+a lucky draw of near-ties cannot pass a rung) reaches ``SELECT_PREDICTED`` %. The size and latency
+gain is kept wherever top-1 allows. ``python benchmarks/export.py --int8-sweep``
 measured the candidates on train images (``benchmarks/results/export_int8_sweep.json``): on
 vlkit-mini v1 every weight group is about as sensitive as the others and no exclusion rule
 (nor int8 weights with float activations) kept 99 % for all methods; their flips are near-ties.
@@ -26,6 +29,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from vlkit.errors import VlkitError
 
@@ -41,18 +46,21 @@ class Int8Rule:
     ``mode="float16"`` is the fallback rung of :data:`LADDER`: no int8 at all, every float32
     weight stored as float16 and cast back to float32 when the session loads (half the file,
     float32 arithmetic: no latency change, top-1 agreement 100 % on every method measured).
+    ``mode="float32"`` is TorchScript's fallback: nothing quantised.
     """
 
     keep_float: tuple[str, ...] = ("head",)
     per_channel: bool = True
     reduce_range: bool = False
-    mode: str = "dynamic"  # or "float16"
+    mode: str = "dynamic"  # or "float16" (ONNX), "float32" (TorchScript)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free notes (the sweep's label)
 
     def label(self) -> str:
         """A short name: the float groups and the options that differ from the default."""
         if self.mode == "float16":
             return "float16 weights (no int8)"
+        if self.mode == "float32":
+            return "float32 (no int8)"
         parts = ["float: " + ", ".join(self.keep_float)]
         if not self.per_channel:
             parts.append("per tensor")
@@ -68,7 +76,40 @@ DEFAULT_RULE = Int8Rule(keep_float=("head",))
 # 99 % for VPT, MaPLe, DeFo and zero-shot there (their flips are near-ties), float16 weights reached 100 %.
 # The middle rung is the sweep's best single rule (attention projections and the final projection float).
 LADDER = (DEFAULT_RULE, Int8Rule(keep_float=("head", "qkv", "out_proj", "proj")), Int8Rule(mode="float16"))
-SELECT_AGREEMENT = 99.5  # % on the selection images: 99 % plus a margin for the images the check never saw
+# TorchScript's dynamic quantisation (torch.ao) reaches only plain nn.Linear layers: the MLPs (attention projections
+# and open_clip's final projection are not), so LADDER's middle rung would write the first rung's model again.
+# Full int8 of those, else float32 (20 of 26 methods on vlkit-mini v1: export_int8.json).
+TORCHSCRIPT_LADDER = (DEFAULT_RULE, Int8Rule(mode="float32"))
+SELECT_AGREEMENT = 99.5  # % observed on the selection images: 99 % plus a margin for the images the check never saw
+# % predicted (:func:`predicted_agreement`). On vlkit-mini v1, IA3's full int8 agreed on 100 % of 500 train images and
+# 98.6 % of 500 test images: 3.6 % of images lie within 0.05 logit of a tie and int8 moves logits by 0.06, so the
+# observed count is a coin toss per near-tie. The prediction read 97.4 (train) and 97.9 (test) there; it runs about one
+# point below the observed rate on the methods measured (it pairs small margins with large changes), so 99.0 asks
+# for about 99.5-100 % observed.
+SELECT_PREDICTED = 99.0
+
+
+def predicted_agreement(reference: np.ndarray, quantised: np.ndarray) -> float:
+    """Top-1 agreement (%) to expect from quantised logits, judged by margins rather than by flips counted.
+
+    ``reference``, ``quantised``: (N, C) float32 and quantised logits of the same N images. For
+    image i, ``margin_i`` is the float32 gap between its top class and the runner-up, and
+    ``shrink_j`` is the most that quantisation narrowed any top-vs-other gap of image j (negative:
+    narrowed). Pairing every margin with every change (N^2 pairs) gives the chance that a margin
+    drawn from these images meets a change drawn from them and flips: ``mean_ij[margin_i + shrink_j < 0]``.
+    A flip count on N images is a coin toss per near-tie; this has N^2 terms.
+    """
+    rows = np.arange(len(reference))
+    top = reference.argmax(1)  # (N,)
+    gap_ref = reference[rows, top][:, None] - reference  # (N, C) >= 0; 0 at the top class
+    gap_out = quantised[rows, top][:, None] - quantised  # (N, C) the same gaps after quantisation
+    gap_ref[rows, top] = np.inf
+    margin = gap_ref.min(1)  # (N,)
+    change = gap_out - gap_ref  # (N, C)
+    change[rows, top] = 0.0
+    shrink = np.minimum(change.min(1), 0.0)  # (N,) <= 0
+    flips = float((margin[:, None] + shrink[None, :] < 0).mean()) if len(rows) else 0.0
+    return 100.0 * (1.0 - flips)
 
 
 def weight_nodes(graph: Any) -> list[str]:
@@ -134,6 +175,8 @@ def quantize_onnx(fp32: Path, path: Path, rule: Int8Rule = DEFAULT_RULE, externa
 
     if rule.mode == "float16":
         return float16_weights(fp32, path, external)
+    if rule.mode == "float32":
+        raise VlkitError("the float32 rung is TorchScript's; an ONNX float32 model is the export without --int8")
     graph = onnx.load(str(fp32), load_external_data=False).graph
     names = weight_nodes(graph)
     keep = excluded_nodes(graph, rule)

@@ -57,7 +57,7 @@ def export_run(run_dir: str | Path, format: str = "onnx", int8: bool = False, ou
     the run's own data; an upgrade run has none, so it is checked only with ``data``) and
     compared with the Python path: ``check`` holds the largest logit difference, the top-1
     agreement and both accuracies (with ``int8``, the accuracy change quantisation costs).
-    With ``int8`` (ONNX) and data, how much is quantised is chosen on up to 500 *train* images of
+    With ``int8`` and data, how much is quantised is chosen on up to 500 *train* images of
     ``data`` (:data:`vlkit.apps.export.int8.LADDER`); without data, the default rule.
     ``check_images`` 0 skips the check.
     """
@@ -72,7 +72,7 @@ def export_run(run_dir: str | Path, format: str = "onnx", int8: bool = False, ou
     images = labels = select = None
     if data is not None and check_images != 0:
         images, labels = check_set(backbone, data, method.classnames_, check_images)
-    if data is not None and int8 and format == "onnx":  # the int8 rung is chosen on train images
+    if data is not None and int8:  # the int8 rung is chosen on train images
         select = check_set(backbone, data, method.classnames_, SELECT_IMAGES, split="train")[0]
     report = export_method(method, backbone, out, format=format, int8=int8, check_images=images,
                            check_labels=labels, owned=True, select_images=select)

@@ -7,7 +7,8 @@ dynamo exporter needs onnxscript, which vlkit does not depend on) at opset 17, w
 dynamic batch axis; ``int8`` is onnxruntime's dynamic quantisation (int8 weights of the
 MatMul/Gemm ops, activations quantised at run time), as far as :data:`~vlkit.apps.export.int8.LADDER`
 allows on selection (train) images; past protobuf's 2 GB the weights go to a ``.data`` file (:mod:`.onnx_file`). TorchScript is ``torch.jit.trace``;
-``int8`` is ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` first.
+``int8`` is ``torch.ao.quantization.quantize_dynamic`` of the plain ``nn.Linear`` layers first, as far as
+:data:`~vlkit.apps.export.int8.TORCHSCRIPT_LADDER` allows on selection images.
 With check images, the exported model is run on them and compared with the Python path
 (the method's own ``logits``): largest logit difference, top-1 agreement, accuracy of both.
 """
@@ -20,15 +21,15 @@ import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from vlkit.apps.export.graph import classifier_module, check_exportable
-from vlkit.apps.export.int8 import (DEFAULT_RULE, LADDER, SELECT_AGREEMENT, Int8Rule, group_members,
-                                    module_node_name, quantize_onnx)
+from vlkit.apps.export.int8 import (DEFAULT_RULE, LADDER, SELECT_AGREEMENT, SELECT_PREDICTED, TORCHSCRIPT_LADDER,
+                                    Int8Rule, group_members, module_node_name, predicted_agreement, quantize_onnx)
 from vlkit.apps.export.onnx_file import data_files, needs_external_data, save_model
 from vlkit.apps.export.runtime import METADATA_KEY, TORCHSCRIPT_EXTRA, ExportedModel, require_onnx
 from vlkit.errors import VlkitError
@@ -181,10 +182,10 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
     exported model on them and compare with the Python path (``check`` in the report).
     ``owned``: the caller hands over ``method`` and ``backbone`` (loaded for this export), so they
     may be changed in place; otherwise they are copied when the export would change them.
-    ``int8_rule``: which ONNX nodes stay float32 with ``int8``. Without it, ONNX ``int8`` with
-    ``select_images`` (N, 3, H, W) preprocessed images that are not test images (the run's train split)
-    writes the first rung of :data:`~vlkit.apps.export.int8.LADDER` whose top-1 agreement with the
-    float32 export on them reaches ``SELECT_AGREEMENT``; with neither, :data:`DEFAULT_RULE`.
+    ``int8_rule``: which nodes (ONNX) or linear layers (TorchScript) stay float32 with ``int8``. Without it,
+    ``int8`` with ``select_images`` (N, 3, H, W) preprocessed images that are not test images (the run's train
+    split) writes the first rung of :data:`~vlkit.apps.export.int8.LADDER` (TorchScript:
+    ``TORCHSCRIPT_LADDER``) that keeps top-1 on them (:func:`_select_rung`); with neither, :data:`DEFAULT_RULE`.
     ``external_data_above``: ONNX weights over this many bytes go to a ``.data`` file beside ``out``
     (default :data:`~vlkit.apps.export.onnx_file.EXTERNAL_DATA_ABOVE`, under protobuf's 2 GB limit).
     """
@@ -211,12 +212,33 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
                 big = needs_external_data(sum(t.numel() * t.element_size() for t in module.state_dict().values()),
                                           external_data_above)
                 if int8_rule is None and select_images is not None and len(select_images):
-                    source, quantised = _select_rung(fp32, Path(tmp), select_images, big)
+                    def write(rule: Int8Rule, path: Path) -> dict[str, Any]:
+                        return quantize_onnx(fp32, path, rule, external=big)
+
+                    source, quantised = _select_rung(write, ExportedModel(fp32).logits(select_images), LADDER,
+                                                     Path(tmp), select_images, ".onnx")
                 else:
                     source = Path(tmp) / "int8.onnx"
                     quantised = quantize_onnx(fp32, source, int8_rule or DEFAULT_RULE, external=big)
                 metadata["int8_rule"] = quantised
             written = _onnx_with_metadata(source, out, metadata, external_data_above)
+        elif int8 and int8_rule is None and select_images is not None and len(select_images):
+            with torch.no_grad(), _plain_attention():
+                float_logits = torch.cat([module(select_images[i:i + 256])[0]
+                                          for i in range(0, len(select_images), 256)])  # (N, C)
+
+            def write(rule: Int8Rule, path: Path) -> dict[str, Any]:
+                _torchscript(copy.deepcopy(module), dummy, rule.mode != "float32", path, metadata, rule)
+                return {"rule": rule.label(), "linear_layers_int8": len(quantizable_linears(module, rule))
+                        if rule.mode != "float32" else 0}
+
+            source, quantised = _select_rung(write, float_logits.numpy(), TORCHSCRIPT_LADDER, Path(tmp), select_images,
+                                             ".pt")
+            metadata["int8_rule"] = quantised
+            with atomic_file(out) as target:  # the chosen file again, with what was tried in its metadata
+                _resave_torchscript(source, target, metadata)
+            for stale in data_files(out):
+                stale.unlink(missing_ok=True)
         else:
             with atomic_file(out) as target:
                 _torchscript(module, dummy, int8, target, metadata, int8_rule or DEFAULT_RULE)
@@ -232,20 +254,35 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
     return report
 
 
-def _select_rung(fp32: Path, tmp: Path, images: torch.Tensor, external: bool) -> tuple[Path, dict[str, Any]]:
-    """The first :data:`LADDER` rung whose top-1 agreement with ``fp32`` on ``images`` reaches
-    ``SELECT_AGREEMENT`` (else the last rung): its file and what was tried."""
-    reference = ExportedModel(fp32).logits(images).argmax(-1)
+def _select_rung(write: Callable[[Int8Rule, Path], dict[str, Any]], reference: np.ndarray,
+                 ladder: tuple[Int8Rule, ...], tmp: Path, images: torch.Tensor,
+                 suffix: str) -> tuple[Path, dict[str, Any]]:
+    """The first rung of ``ladder`` whose model (``write(rule, path)`` writes it) keeps top-1 on ``images``:
+    observed agreement with the float32 ``reference`` logits (N, C) of at least ``SELECT_AGREEMENT`` % and
+    :func:`~vlkit.apps.export.int8.predicted_agreement` of at least ``SELECT_PREDICTED`` % (else the last
+    rung). Returns its file and what was tried."""
+    top = reference.argmax(-1)
     tried = []
-    for rung, rule in enumerate(LADDER):
-        path = tmp / f"int8-{rung}.onnx"
-        found = quantize_onnx(fp32, path, rule, external=external)
-        agreement = 100.0 * float((ExportedModel(path).logits(images).argmax(-1) == reference).mean())
-        tried.append({"rule": found["rule"], "agreement_pct": round(agreement, 2)})
-        if agreement >= SELECT_AGREEMENT or rung == len(LADDER) - 1:
+    for rung, rule in enumerate(ladder):
+        path = tmp / f"int8-{rung}{suffix}"
+        found = write(rule, path)
+        logits = ExportedModel(path).logits(images)
+        agreement = 100.0 * float((logits.argmax(-1) == top).mean())
+        predicted = predicted_agreement(reference, logits)
+        tried.append({"rule": found["rule"], "agreement_pct": round(agreement, 2),
+                      "predicted_agreement_pct": round(predicted, 2)})
+        if (agreement >= SELECT_AGREEMENT and predicted >= SELECT_PREDICTED) or rung == len(ladder) - 1:
             return path, {**found, "selected_on": {"images": int(len(images)), "min_agreement_pct": SELECT_AGREEMENT,
-                                                   "tried": tried}}
+                                                   "min_predicted_agreement_pct": SELECT_PREDICTED, "tried": tried}}
     raise AssertionError("unreachable: the last rung is always taken")
+
+
+def _resave_torchscript(source: Path, target: Path, metadata: dict[str, Any]) -> None:
+    """Write the TorchScript model at ``source`` to ``target`` with ``metadata`` as its extra file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+        module = torch.jit.load(str(source), map_location="cpu")
+        torch.jit.save(module, str(target), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
 
 
 def compare(reference: torch.Tensor, exported: np.ndarray, labels: Any = None) -> dict[str, Any]:
