@@ -51,3 +51,22 @@ def test_deep_text_prompts_on_bert_layers(minilm_backbone):
         changed = tower.encode_embeddings(embeds, tokens)
     assert torch.equal(same, plain) and not torch.allclose(changed, plain)
     assert all(not b._forward_pre_hooks for b in blocks)
+
+
+def test_a_large_batch_runs_per_length_and_equals_each_prompt_alone(minilm_backbone, monkeypatch):
+    """From BUCKET_FROM prompts on, sequences of different lengths run in one pass per length; each row must
+    still equal that prompt encoded on its own (no padding at all)."""
+    tower = minilm_backbone.text
+    names = ["bag", "ankle boot", "T-shirt/top", "small red bag", "bag in the corner"]
+    tokens = minilm_backbone.tokenize([f"a photo of a {name}." for name in names] * 14)  # (70, L)
+    lengths = (tokens != tower.pad_id).sum(1)
+    assert len(tokens) >= tower.BUCKET_FROM and len(lengths.unique()) == 5
+    embeds = tower.token_embedding(tokens) + 0.01 * torch.randn(len(tokens), tokens.shape[1], tower.width)
+    passes = []
+    plain = type(tower)._encode
+    monkeypatch.setattr(type(tower), "_encode", lambda self, e, m, n: passes.append((len(e), n)) or plain(self, e, m, n))
+    with torch.no_grad():
+        batched = tower.encode_embeddings(embeds, tokens)  # (70, D)
+        assert sorted(passes) == [(14, n) for n in sorted(lengths.unique().tolist())]
+        alone = torch.cat([tower.encode_embeddings(embeds[i:i + 1], tokens[i:i + 1]) for i in range(len(tokens))])
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
