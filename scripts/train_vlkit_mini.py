@@ -263,11 +263,50 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
-def augment(rgba: torch.Tensor, gen: torch.Generator, out_size: int, p: dict) -> torch.Tensor:
+def fill_holes(alpha: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) coverage in [0, 1] -> the same with every enclosed hole filled (coverage 1).
+
+    The outside is what a 4-connected flood from the border reaches without crossing the
+    drawing (coverage > 0.5); everything else is inside. An outline icon becomes its filled
+    silhouette, as Fashion-MNIST's garments are filled shapes, not outlines.
+    """
+    wall = alpha > 0.5
+    outside = torch.zeros_like(wall)
+    outside[..., 0, :] = outside[..., -1, :] = True
+    outside[..., :, 0] = outside[..., :, -1] = True
+    outside &= ~wall
+    for _ in range(alpha.shape[-1] * alpha.shape[-2]):
+        grown = outside.float()
+        grown = torch.maximum(F.max_pool2d(grown, (3, 1), 1, (1, 0)), F.max_pool2d(grown, (1, 3), 1, (0, 1)))
+        grown = (grown > 0) & ~wall
+        if torch.equal(grown, outside):
+            break
+        outside = grown
+    return torch.maximum(alpha, (~outside).float())
+
+
+def textured_fill(rgb: torch.Tensor, alpha: torch.Tensor, rand) -> tuple[torch.Tensor, torch.Tensor]:
+    """Premultiplied ``rgb`` (B, 3, H, W) and ``alpha`` (B, 1, H, W) -> a filled silhouette in a grey with a
+    smooth random texture (a 4x4 field upsampled); an outline's own strokes become darker seams inside it
+    (by up to 40 %, less the more of the silhouette the drawing already covers: a solid icon keeps its tone)."""
+    b, _, h, w = alpha.shape
+    filled = fill_holes(alpha)
+    level = (0.45 + 0.55 * rand(b)).view(b, 1, 1, 1)
+    field = F.interpolate(rand(b, 1, 4, 4), size=(h, w), mode="bicubic", align_corners=False)
+    covered = (alpha.sum(dim=(1, 2, 3)) / filled.sum(dim=(1, 2, 3)).clamp_min(1)).view(b, 1, 1, 1)  # (B, 1, 1, 1)
+    seam = 0.4 * rand(b).view(b, 1, 1, 1) * (1 - covered)
+    tone = (level * (0.7 + 0.6 * field)).clamp(0, 1) * (1 - seam * alpha)
+    return (tone * filled).expand(-1, 3, -1, -1), filled
+
+
+def augment(rgba: torch.Tensor, gen: torch.Generator, out_size: int, p: dict,
+            fillable: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 4, 64, 64) uint8 RGBA -> (B, 3, out, out) float images in [0, 1].
 
     All randomness comes from ``gen`` (on the CPU, or on the images' GPU where the
     random draws would otherwise dominate a step), so a seed fixes every view.
+    ``p["fill"]`` (default 0: v1's recipe, which draws nothing for it): the share of the
+    ``fillable`` (B,) images (default: all) drawn as textured filled silhouettes.
     """
     b = rgba.shape[0]
     dev = rgba.device
@@ -291,6 +330,13 @@ def augment(rgba: torch.Tensor, gen: torch.Generator, out_size: int, p: dict) ->
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     rgb, alpha = x[:, :3], x[:, 3:]
+    if p.get("fill", 0) > 0:  # photo-like: the outline filled with a textured grey
+        fill = rand(b) < p["fill"]
+        fill = fill & fillable.to(dev) if fillable is not None else fill
+        if bool(fill.any()):
+            tone, filled = textured_fill(rgb[fill], alpha[fill], rand)
+            rgb, alpha = rgb.clone(), alpha.clone()
+            rgb[fill], alpha[fill] = tone, filled
     # foreground appearance: colour, grayscale, or a flat silhouette
     mode = rand(b)
     gray = (0.299 * rgb[:, :1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:]).expand(-1, 3, -1, -1)

