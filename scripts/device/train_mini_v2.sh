@@ -28,7 +28,7 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | tee "$OUT/machine.txt" || true
 python3 scripts/train_vlkit_mini_v2.py --packed .carry/mini-v2 --out "$RUN" --device auto --threads 8 \
-    --batch 1024 --lr 1e-3 --steps 20000 --warmup 500 --eval-every 1000 --log-every 250 \
+    --batch 1024 --lr 1e-3 --steps 20000 --warmup 500 --eval-every 1000 --log-every 250 --noun-weight 4 --fill 0.3 \
     --chunk-seconds "$CHUNK_SECONDS" "$@" 2>&1 | tee "$OUT/train.log"
 cp "$RUN/run.json" "$OUT/"
 if [ -d "$RUN/best" ]; then cp "$RUN"/best/* "$OUT/"; fi

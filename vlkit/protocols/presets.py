@@ -4,7 +4,7 @@ A preset of :func:`vlkit.protocols.runner.run_bench`: the same resumable cells
 (``cells.jsonl`` in the output folder), the same mean ± std over seeds
 (:mod:`vlkit.report.summary`) and the same plot, plus the job's ``results.json`` and its
 terminal table. The "quick" schedule (each method config's ``quick``) keeps the default
-job to a few minutes on 2 CPU cores (3 min 42 s with 27 methods, measured on an idle machine); every
+job to a few minutes on 2 CPU cores (3 min 42 s to 4 min 8 s with 27 methods, measured on an idle machine); every
 row records the settings it ran with, and
 ``--schedule paper`` runs the papers' own. A quick schedule is only shown where it reaches
 at least half of its paper schedule's gain over zero-shot (Fashion-MNIST, 16 shots); a
