@@ -203,6 +203,7 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
     metadata = metadata_of(method, backbone, format, int8)
     quantised: dict[str, Any] = {}
     written = [out]
+    choose = int8 and int8_rule is None and select_images is not None and len(select_images) > 0  # walk a ladder
     with tempfile.TemporaryDirectory(prefix="vlkit-export-") as tmp:
         if format == "onnx":
             fp32 = Path(tmp) / "fp32.onnx"
@@ -211,7 +212,7 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
             if int8:
                 big = needs_external_data(sum(t.numel() * t.element_size() for t in module.state_dict().values()),
                                           external_data_above)
-                if int8_rule is None and select_images is not None and len(select_images):
+                if choose:
                     def write(rule: Int8Rule, path: Path) -> dict[str, Any]:
                         return quantize_onnx(fp32, path, rule, external=big)
 
@@ -222,26 +223,25 @@ def export_method(method: Any, backbone: Any, out: str | Path, format: str = "on
                     quantised = quantize_onnx(fp32, source, int8_rule or DEFAULT_RULE, external=big)
                 metadata["int8_rule"] = quantised
             written = _onnx_with_metadata(source, out, metadata, external_data_above)
-        elif int8 and int8_rule is None and select_images is not None and len(select_images):
-            with torch.no_grad(), _plain_attention():
-                float_logits = torch.cat([module(select_images[i:i + 256])[0]
-                                          for i in range(0, len(select_images), 256)])  # (N, C)
-
-            def write(rule: Int8Rule, path: Path) -> dict[str, Any]:
-                _torchscript(copy.deepcopy(module), dummy, rule.mode != "float32", path, metadata, rule)
-                return {"rule": rule.label(), "linear_layers_int8": len(quantizable_linears(module, rule))
-                        if rule.mode != "float32" else 0}
-
-            source, quantised = _select_rung(write, float_logits.numpy(), TORCHSCRIPT_LADDER, Path(tmp), select_images,
-                                             ".pt")
-            metadata["int8_rule"] = quantised
-            with atomic_file(out) as target:  # the chosen file again, with what was tried in its metadata
-                _resave_torchscript(source, target, metadata)
-            for stale in data_files(out):
-                stale.unlink(missing_ok=True)
         else:
-            with atomic_file(out) as target:
-                _torchscript(module, dummy, int8, target, metadata, int8_rule or DEFAULT_RULE)
+            if choose:
+                with torch.no_grad(), _plain_attention():
+                    float_logits = torch.cat([module(select_images[i:i + 256])[0]
+                                              for i in range(0, len(select_images), 256)])  # (N, C)
+
+                def write(rule: Int8Rule, path: Path) -> dict[str, Any]:
+                    _torchscript(copy.deepcopy(module), dummy, rule.mode != "float32", path, metadata, rule)
+                    return {"rule": rule.label(), "linear_layers_int8": len(quantizable_linears(module, rule))
+                            if rule.mode != "float32" else 0}
+
+                source, quantised = _select_rung(write, float_logits.numpy(), TORCHSCRIPT_LADDER, Path(tmp),
+                                                 select_images, ".pt")
+                metadata["int8_rule"] = quantised
+                with atomic_file(out) as target:  # the chosen file again, with what was tried in its metadata
+                    _resave_torchscript(source, target, metadata)
+            else:
+                with atomic_file(out) as target:
+                    _torchscript(module, dummy, int8, target, metadata, int8_rule or DEFAULT_RULE)
             for stale in data_files(out):  # an earlier ONNX export's weights under this name
                 stale.unlink(missing_ok=True)
     report = {"out": str(out), "format": format, "int8": int8, "bytes": sum(f.stat().st_size for f in written),
