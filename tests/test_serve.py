@@ -259,6 +259,20 @@ def test_a_failed_commit_leaves_the_run_and_the_served_model_as_before(tmp_path,
     assert sorted(p.name for p in run.glob("state-*")) == [upgrade.read_meta(run)["state"]]
 
 
+def held_first_call(call):
+    """``call`` wrapped so that its first invocation waits until ``release`` is set: (wrapper, first_running,
+    release); later invocations run at once."""
+    first_running, release = threading.Event(), threading.Event()
+
+    def wrapper(*args):
+        if not first_running.is_set():
+            first_running.set()
+            release.wait(30)
+        return call(*args)
+
+    return wrapper, first_running, release
+
+
 def test_concurrent_predictions_share_one_forward_pass(tmp_path, tiny_backbone):
     """Requests waiting while the model runs are answered by the next single batch, each with its own rows."""
     import io
@@ -274,16 +288,7 @@ def test_concurrent_predictions_share_one_forward_pass(tmp_path, tiny_backbone):
     images = [Image.open(io.BytesIO(png_bytes(rgb, seed=i))).convert("RGB")
               for i, rgb in enumerate(list(COLOURS.values()) * 2)]
     expected = [served.predict([image], top_k=2)[0] for image in images]  # one at a time, no batching
-    first_running, release = threading.Event(), threading.Event()
-    probabilities = served.probabilities
-
-    def held_first(inputs):
-        if not first_running.is_set():
-            first_running.set()
-            release.wait(30)
-        return probabilities(inputs)
-
-    served.probabilities = held_first
+    served.probabilities, first_running, release = held_first_call(served.probabilities)
     batcher = PredictionBatcher(served)
     answers: dict[int, list] = {}
     threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, batcher.predict([images[i]], 2)[0]))
@@ -320,16 +325,8 @@ def test_concurrent_adds_share_one_commit(tmp_path, tiny_backbone):
     for feats, (label, _) in zip(features, adds):  # the reference: one commit per add, in order
         upgrade.add_features(separate, feats, label, fingerprint=tiny_backbone.fingerprint)
     served = ServedRun(grouped, backbone=tiny_backbone)
-    first_running, release, acknowledged = threading.Event(), threading.Event(), []
-    commit = served._commit
-
-    def held_first(groups):
-        if not first_running.is_set():
-            first_running.set()
-            release.wait(30)
-        return commit(groups)
-
-    served._commit = held_first
+    served._commit, first_running, release = held_first_call(served._commit)
+    acknowledged = []
     served.inputs = lambda images: features[int(images[0])]  # the images are indices into the encoded features
     writer = served._writer()
     answers: dict[int, dict] = {}
