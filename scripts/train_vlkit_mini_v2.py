@@ -393,7 +393,8 @@ def main(argv: list[str] | None = None) -> dict:
             log.info("val %s", scores)
             if state["best"] is None or scores["mean"] > state["best"]["mean"]:
                 state["best"] = scores
-                save_weights(model, logit_scale, args.out / "best", record(args, data, state, visual, device))
+                so_far = state | {"train_seconds": state["train_seconds"] + time.perf_counter() - chunk_start}
+                save_weights(model, logit_scale, args.out / "best", record(args, data, so_far, visual, device))
         if args.chunk_seconds and time.perf_counter() - chunk_start > args.chunk_seconds and step < args.steps:
             stopped_early = True
             break

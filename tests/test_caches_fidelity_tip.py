@@ -16,7 +16,7 @@ from vlkit.caches.tip_adapter import search_alpha_beta
 from vlkit.methods import Method, create_method
 from vlkit.methods.task import Task
 
-MINI_SCALE = 43.96  # vlkit-mini's exp(logit_scale), rounded
+MINI_SCALE = 43.96  # vlkit-mini v1's exp(logit_scale), rounded: a scale far from CLIP's 100
 
 
 def make_task(seed: int = 0, scale: float = MINI_SCALE, **kwargs) -> Task:

@@ -103,6 +103,26 @@ def test_zero_shot_fashion_mnist_slice_is_well_above_chance(backbone: vlkit.Back
     assert acc >= 0.2, f"zero-shot top-1 {acc:.3f} on the Fashion-MNIST slice (chance 0.1)"
 
 
+def test_shipped_weights_record_a_permissive_corpus_and_ship_its_attribution() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    record = mini.recipe()
+    corpus = record["data"]["corpus"]
+    allowed = {"MIT", "Apache-2.0", "ISC", "BSD-2-Clause", "BSD-3-Clause", "CC0-1.0", "Unlicense", "OFL-1.1",
+               "CC-BY-3.0", "CC-BY-4.0"}  # the list; CC-BY only with the attribution file
+    assert record["version"] == 2 and set(corpus["licences_kept"]) <= allowed
+    attribution = (mini.RECIPE_FILE.parent / "ATTRIBUTION.md").read_text()
+    rows = re.findall(r"^\| .*\(`([^`]+)`\) \| .* \(([A-Za-z0-9.-]+), [^|]*\) \| (\d+) \|$", attribution, re.M)
+    assert len(rows) == corpus["sets_used"], "one attribution row per icon set used"
+    assert {licence for _, licence, _ in rows} <= allowed
+    assert not any(name.startswith(tuple(corpus["emoji_prefixes_dropped"])) for name, _, _ in rows)
+    assert corpus["source"].removeprefix("npm ") in attribution
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "ATTRIBUTION.md" in pyproject["tool"]["setuptools"]["package-data"]["vlkit.backbones.weights"]
+
+
 def test_typeset_digits_are_ten_distinct_inked_glyphs_per_font_and_stroke() -> None:
     # scripts/train_vlkit_mini.py --glyphs (mini_tower_search's "glyphs" row): every listed font
     # must exist in matplotlib and draw ten different digits, labelled in order
