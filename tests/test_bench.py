@@ -73,6 +73,12 @@ def test_weights_identity_follows_the_files(tmp_path, monkeypatch):
     checkpoint = tmp_path / "ckpt.pt"
     checkpoint.write_bytes(b"x" * 10)
     assert weights_identity("ViT-B-32", str(checkpoint)).startswith("10-")
+    # an offline model with a file that replaces its image tower: two files, two identities, so a
+    # resumed bench in the same folder never reuses a cell of the other tower
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"y" * 11)
+    with_file, with_other = weights_identity("fake-mini", str(checkpoint)), weights_identity("fake-mini", str(other))
+    assert len({with_file, with_other, weights_identity("fake-mini", "")}) == 3
 
 
 def test_bench_writes_every_report_and_rerun_does_no_work(tmp_path, source, tiny_backbone, session_store, fits):

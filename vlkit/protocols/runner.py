@@ -94,16 +94,20 @@ def machine_info(device: Any = None) -> str:
 def weights_identity(model: str, pretrained: str, backbone: Any = None) -> str:
     """Which weights ``model``/``pretrained`` stand for, without loading them (part of each cell's key).
 
-    An offline model: a digest of its weight files. A checkpoint file: its size and modification
-    time. A given backbone with neither: its fingerprint. An open_clip name with a pretrained
-    tag: "" (the tag names the weights).
+    An offline model: a digest of its weight files, plus the checkpoint file's identity when one
+    replaces some of its towers (``--model vlkit-mini --pretrained RUN/vlkit_mini_image.safetensors``).
+    A checkpoint file: its size and modification time. A given backbone with neither: its
+    fingerprint. An open_clip name with a pretrained tag: "" (the tag names the weights).
     """
-    if identity := offline_weights_digest(model):
-        return identity
     checkpoint = next((p for p in (Path(s).expanduser() for s in (model, pretrained) if s) if p.is_file()), None)
+    file_identity = ""
     if checkpoint is not None:
         stat = checkpoint.stat()
-        return f"{stat.st_size}-{stat.st_mtime_ns}"
+        file_identity = f"{stat.st_size}-{stat.st_mtime_ns}"
+    if identity := offline_weights_digest(model):
+        return f"{identity}+{file_identity}" if file_identity else identity
+    if file_identity:
+        return file_identity
     return backbone.fingerprint if backbone is not None and not pretrained else ""
 
 
