@@ -16,7 +16,7 @@ authors' grids (beta: 200 steps, alpha: 20 steps) unless given.
 s is the backbone's CLIP logit scale ``exp(logit_scale)`` (``task.logit_scale``). The
 paper's equation has no constant (``f W^T``); the authors' code writes ``100.``, which
 is OpenAI CLIP's learned scale, so for OpenAI models the two agree; other models (an
-open_clip model, vlkit-mini's 43.96) get their own. An explicit ``logit_scale`` overrides.
+open_clip model, vlkit-mini v2's 35.39) get their own. An explicit ``logit_scale`` overrides.
 The scale used is saved with the method. Departures from the authors' code: the tie rule
 of the search (:mod:`vlkit.caches.search`) and validation-only selection (docs/fidelity.md).
 """

@@ -1,7 +1,7 @@
 """Zero-shot CLIP: ``logits = s * f @ W.T`` (Radford et al. 2021, Sec. 3.1.4 / Fig. 1).
 
 s is the model's learned temperature ``exp(logit_scale)`` (``task.logit_scale``, filled
-from the backbone: 100 for OpenAI CLIP, 43.96 for vlkit-mini); an explicit ``logit_scale``
+from the backbone: 100 for OpenAI CLIP, 35.39 for vlkit-mini v2); an explicit ``logit_scale``
 overrides it. The scale never changes the prediction (argmax), only the probabilities;
 the scale used is saved with the method.
 """
