@@ -3,7 +3,7 @@
 For each model (vlkit-mini; open_clip's ViT-B-32 configuration with random weights, no
 download) a Tip-Adapter is fitted on 4 shots per class of fashion-mnist-mini, then exported
 as ONNX, ONNX int8 (the ladder's first rung: every projection of the image tower), TorchScript,
-TorchScript int8 and ONNX with float16 weights (the ladder's last rung) (``vlkit.apps.export.export_method``,
+TorchScript int8 and ONNX with float16 weights (the ONNX ladder's rung before float32) (``vlkit.apps.export.export_method``,
 checked on 100 test images: largest logit difference and top-1 agreement with the Python
 path). Each deployment is then measured in a fresh process on 1 thread: the Python path
 (load the backbone and the saved method, encode, ``method.logits``), the ONNX files through

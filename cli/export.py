@@ -21,7 +21,8 @@ def export_command(
     int8: bool = typer.Option(False, "--int8", help="dynamic int8 quantisation of the image tower's projections "
                                                    "(onnxruntime's for ONNX, torch.ao's for TorchScript); the head "
                                                    "stays float32; with data, as much is quantised as keeps top-1 "
-                                                   "on the train split (else float16 weights / float32)"),
+                                                   "on the train split (else float16 weights, then float32; "
+                                                   "TorchScript: float32)"),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="check on the test split of this data "
                                        "(default: the run's own; an upgrade run has none)"),
     check_images: int = typer.Option(1000, "--check-images", min=0, help="test images to compare the exported "

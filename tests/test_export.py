@@ -146,12 +146,15 @@ def mini_setup(session_store):
     return backbone, task, images, torch.tensor([test.labels[i] for i in picks])
 
 
-def assert_int8_agreement(name, mini_setup, tmp_path, format, min_agreement=99.0, select=None):
+def assert_int8_agreement(name, mini_setup, tmp_path, format, min_agreement=99.0, select=None, check=None):
     """int8 agrees with the Python path on top-1 (>= ``min_agreement`` %), and flips only near-ties:
     wherever the top-1 differs, the float32 margin between the two classes is below twice the
     largest logit change int8 makes on that image. ``select``: train images to choose the ladder's rung
-    on (as ``vlkit export --int8`` does); without them, the default rule."""
+    on (as ``vlkit export --int8`` does); without them, the default rule. ``check``: (images, labels)
+    to measure on instead of the setup's 100 test images."""
     backbone, task, images, labels = mini_setup
+    if check is not None:
+        images, labels = check
     torch.manual_seed(0)
     method = create_method(name, **CONTRACT_OVERRIDES.get(name, {})).fit(task)
     report = export_method(method, backbone, tmp_path / f"q{SUFFIX[format]}", format=format, int8=True,

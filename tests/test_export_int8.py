@@ -104,19 +104,19 @@ def test_a_lucky_draw_of_near_ties_does_not_pass_the_prediction():
 
 
 @pytest.mark.parametrize("format", ["onnx", "torchscript"])
-@pytest.mark.parametrize("target, rung", [(0.0, 0), (101.0, 2)])
-def test_int8_takes_the_first_rung_that_agrees_on_the_selection_images(format, target, rung, colour_task,
+@pytest.mark.parametrize("target, last", [(0.0, False), (101.0, True)])
+def test_int8_takes_the_first_rung_that_agrees_on_the_selection_images(format, target, last, colour_task,
                                                                         tiny_backbone, check_images, tmp_path,
                                                                         monkeypatch):
-    """The ladder: full int8 when it agrees enough on the selection images; when nothing does, float16 weights
-    (ONNX) or float32 (TorchScript)."""
+    """The ladder: full int8 when it agrees enough on the selection images; when nothing does, float32 (both
+    formats), after ONNX has tried float16 weights."""
     from vlkit.apps.export import ExportedModel, export_method
     from vlkit.apps.export import writer
 
     if format == "onnx":
         pytest.importorskip("onnxruntime")
     ladder, suffix = (LADDER, ".onnx") if format == "onnx" else (TORCHSCRIPT_LADDER, ".pt")
-    rung = min(rung, len(ladder) - 1)
+    rung = len(ladder) - 1 if last else 0
     images, _ = check_images
     monkeypatch.setattr(writer, "SELECT_AGREEMENT", target)
     method = fit_on("tip-adapter", colour_task, None)
@@ -130,14 +130,30 @@ def test_int8_takes_the_first_rung_that_agrees_on_the_selection_images(format, t
     assert ExportedModel(tmp_path / f"m{suffix}").metadata["int8_rule"]["rule"] == picked["rule"]
     reference = ExportedModel(tmp_path / f"fp32{suffix}").logits(images)
     exported = ExportedModel(tmp_path / f"m{suffix}").logits(images)
-    if rung == 2:  # float16 weights: half the weight bytes, logits within float16 rounding
-        assert report["bytes"] < 0.75 * fp32["bytes"]  # test-tiny: the graph itself is a good part of the file
-        np.testing.assert_allclose(exported, reference, atol=2e-2)
-        assert picked["selected_on"]["tried"][-1]["agreement_pct"] == 100.0
-    elif rung == 1 and format == "torchscript":  # TorchScript's last rung quantises nothing
+    if last:  # float32 quantises nothing: the float32 export's logits
+        assert picked["rule"] == "float32 (no int8)"
         np.testing.assert_allclose(exported, reference, atol=1e-5)
+        if format == "onnx":  # float16 weights were tried first and kept top-1 on test-tiny
+            assert picked["selected_on"]["tried"][-2] == {**picked["selected_on"]["tried"][-2],
+                                                          "rule": "float16 weights (no int8)", "agreement_pct": 100.0}
     else:
         assert report["bytes"] < fp32["bytes"]
+
+
+def test_float16_rung_halves_the_weights_and_keeps_float32_arithmetic(colour_task, tiny_backbone, check_images,
+                                                                       tmp_path):
+    """ONNX's float16 rung: weights stored as float16 and cast back, logits within float16 rounding."""
+    pytest.importorskip("onnxruntime")
+    from vlkit.apps.export import ExportedModel, export_method
+    from vlkit.apps.export.int8 import quantize_onnx
+
+    images, _ = check_images
+    fp32 = export_method(fit_on("tip-adapter", colour_task, None), tiny_backbone, tmp_path / "fp32.onnx", format="onnx")
+    info = quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "half.onnx", Int8Rule(mode="float16"))
+    assert info["rule"] == "float16 weights (no int8)" and info["float16_tensors"] > 0
+    assert (tmp_path / "half.onnx").stat().st_size < 0.75 * fp32["bytes"]  # test-tiny: the graph is a good part
+    np.testing.assert_allclose(ExportedModel(tmp_path / "half.onnx").logits(images),
+                               ExportedModel(tmp_path / "fp32.onnx").logits(images), atol=2e-2)
 
 
 def test_a_rung_needs_the_prediction_as_well_as_the_count(colour_task, tiny_backbone, check_images, tmp_path,

@@ -36,8 +36,18 @@ def select_images(mini_setup):
     return check_set(backbone, "fashion-mnist-mini", mini_setup[1].classnames, SELECT_IMAGES, split="train")[0]
 
 
+@pytest.fixture(scope="module")
+def heldout_images(mini_setup):
+    """All 500 Fashion-MNIST test images. One flip in 100 images is a point, and a rung that agrees on 99.4 % of
+    these (APE-T, TorchScript, vlkit-mini v2) agreed on 98 % of the setup's 100: the bar is measured on all 500."""
+    from vlkit.apps.export.run import check_set
+
+    return check_set(mini_setup[0], "fashion-mnist-mini", mini_setup[1].classnames, None, split="test")
+
+
 @pytest.mark.parametrize("format", FORMATS)
 @pytest.mark.parametrize("name", [n for n in list_methods() if n not in NOT_FOLDABLE
                                   and method_class(n).task_kind == "fewshot"])
-def test_every_method_int8_agrees_on_top1(name, format, mini_setup, select_images, tmp_path):
-    assert_int8_agreement(name, mini_setup, tmp_path, format, min_agreement=99.0, select=select_images)
+def test_every_method_int8_agrees_on_top1(name, format, mini_setup, select_images, heldout_images, tmp_path):
+    assert_int8_agreement(name, mini_setup, tmp_path, format, min_agreement=99.0, select=select_images,
+                          check=heldout_images)

@@ -11,8 +11,8 @@ frozen tower and to every tuner's tower alike:
 ``first:K`` / ``last:K`` every projection of the first / last K transformer blocks;
 ``qkv``, ``out_proj``, ``c_fc``, ``c_proj`` that projection in every block; ``block:I`` one block.
 
-``--int8`` walks :data:`LADDER` (full int8 first, float16 weights last; TorchScript:
-:data:`TORCHSCRIPT_LADDER`, float32 last) and keeps the first rung that passes two checks on train
+``--int8`` walks :data:`LADDER` (full int8 first, then float16 weights, float32 last; TorchScript:
+:data:`TORCHSCRIPT_LADDER`, float32 last too) and keeps the first rung that passes two checks on train
 images: its top-1 agrees with float32 on ``SELECT_AGREEMENT`` % of them, and
 :func:`predicted_agreement` (every image's float32 margin against every image's logit change, so
 a lucky draw of near-ties cannot pass a rung) reaches ``SELECT_PREDICTED`` %. The size and latency
@@ -46,13 +46,13 @@ class Int8Rule:
     ``mode="float16"`` is the fallback rung of :data:`LADDER`: no int8 at all, every float32
     weight stored as float16 and cast back to float32 when the session loads (half the file,
     float32 arithmetic: no latency change, top-1 agreement 100 % on every method measured).
-    ``mode="float32"`` is TorchScript's fallback: nothing quantised.
+    ``mode="float32"`` is the last rung of both ladders: nothing quantised.
     """
 
     keep_float: tuple[str, ...] = ("head",)
     per_channel: bool = True
     reduce_range: bool = False
-    mode: str = "dynamic"  # or "float16" (ONNX), "float32" (TorchScript)
+    mode: str = "dynamic"  # or "float16" (ONNX), "float32" (the last rung)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free notes (the sweep's label)
 
     def label(self) -> str:
@@ -75,7 +75,11 @@ DEFAULT_RULE = Int8Rule(keep_float=("head",))
 # full int8 for the confident heads; no exclusion rule, nor int8 weights with float activations, reached
 # 99 % for VPT, MaPLe, DeFo and zero-shot there (their flips are near-ties), float16 weights reached 100 %.
 # The middle rung is the sweep's best single rule (attention projections and the final projection float).
-LADDER = (DEFAULT_RULE, Int8Rule(keep_float=("head", "qkv", "out_proj", "proj")), Int8Rule(mode="float16"))
+# float32 last: on vlkit-mini v2 TIP-X's float16 weights agreed on 98.4 % of train and 98.0 % of test images (its
+# logits reach the thousands, so weights rounded to float16 move them enough to flip near-ties); --int8 never writes
+# a rung that misses when float32 keeps top-1.
+LADDER = (DEFAULT_RULE, Int8Rule(keep_float=("head", "qkv", "out_proj", "proj")), Int8Rule(mode="float16"),
+          Int8Rule(mode="float32"))
 # TorchScript's dynamic quantisation (torch.ao) reaches only plain nn.Linear layers: the MLPs (attention projections
 # and open_clip's final projection are not), so LADDER's middle rung would write the first rung's model again.
 # Full int8 of those, else float32 (20 of 26 methods on vlkit-mini v1: export_int8.json).
@@ -84,9 +88,11 @@ SELECT_AGREEMENT = 99.5  # % observed on the selection images: 99 % plus a margi
 # % predicted (:func:`predicted_agreement`). On vlkit-mini v1, IA3's full int8 agreed on 100 % of 500 train images and
 # 98.6 % of 500 test images: 3.6 % of images lie within 0.05 logit of a tie and int8 moves logits by 0.06, so the
 # observed count is a coin toss per near-tie. The prediction read 97.4 (train) and 97.9 (test) there; it runs about one
-# point below the observed rate on the methods measured (it pairs small margins with large changes), so 99.0 asks
-# for about 99.5-100 % observed.
-SELECT_PREDICTED = 99.0
+# point below the observed rate on the methods measured (it pairs small margins with large changes), so 99.0 asked
+# for about 99.5-100 % observed. On vlkit-mini v2, Tip-Adapter's TorchScript int8 read 99.43 predicted / 99.6 observed
+# on the 500 train images and 98.43 / 99.0 on 500 test images (97 on the first 100 the slow test checks): train images
+# can flatter a rung by a point (they include some of the run's own shots). 99.5 keeps half a point for that.
+SELECT_PREDICTED = 99.5
 
 
 def predicted_agreement(reference: np.ndarray, quantised: np.ndarray) -> float:
@@ -176,7 +182,7 @@ def quantize_onnx(fp32: Path, path: Path, rule: Int8Rule = DEFAULT_RULE, externa
     if rule.mode == "float16":
         return float16_weights(fp32, path, external)
     if rule.mode == "float32":
-        raise VlkitError("the float32 rung is TorchScript's; an ONNX float32 model is the export without --int8")
+        return float32_copy(fp32, path, external)
     graph = onnx.load(str(fp32), load_external_data=False).graph
     names = weight_nodes(graph)
     keep = excluded_nodes(graph, rule)
@@ -192,6 +198,25 @@ def quantize_onnx(fp32: Path, path: Path, rule: Int8Rule = DEFAULT_RULE, externa
     finally:
         root.setLevel(level)
     return {"rule": rule.label(), "weight_nodes": len(names), "float_nodes": len(keep)}
+
+
+def float32_copy(fp32: Path, path: Path, external: bool = False) -> dict[str, Any]:
+    """The last rung: ``fp32`` written to ``path`` unchanged (nothing quantised, every node float)."""
+    import onnx
+
+    model = onnx.load(str(fp32))
+    _save(model, path, external)
+    names = weight_nodes(model.graph)
+    return {"rule": Int8Rule(mode="float32").label(), "weight_nodes": len(names), "float_nodes": len(names)}
+
+
+def _save(model: Any, path: Path, external: bool) -> None:
+    import onnx
+
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
+    else:
+        onnx.save_model(model, str(path))
 
 
 def float16_weights(fp32: Path, path: Path, external: bool = False) -> dict[str, Any]:
@@ -217,9 +242,6 @@ def float16_weights(fp32: Path, path: Path, external: bool = False) -> dict[str,
     graph.initializer.extend(kept)
     for cast in reversed(casts):
         graph.node.insert(0, cast)
-    if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
-    else:
-        onnx.save_model(model, str(path))
+    _save(model, path, external)
     return {"rule": Int8Rule(mode="float16").label(), "weight_nodes": len(names), "float_nodes": len(names),
             "float16_tensors": len(casts)}
