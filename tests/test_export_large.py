@@ -90,3 +90,21 @@ def test_a_crash_mid_write_leaves_the_previous_export(tip, tiny_backbone, check_
 def test_the_threshold_sits_under_protobufs_limit():
     assert onnx_file.needs_external_data(2**31) and not onnx_file.needs_external_data(100_000_000)
     assert onnx_file.EXTERNAL_DATA_ABOVE < onnx_file.PROTOBUF_LIMIT
+
+
+def test_the_ladder_walks_to_float32_with_external_data(tip, tiny_backbone, check_images, tmp_path, monkeypatch):
+    """With the weights in a data file, every rung (float16's and float32's rewrites too) is written and loaded
+    through the external-data path; the last rung's logits are the float32 export's."""
+    from vlkit.apps.export import writer
+
+    images, _ = check_images
+    monkeypatch.setattr(writer, "SELECT_AGREEMENT", 101.0)  # nothing reaches it: the ladder's last rung
+    out = tmp_path / "m.onnx"
+    report = export_method(tip, tiny_backbone, out, int8=True, select_images=images[::2], external_data_above=1)
+    assert report["int8_rule"]["rule"] == "float32 (no int8)"
+    assert [t["rule"] for t in report["int8_rule"]["selected_on"]["tried"]][-2:] == [
+        "float16 weights (no int8)", "float32 (no int8)"]
+    assert len(onnx_file.data_files(out)) == 1
+    single = export_method(tip, tiny_backbone, tmp_path / "single.onnx")
+    np.testing.assert_array_equal(ExportedModel(out).logits(images), ExportedModel(tmp_path / "single.onnx")
+                                  .logits(images))

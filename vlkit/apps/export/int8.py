@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from vlkit.apps.export.onnx_file import save_model
 from vlkit.errors import VlkitError
 
 BLOCK = re.compile(r"/resblocks\.(\d+)/")
@@ -205,18 +206,9 @@ def float32_copy(fp32: Path, path: Path, external: bool = False) -> dict[str, An
     import onnx
 
     model = onnx.load(str(fp32))
-    _save(model, path, external)
+    save_model(model, path, external)
     names = weight_nodes(model.graph)
     return {"rule": Int8Rule(mode="float32").label(), "weight_nodes": len(names), "float_nodes": len(names)}
-
-
-def _save(model: Any, path: Path, external: bool) -> None:
-    import onnx
-
-    if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
-    else:
-        onnx.save_model(model, str(path))
 
 
 def float16_weights(fp32: Path, path: Path, external: bool = False) -> dict[str, Any]:
@@ -242,6 +234,6 @@ def float16_weights(fp32: Path, path: Path, external: bool = False) -> dict[str,
     graph.initializer.extend(kept)
     for cast in reversed(casts):
         graph.node.insert(0, cast)
-    _save(model, path, external)
+    save_model(model, path, external)
     return {"rule": Int8Rule(mode="float16").label(), "weight_nodes": len(names), "float_nodes": len(names),
             "float16_tensors": len(casts)}
